@@ -1,0 +1,347 @@
+"""Typed experiment configuration: YAML with ``include:``, dotted overrides, one-line errors.
+
+An experiment config composes one typed section per component::
+
+    data:      DataConfig       where the trajectories come from, strides, batch size
+    model:     ModelConfig      a registered model name + its own typed parameters
+    training:  TrainingConfig   the generic trainer (optimizer, schedule, stability contract)
+    stages:    {name: params}   per-stage settings, each validated by the registered stage's config
+    eval:      EvalConfig       evaluation, test-time compute, gate
+    run:       RunConfig        where runs are written
+
+``load_config(path, overrides)`` reads the YAML (``include:`` files are merged first, the including
+file wins), applies ``a.b.c=value`` overrides (values parsed as YAML), and validates. Any unknown key,
+wrong type or inconsistent pair raises :class:`ConfigError` with one line naming key, value and what
+is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ups.errors import ConfigError
+
+Split = Literal["train", "val", "test"]
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------- data
+class GenerateConfig(Strict):
+    """How ``ups pipeline``/``ups demo`` generate the data set when its files are missing."""
+
+    params: dict[str, float] = Field(default_factory=lambda: {"nu": 0.01})
+    resolution: int = Field(1024, ge=8)
+    frames: int = Field(201, ge=2)
+    t_end: float = Field(2.0, gt=0)
+    samples: dict[Split, int] = Field(default_factory=lambda: {"train": 1000, "val": 100, "test": 200})
+    seeds: dict[Split, int] = Field(default_factory=lambda: {"train": 1, "val": 2, "test": 3})
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> GenerateConfig:
+        if len(set(self.seeds.values())) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds}: each split needs its own seed")
+        return self
+
+
+class DataConfig(Strict):
+    """Trajectory files and how they are sampled. Paths are relative to the working directory.
+
+    Either one file per split (``train``/``val``/``test``, e.g. from ``ups data generate``), or one
+    PDEBench file (``pdebench_file``) split as PDEBench does: test = first 10 % of samples, then
+    ``val_fraction`` of the samples for validation, the rest for training.
+    """
+
+    pde: str = "burgers1d"
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    pdebench_file: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.9)
+    params: dict[str, float] = Field(default_factory=dict)  # for files that do not carry them
+    spatial_stride: int = Field(1, ge=1)
+    temporal_stride: int = Field(1, ge=1)
+    random_offset: bool = True  # training reads strided grids at random sub-cell offsets
+    max_samples: dict[Split, int] = Field(default_factory=dict)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    generate: GenerateConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.pdebench_file and (self.train or self.val or self.test):
+            raise ValueError("give either pdebench_file or train/val/test files, not both")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- model
+class ModelConfig(Strict):
+    """A registered model (``ups.models.MODELS``) and its parameters, validated by its own config."""
+
+    name: str = "upt"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> ModelConfig:
+        from ups.models import MODELS  # registry filled on import
+
+        if self.name not in MODELS:
+            raise ValueError(
+                f"model.name='{self.name}' is not a registered model (allowed: {', '.join(MODELS.names())})"
+            )
+        cls = MODELS.get(self.name)
+        cfg_cls = getattr(cls, "config_class", None)
+        if cfg_cls is not None:
+            self.__dict__["params"] = _validate_nested(cfg_cls, self.params, "model.params").model_dump()
+        return self
+
+
+# ------------------------------------------------------------------------------------- training
+class WandbConfig(Strict):
+    enabled: bool = False
+    project: str = "ups"
+    mode: Literal["online", "offline", "disabled"] = "offline"
+
+
+class LRSpike(Strict):
+    start: int = Field(ge=0)
+    length: int = Field(ge=1)
+    factor: float = Field(gt=0)
+
+
+class FaultConfig(Strict):
+    """Fault injection for tests: NaN loss at global batch k, inf gradients at step j, LR spikes."""
+
+    nan_loss_at_batch: list[int] = Field(default_factory=list)
+    inf_grad_at_step: list[int] = Field(default_factory=list)
+    lr_spike: LRSpike | None = None
+
+
+class TrainingConfig(Strict):
+    """The generic trainer and its stability contract. Stages may override any field."""
+
+    epochs: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    scheduler: Literal["cosine", "plateau", "step", "none"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    step_size: int = Field(10, ge=1)  # epochs, for the step scheduler
+    step_gamma: float = Field(0.5, gt=0, le=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(3, ge=0)
+    plateau_cooldown: int = Field(1, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    clip_per_group: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema_decay: float | None = Field(0.999, gt=0, lt=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    target_metric: float | None = None
+    val_every: int = Field(1, ge=1)
+    health_every: int = Field(50, ge=1)
+    grad_norm_warn: float = Field(10.0, gt=0)
+    clip_ratio_warn: float = Field(0.5, gt=0, le=1)
+    inverse_ratio_warn: float = Field(0.2, gt=0)
+    seed: int = 0
+    device: str = "auto"
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+
+# ----------------------------------------------------------------------------------------- eval
+class TTCConfig(Strict):
+    enabled: bool = False
+    candidates: int = Field(4, ge=1)
+    beam_width: int = Field(1, ge=1)
+    horizon: int = Field(1, ge=1)
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"conservation": 1.0, "negativity": 0.0, "smoothness": 0.1, "residual": 0.0}
+    )
+
+
+class GateConfig(Strict):
+    margin: float = Field(0.0, ge=0, lt=1)  # must beat the champion's nRMSE by this fraction
+    conservation_ratio: float = Field(1.5, ge=1)
+    bc_ratio: float = Field(1.5, ge=1)
+
+
+class EvalConfig(Strict):
+    split: Split = "test"
+    rollout_start: int = Field(0, ge=0)
+    max_samples: int | None = Field(None, ge=1)
+    corr_threshold: float = Field(0.8, gt=0, lt=1)
+    valid_threshold: float = Field(0.2, gt=0)
+    batch_size: int = Field(32, ge=1)
+    plot_samples: int = Field(3, ge=0)
+    ttc: TTCConfig = Field(default_factory=TTCConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class RunConfig(Strict):
+    out_dir: str = "runs"
+    name: str | None = None
+    leaderboard: str = "runs/leaderboard.csv"
+
+
+# ----------------------------------------------------------------------------------- experiment
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _validate_stages(self) -> ExperimentConfig:
+        import ups.training  # noqa: F401  (fills the stage registry)
+        from ups.training.stage import STAGES
+
+        for name, params in list(self.stages.items()):
+            if name not in STAGES:
+                raise ValueError(f"unknown stage 'stages.{name}' (allowed: {', '.join(STAGES.names()) or 'none'})")
+            cls = STAGES.get(name)
+            cfg = _validate_nested(cls.config_class, params or {}, f"stages.{name}")
+            self.stages[name] = cfg.model_dump()
+            overrides = self.stages[name].get("training") or {}
+            _validate_nested(TrainingConfig, {**self.training.model_dump(), **overrides},
+                             f"stages.{name}.training")
+            width = self.stages[name].get("latent_dim")
+            model_width = self.model.params.get("latent_dim")
+            if width is not None and model_width is not None and width != model_width:
+                raise ValueError(
+                    f"stages.{name}.latent_dim={width} disagrees with model.params.latent_dim="
+                    f"{model_width} (they must be equal; drop one of them)"
+                )
+        return self
+
+    def stage_training(self, stage: str) -> TrainingConfig:
+        """The trainer config for one stage: ``training`` with the stage's overrides applied."""
+        overrides = (self.stages.get(stage) or {}).get("training") or {}
+        return TrainingConfig(**{**self.training.model_dump(), **overrides})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ loading
+def _validate_nested(cls: type[BaseModel], data: Any, prefix: str) -> BaseModel:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, cls, prefix)) from None
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model that holds the last element of ``loc``."""
+    current: Any = cls
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann = fields[part].annotation
+        sub = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sub:
+            return []
+        current = sub[0]
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, cls: type[BaseModel], prefix: str = "") -> str:
+    """One line for the first error: key, value, what is allowed."""
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or prefix or "config"
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(cls, loc)
+        return f"config error: unknown key '{key}' (allowed: {', '.join(allowed) or 'none'})"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"].startswith("value_error"):
+        return f"config error: {key}: {msg}"
+    value = e.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"config error: {key}={shown}: {msg}"
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml_with_includes(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML mapping; files named by ``include:`` (str or list, relative) are merged first."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config error: include cycle through {path}")
+    if not path.is_file():
+        raise ConfigError(f"config error: file not found: {path} (check the path)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config error: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+    includes = data.pop("include", None) or []
+    merged: dict = {}
+    for inc in [includes] if isinstance(includes, str) else includes:
+        merged = _deep_merge(merged, read_yaml_with_includes(path.parent / inc, _seen + (path,)))
+    return _deep_merge(merged, data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides; the value is parsed as YAML (numbers, lists, null...)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, compose, override and validate an experiment config (``path=None``: defaults)."""
+    data = read_yaml_with_includes(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return _validate_nested(ExperimentConfig, data, "")  # type: ignore[return-value]
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from ups.io_utils import atomic_write_text
+
+    atomic_write_text(Path(path), cfg.to_yaml())

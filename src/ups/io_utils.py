@@ -1,0 +1,58 @@
+"""Atomic file writes and disk checks: nothing already written is lost or half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from ups.errors import UPSError
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``.
+
+    On any exception the temporary file is removed and ``path`` (if it existed) is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp_path)`` and rename the result over ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def check_free_disk(path: str | Path, needed_bytes: int, what: str) -> None:
+    """Raise a one-line error before long work if ``path``'s disk has less than ``needed_bytes``."""
+    path = Path(path)
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise UPSError(
+            f"not enough free disk for {what} at {path}: need {needed_bytes / 2**20:.1f} MiB, "
+            f"have {free / 2**20:.1f} MiB (free space or choose another directory)"
+        )

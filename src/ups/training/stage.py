@@ -1,0 +1,77 @@
+"""What a training stage supplies to the one generic trainer.
+
+The trainer (``ups.training.trainer``) owns the loop: epochs, accumulation, optimizer, schedule,
+mixed precision, the stability contract, checkpoints, resume, logging. A stage only says *what* is
+trained and *how it is scored*:
+
+- ``modules()``: every module of the stage (trained or frozen), by name; all are checkpointed.
+- ``trainable_modules()``: the names of the modules whose parameters the optimizer updates; the
+  trainer sets ``requires_grad=False`` on everything else. Each trainable module is one parameter
+  group (for per-group clipping and logging).
+- ``loss(batch, epoch=, step=)``: a dict of scalar tensors with the total under ``"loss"`` and each
+  (unweighted, mean-reduced) component under its own name; ``"loss_forward"`` and
+  ``"loss_inv_*"`` names let the trainer log the inverse/forward ratio.
+- ``validate(loader)``: a dict of floats that contains ``val_metric`` (lower is better). Model
+  selection, early stopping and the plateau scheduler use it, never the training loss.
+- ``checkpoint_meta()``: JSON that lets a later stage or ``Simulator.from_run`` rebuild the modules.
+
+Batches (from ``ups.data.datasets.collate``, the one collate function) are dicts::
+
+    u       [B, W, *spatial, C]  normalised fields of W consecutive (strided) frames
+    coords  [B, *spatial, d]     physical point coordinates
+    params  [B, P]               PDE parameters of each sample (e.g. nu)
+    dt      [B]                  time between the W frames
+    sample  [B] (long)           sample index in its file; t0 [B] (long) first frame index
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ups.config import Strict
+from ups.registry import Registry
+
+STAGES: Registry = Registry("stage")
+
+
+class StageConfig(Strict):
+    """Base of every stage's config; ``training`` overrides trainer fields for this stage."""
+
+    training: dict[str, Any] = {}
+
+
+class Stage(ABC):
+    """A training stage: see the module docstring for the contract."""
+
+    name: ClassVar[str] = "stage"
+    config_class: ClassVar[type[StageConfig]] = StageConfig
+    requires: ClassVar[tuple[str, ...]] = ()  # checkpoints (stage names) this stage loads first
+    val_metric: ClassVar[str] = "val_loss"
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    @abstractmethod
+    def trainable_modules(self) -> list[str]: ...
+
+    @abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]: ...
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook: called before each training epoch (curricula, schedules of the stage)."""
+
+    def to(self, device: torch.device) -> Stage:
+        for module in self.modules().values():
+            module.to(device)
+        return self
