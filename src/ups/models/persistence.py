@@ -24,6 +24,8 @@ class Persistence(nn.Module):
     def from_config(cls, meta: DatasetMetadata, params: dict) -> Persistence:
         return cls()
 
-    def step(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        """One step. u: [B, *spatial, C]; coords: [B, *spatial, d]; params: [B, P]; dt: [B]."""
+    def predict_next(
+        self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor
+    ) -> torch.Tensor:
+        """One step. u: [B, N, C] (normalised); coords: [B, N, d]; params: [B, P]; dt: [B] -> [B, N, C]."""
         return u.clone()
