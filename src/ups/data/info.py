@@ -47,7 +47,10 @@ def format_info(info: dict) -> str:
                  f"dt={c['t']['dt']:.6g}")
     v = info["values"]
     for ch, (lo, hi, mean) in enumerate(zip(v["min"], v["max"], v["mean"])):
-        lines.append(f"values[{ch}]   min {lo:.6g}  max {hi:.6g}  mean {mean:.6g}")
+        if lo is None:
+            lines.append(f"values[{ch}]   no finite value")
+        else:
+            lines.append(f"values[{ch}]   min {lo:.6g}  max {hi:.6g}  mean {mean:.6g}")
     bad = info["nonfinite"]
     if bad["samples"]:
         more = " ..." if bad["samples"] > len(bad["first_samples"]) else ""

@@ -301,9 +301,9 @@ class FileScan:
     n_values: int = 0
     n_nonfinite: int = 0
     bad_samples: list[int] = field(default_factory=list)
-    min: list[float] = field(default_factory=list)
-    max: list[float] = field(default_factory=list)
-    mean: list[float] = field(default_factory=list)
+    min: list[float | None] = field(default_factory=list)
+    max: list[float | None] = field(default_factory=list)
+    mean: list[float | None] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -337,9 +337,9 @@ def scan_file(file: TrajectoryFile | str | Path, *, chunk: int | None = None) ->
         count += ok.sum(axis=0)
     scan.n_values = int(count.sum() + scan.n_nonfinite)
     has = count > 0
-    scan.min = [float(v) if h else float("nan") for v, h in zip(lo, has)]
-    scan.max = [float(v) if h else float("nan") for v, h in zip(hi, has)]
-    scan.mean = [float(s / n) if n else float("nan") for s, n in zip(total, count)]
+    scan.min = [float(v) if h else None for v, h in zip(lo, has)]  # None: no finite value at all
+    scan.max = [float(v) if h else None for v, h in zip(hi, has)]
+    scan.mean = [float(s / n) if n else None for s, n in zip(total, count)]
     return scan
 
 
