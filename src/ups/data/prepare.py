@@ -1,0 +1,98 @@
+"""From a data config to ready sources: generate missing files, open splits, normalise, describe.
+
+``prepare_data(cfg.data)`` is what training, evaluation and the pipeline call first. It generates the
+files a config names when they are missing and the config has a ``generate`` section (each split with
+its own seed), opens the splits lazily, and returns them with the metadata. The normaliser is fitted
+on the train split only (``fit_normalizer``) or loaded from a run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ups.config import DataConfig, Split
+from ups.data.datasets import WindowDataset, build_metadata
+from ups.data.metadata import DatasetMetadata
+from ups.data.normalization import Normalizer
+from ups.data.reader import SplitSource, open_split
+from ups.errors import DataError
+
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+@dataclass
+class DataBundle:
+    """Open splits of one data config plus the metadata (the single source of shapes)."""
+
+    cfg: DataConfig
+    splits: dict[str, SplitSource]
+    meta: DatasetMetadata
+
+    def windows(self, split: str, *, window: int | None, normalizer: Normalizer | None,
+                start: int = 0, train: bool = False, seed: int = 0) -> WindowDataset:
+        """Windows of ``window`` frames (None: whole trajectories from ``start``) of one split."""
+        return WindowDataset(
+            self.splits[split], window=window, normalizer=normalizer,
+            temporal_stride=self.cfg.temporal_stride, spatial_stride=self.cfg.spatial_stride,
+            random_offset=train and self.cfg.random_offset and self.cfg.spatial_stride > 1,
+            start=start, seed=seed,
+        )
+
+
+def _files(value: str | list[str] | None) -> list[Path]:
+    if value is None:
+        return []
+    return [Path(v) for v in ([value] if isinstance(value, str) else value)]
+
+
+def ensure_data(cfg: DataConfig, *, progress: bool = True) -> list[Path]:
+    """Generate the split files the config names but that do not exist yet; return those written."""
+    if cfg.pdebench_file is not None:
+        missing = [p for p in _files(cfg.pdebench_file) if not p.is_file()]
+        if missing:
+            raise DataError(f"PDEBench file not found: {missing[0]} (download it or fix data.pdebench_file)")
+        return []
+    written = []
+    for split in SPLITS:
+        for path in _files(getattr(cfg, split)):
+            if path.is_file():
+                continue
+            if cfg.generate is None:
+                raise DataError(f"data file not found: {path} (data.{split}); generate it with "
+                                f"`ups data generate` or add a data.generate section")
+            written.append(_generate_split(cfg, split, path, progress=progress))
+    return written
+
+
+def _generate_split(cfg: DataConfig, split: Split, path: Path, *, progress: bool) -> Path:
+    from ups.data.generate import generate_dataset
+
+    gen = cfg.generate
+    assert gen is not None
+    if split not in gen.samples or split not in gen.seeds:
+        raise DataError(f"data.generate has no samples/seed for split '{split}' (add samples.{split} and "
+                        f"seeds.{split})")
+    return generate_dataset(
+        pde=cfg.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split], out=path,
+        resolution=gen.resolution, frames=gen.frames, t_end=gen.t_end, batch_size=gen.batch_size,
+        progress=progress,
+    )
+
+
+def prepare_data(cfg: DataConfig, *, splits: tuple[str, ...] = SPLITS, generate: bool = True,
+                 progress: bool = True) -> DataBundle:
+    """Open the named splits (generating missing files first when allowed) and build the metadata."""
+    if generate:
+        ensure_data(cfg, progress=progress)
+    opened = {s: open_split(cfg, s) for s in splits}
+    meta = build_metadata(next(iter(opened.values())), cfg)
+    return DataBundle(cfg=cfg, splits=opened, meta=meta)
+
+
+def fit_normalizer(bundle: DataBundle) -> Normalizer:
+    """Per-channel statistics from the train split alone."""
+    if "train" not in bundle.splits:
+        raise DataError("normalisation statistics come from the train split; open it first")
+    return Normalizer.fit(bundle.splits["train"], spatial_stride=bundle.cfg.spatial_stride,
+                          temporal_stride=bundle.cfg.temporal_stride)
