@@ -10,6 +10,7 @@ from PIL import Image
 
 from ups.errors import UPSError
 from ups.eval.plots import (
+    evaluation_plots,
     plot_error_curves,
     plot_spacetime,
     plot_training_curves,
@@ -95,3 +96,15 @@ def test_training_curves_without_epochs_and_without_file(tmp_path):
     _png_size(plot_training_curves(empty, tmp_path / "t.png"))
     with pytest.raises(UPSError, match="training log .* not found"):
         plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "t2.png")
+
+
+def test_evaluation_plots_for_a_report(tmp_path):
+    true = torch.randn(4, 6, 16, 2)
+    plots = evaluation_plots(tmp_path, pred=true + 0.1, true=true, curves={"model": [0.1] * 6}, samples=2)
+    assert list(plots) == ["nRMSE per rollout step", "sample 0: truth, prediction, error",
+                           "sample 1: truth, prediction, error"]
+    for path in plots.values():
+        _png_size(path)
+    two_d = evaluation_plots(tmp_path / "2d", pred=torch.zeros(1, 2, 4, 4, 1), true=torch.zeros(1, 2, 4, 4, 1),
+                             curves={"model": [0.1, 0.2]})
+    assert list(two_d) == ["nRMSE per rollout step"]

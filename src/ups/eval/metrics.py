@@ -102,7 +102,8 @@ def brmse(pred: torch.Tensor, true: torch.Tensor) -> float:
     ((p_0 - y_0)^2 + (p_-1 - y_-1)^2) / 2; in 2D it is the mean over the 2 n_x + 2 n_y edge points.
     """
     _check_pair(pred, true)
-    sq = torch.cat(_boundary_slices((pred - true).double().pow(2)), dim=2)  # [B, T, n_boundary, C]
+    diff = torch.cat(_boundary_slices(pred), dim=2).double() - torch.cat(_boundary_slices(true), dim=2).double()
+    sq = diff.pow(2)  # [B, T, n_boundary, C]
     return float(sq.mean(dim=2).sqrt().mean())
 
 
@@ -123,8 +124,9 @@ def _as_lengths(Lx: float | Sequence[float], d: int) -> list[float]:
 
 
 def _rfft_spatial(x: torch.Tensor) -> torch.Tensor:
-    """rfftn over the spatial axes of x [B, T, *spatial, C] -> complex [B, T, *freq, C]."""
-    return torch.fft.rfftn(x.double(), dim=_spatial_dims(x))
+    """rfftn over the spatial axes of x [B, T, *spatial, C] -> complex [B, T, *freq, C], in the input's
+    precision (at least float32; float64 inputs stay float64)."""
+    return torch.fft.rfftn(x.to(torch.promote_types(x.dtype, torch.float32)), dim=_spatial_dims(x))
 
 
 def frmse_bands(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[float] = 1.0) -> dict[str, float]:
@@ -135,7 +137,7 @@ def frmse_bands(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[flo
     dims = _spatial_dims(true)
     spatial = [true.shape[d] for d in dims]
     scale = math.prod(length / n for length, n in zip(_as_lengths(Lx, len(dims)), spatial))
-    err = (_rfft_spatial(pred) - _rfft_spatial(true)).abs().pow(2).mean(dim=0).sqrt() * scale  # [T, *freq, C]
+    err = (_rfft_spatial(pred) - _rfft_spatial(true)).abs().double().pow(2).mean(dim=0).sqrt() * scale  # [T, *freq, C]
     err = err.movedim(0, -1).reshape(-1, true.shape[-1] * true.shape[1])  # [n_freq, C * T]
     kmag = _wavenumber_magnitude(spatial).reshape(-1)
     out = {}
@@ -163,7 +165,7 @@ def frmse_high(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[floa
 def max_error(pred: torch.Tensor, true: torch.Tensor) -> float:
     """The largest absolute error over all samples, frames, points and channels. pred, true: [B, T, *spatial, C]."""
     _check_pair(pred, true)
-    return float((pred.double() - true.double()).abs().max())
+    return float((pred - true).abs().max())
 
 
 # -------------------------------------------------------------------------------------- physics
@@ -249,7 +251,7 @@ def bc_violation(pred: torch.Tensor, true: torch.Tensor, boundary: str = "period
     """
     _check_pair(pred, true)
     residual = BOUNDARY_RESIDUALS.get(boundary)
-    diff = residual(pred.double()) - residual(true.double())  # [B, T, n, C]
+    diff = residual(pred).double() - residual(true).double()  # [B, T, n, C]
     return float(diff.pow(2).mean(dim=2).sqrt().mean())
 
 
@@ -273,7 +275,7 @@ def energy_spectrum(x: torch.Tensor) -> torch.Tensor:
     sum_k E(k) = n_x * sum_x u^2 by Parseval). x: [B, T, *spatial, C] -> [B, T, C, n_shells]."""
     dims = _spatial_dims(x)
     spatial = [x.shape[d] for d in dims]
-    power = _rfft_spatial(x).abs().pow(2)  # [B, T, *freq, C]
+    power = _rfft_spatial(x).abs().double().pow(2)  # [B, T, *freq, C]
     last = spatial[-1]
     weight = torch.full((last // 2 + 1,), 2.0, dtype=torch.float64)
     weight[0] = 1.0
@@ -322,21 +324,23 @@ def _steps_until(values: list[float], fails: Callable[[float], bool]) -> int:
     return len(values)
 
 
+def _as_time(steps: int, dt: float | None) -> float:
+    return float(steps * dt) if dt is not None else float(steps)
+
+
 def corr_time(pred: torch.Tensor, true: torch.Tensor, threshold: float = 0.8, dt: float | None = None) -> float:
     """High-correlation time: rollout steps before the mean Pearson correlation first falls below ``threshold``.
 
     pred, true: [B, T, *spatial, C]. Returns T when it never does; with ``dt`` the count times dt (a time).
     """
-    steps = _steps_until(correlation_per_step(pred, true), lambda c: c < threshold)
-    return float(steps * dt) if dt is not None else float(steps)
+    return _as_time(_steps_until(correlation_per_step(pred, true), lambda c: c < threshold), dt)
 
 
 def valid_time(pred: torch.Tensor, true: torch.Tensor, threshold: float = 0.2, dt: float | None = None) -> float:
     """Valid-rollout time: steps before the per-step nRMSE first exceeds ``threshold`` (T if never; times dt
     when given). pred, true: [B, T, *spatial, C]."""
     _check_pair(pred, true)
-    steps = _steps_until(nrmse_per_step(pred, true), lambda e: e > threshold)
-    return float(steps * dt) if dt is not None else float(steps)
+    return _as_time(_steps_until(nrmse_per_step(pred, true), lambda e: e > threshold), dt)
 
 
 def persistence_rollout(u0: torch.Tensor, steps: int) -> torch.Tensor:
@@ -367,11 +371,13 @@ def evaluate_rollout(
     ``conservation_gap_t0`` takes the first true frame as reference. dt turns corr/valid times into times.
     """
     _check_pair(pred, true)
+    per_step = nrmse_per_step(pred, true)
+    corr = correlation_per_step(pred, true)
     one_step = pred_one_step if pred_one_step is not None else pred[:, :1]
     one_true = true if pred_one_step is not None else true[:, :1]
     bands = frmse_bands(pred, true, Lx)
     return {
-        "nrmse": nrmse(pred, true),
+        "nrmse": sum(per_step) / len(per_step),
         "nrmse_one_step": nrmse_one_step(one_step, one_true),
         "crmse": crmse(pred, true),
         "brmse": brmse(pred, true),
@@ -384,10 +390,10 @@ def evaluate_rollout(
         "bc_violation": bc_violation(pred, true, boundary),
         "negativity": negativity(pred, nonnegative),
         "spectral_energy_error": spectral_energy_error(pred, true),
-        "corr_time": corr_time(pred, true, corr_threshold, dt),
-        "valid_time": valid_time(pred, true, valid_threshold, dt),
-        "nrmse_per_step": nrmse_per_step(pred, true),
-        "corr_per_step": correlation_per_step(pred, true),
+        "corr_time": _as_time(_steps_until(corr, lambda c: c < corr_threshold), dt),
+        "valid_time": _as_time(_steps_until(per_step, lambda e: e > valid_threshold), dt),
+        "nrmse_per_step": per_step,
+        "corr_per_step": corr,
         "samples": int(true.shape[0]),
         "steps": int(true.shape[1]),
     }

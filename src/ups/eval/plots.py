@@ -186,3 +186,24 @@ def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str 
         _draw_series(fig.add_subplot(1, 2, 2), vals, bounds, "validation metrics")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Sequence[float]], samples: int = 3,
+                     channel: int = 0, x: Sequence[float] | None = None, t: Sequence[float] | None = None,
+                     dt: float | None = None) -> dict[str, Path]:
+    """The standard plots of one evaluation, as {caption: PNG path} ready for :func:`ups.eval.report.write_report`.
+
+    pred, true: [B, T, X, C] de-normalised rollouts (space-time images of ``channel`` for the first
+    ``samples`` samples; skipped for 2D/3D fields); curves: {name: nRMSE per step} (model, persistence,
+    peers) -> ``nrmse_per_step.png``. x: [X], t: [T] coordinates for the image axes.
+    """
+    out_dir = Path(out_dir)
+    plots: dict[str, Path] = {}
+    if curves:
+        plots["nRMSE per rollout step"] = plot_error_curves(curves, out_dir / "nrmse_per_step.png", dt=dt)
+    if getattr(true, "ndim", 0) == 4:
+        for i in range(min(samples, true.shape[0])):
+            plots[f"sample {i}: truth, prediction, error"] = plot_spacetime(
+                true[i, ..., channel], pred[i, ..., channel], out_dir / f"spacetime_{i}.png",
+                title=f"test sample {i}", x=x, t=t)
+    return plots
