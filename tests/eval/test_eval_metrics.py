@@ -243,3 +243,23 @@ def test_shape_mismatch_is_one_clear_line():
         M.evaluate_rollout(torch.zeros(1, 2, 3, 1), torch.zeros(1, 2, 4, 1))
     with pytest.raises(UPSError, match="at least 4 axes"):
         M.crmse(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_frmse_2d_single_mode_counts_the_radial_band():
+    # p - y = A cos(2 pi (3 x + 4 y)) on a 16 x 16 grid: one rfft2 coefficient of modulus A n^2 / 2 at |k| = 5,
+    # scaled by (L / n)^2 -> A / 2; the mid band [4, 12) averages it with every other coefficient there.
+    n, amp = 16, 0.6
+    g = torch.arange(n, dtype=torch.float64) / n
+    gx, gy = torch.meshgrid(g, g, indexing="ij")
+    err = amp * torch.cos(2 * math.pi * (3 * gx + 4 * gy))
+    y = torch.zeros(1, 1, n, n, 1, dtype=torch.float64)
+    kx = [k if k < n // 2 else k - n for k in range(n)]  # full-FFT axis
+    in_mid = sum(1 for a in kx for b in range(n // 2 + 1) if 4 <= math.hypot(a, b) < 12)
+    got = M.frmse_bands(y + err.reshape(1, 1, n, n, 1), y)
+    assert math.isclose(got["mid"], amp / 2 / in_mid, rel_tol=1e-9)
+    assert got["low"] < 1e-12 and math.isnan(got["high"])  # |k| <= hypot(8, 8) < 12 on this grid
+
+
+def test_bc_violation_needs_three_points():
+    with pytest.raises(UPSError, match="at least 3 points"):
+        M.bc_violation(torch.zeros(1, 1, 2, 1), torch.zeros(1, 1, 2, 1))

@@ -2,7 +2,7 @@
 
 All functions take de-normalised rollouts ``pred`` and ``true`` shaped ``[B, T, *spatial, C]`` (the
 input frames already dropped: frame 0 is the first prediction) and return Python floats unless stated
-otherwise. Reductions run in float64.
+otherwise. Reductions run in float64 (FFTs in the input's precision, at least float32).
 
 PDEBench metrics (per frame and channel, then averaged over frames and channels):
 
@@ -251,6 +251,8 @@ def bc_violation(pred: torch.Tensor, true: torch.Tensor, boundary: str = "period
     """
     _check_pair(pred, true)
     residual = BOUNDARY_RESIDUALS.get(boundary)
+    if min(true.shape[d] for d in _spatial_dims(true)) < 3:
+        raise UPSError(f"bc_violation needs at least 3 points along every spatial axis, got {tuple(true.shape)}")
     diff = residual(pred).double() - residual(true).double()  # [B, T, n, C]
     return float(diff.pow(2).mean(dim=2).sqrt().mean())
 
