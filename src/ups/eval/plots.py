@@ -24,7 +24,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """Render ``fig`` as PNG to ``path`` atomically."""
     path = Path(path)
     FigureCanvasAgg(fig)
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return path
 
 
@@ -55,7 +55,7 @@ def plot_spacetime(truth, pred, path: str | Path, *, title: str = "", x: Sequenc
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
     err = p - y
     emax = float(np.nanmax(np.abs(err[np.isfinite(err)]))) if np.isfinite(err).any() else 0.0
-    fig = Figure(figsize=(12, 3.6))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
     panels = [("truth", y, "viridis", lo, hi), ("prediction", p, "viridis", lo, hi),
               ("error (pred - truth)", err, "RdBu_r", -emax or -1e-12, emax or 1e-12)]
     for i, (name, data, cmap, vmin, vmax) in enumerate(panels):
@@ -65,7 +65,9 @@ def plot_spacetime(truth, pred, path: str | Path, *, title: str = "", x: Sequenc
         ax.set_title(name)
         ax.set_xlabel("x")
         ax.set_ylabel("t" if i == 0 else "")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        if i:
+            ax.tick_params(labelleft=False)
+        fig.colorbar(im, ax=ax)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -79,7 +81,7 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
     """
     if not curves:
         raise UPSError("plot_error_curves needs at least one curve ({name: per-step values})")
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for name, values in curves.items():
         v = np.asarray(list(values), dtype=np.float64)
@@ -176,7 +178,7 @@ def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str 
     records = read_epoch_records(train_log)
     losses, vals = training_series(records)
     bounds = _stage_bounds(records)
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4), layout="constrained")
     if not records:
         ax = fig.add_subplot(1, 1, 1)
         ax.axis("off")
