@@ -164,7 +164,9 @@ def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, p
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>written {stamp}</p>",
         "<h2>Run</h2>", _kv_table(run_info), "<h2>Data</h2>", _kv_table(eval_json.get("data") or {}),
         "<h2>Configuration</h2>", _config_summary(config_yaml),
-        "<h2>Metrics</h2>", _ratio_line(columns), _metrics_table(columns), _ttc_section(ttc),
+        "<h2>Metrics</h2>", _ratio_line(columns),
+        "<p>Physical space, de-normalised, over the whole rollout; lower is better except corr_time and "
+        "valid_time (steps, or times when dt is known).</p>", _metrics_table(columns), _ttc_section(ttc),
         "<h2>Plots</h2>",
         *(_embed(name, path) for name, path in _with_training_curves(run_dir, plots).items()),
         "</body></html>\n",
