@@ -42,6 +42,18 @@ def _add_data_parser(sub) -> argparse._SubParsersAction:
     return dsub
 
 
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ups.config import RunConfig
+    from ups.eval.leaderboard import Leaderboard
+
+    board = Leaderboard(args.file or RunConfig().leaderboard)
+    if not board.exists():
+        raise UPSError(f"no leaderboard at {board.path} (evaluations add rows to it: run `ups pipeline CONFIG` "
+                       "first, or pass --file CSV)")
+    print(board.format_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ups", description="Universal Physics Stack")
     parser.add_argument("--version", action="version", version=f"ups {__version__}")
@@ -52,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(func=_cmd_config)
     _add_data_parser(sub)
+
+    p = sub.add_parser("leaderboard", help="print the leaderboard CSV as a table")
+    p.add_argument("--file", default=None, help="leaderboard CSV (default: run.leaderboard, runs/leaderboard.csv)")
+    p.set_defaults(func=_cmd_leaderboard)
     return parser
 
 

@@ -1,0 +1,211 @@
+"""PNG plots for evaluations and reports (matplotlib's Agg canvas, no pyplot global state, atomic writes).
+
+- :func:`plot_spacetime`        truth, prediction and error images of one 1D sample [T, X]
+- :func:`plot_error_curves`     nRMSE per rollout step for the model, persistence and peers (log y)
+- :func:`plot_training_curves`  loss components and validation metrics over epochs from ``train_log.jsonl``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ups.errors import UPSError
+from ups.io_utils import atomic_write_with
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` as PNG to ``path`` atomically."""
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return path
+
+
+def _as_array(x, name: str) -> np.ndarray:
+    arr = x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise UPSError(f"{name} must be one 1D sample [T, X] (or [T, X, 1]), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def plot_spacetime(truth, pred, path: str | Path, *, title: str = "", x: Sequence[float] | None = None,
+                   t: Sequence[float] | None = None) -> Path:
+    """Truth, prediction and error (pred - truth) as space-time images of one 1D sample.
+
+    truth, pred: [T, X] (or [T, X, 1]) tensors or arrays; x: [X] and t: [T] coordinates for the axes
+    (indices when None). Truth and prediction share one colour scale; the error has a symmetric one.
+    """
+    y, p = _as_array(truth, "truth"), _as_array(pred, "pred")
+    if y.shape != p.shape:
+        raise UPSError(f"truth {y.shape} and prediction {p.shape} must have the same [T, X] shape")
+    n_t, n_x = y.shape
+    xs = np.asarray(x if x is not None else np.arange(n_x), dtype=np.float64)
+    ts = np.asarray(t if t is not None else np.arange(n_t), dtype=np.float64)
+    extent = (xs[0], xs[-1] if n_x > 1 else xs[0] + 1, ts[-1] if n_t > 1 else ts[0] + 1, ts[0])
+    finite = np.concatenate([y[np.isfinite(y)], p[np.isfinite(p)]])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+    err = p - y
+    emax = float(np.nanmax(np.abs(err[np.isfinite(err)]))) if np.isfinite(err).any() else 0.0
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    panels = [("truth", y, "viridis", lo, hi), ("prediction", p, "viridis", lo, hi),
+              ("error (pred - truth)", err, "RdBu_r", -emax or -1e-12, emax or 1e-12)]
+    for i, (name, data, cmap, vmin, vmax) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        im = ax.imshow(data, aspect="auto", origin="upper", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xlabel("x")
+        ax.set_ylabel("t" if i == 0 else "")
+        if i:
+            ax.tick_params(labelleft=False)
+        fig.colorbar(im, ax=ax)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "nRMSE per step",
+                      ylabel: str = "nRMSE", dt: float | None = None) -> Path:
+    """One line per entry of ``curves`` ({name: per-step values}), log y axis; steps (or times with dt) on x.
+
+    Non-positive or non-finite values cannot be drawn on a log axis and are left out of the line.
+    """
+    if not curves:
+        raise UPSError("plot_error_curves needs at least one curve ({name: per-step values})")
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for name, values in curves.items():
+        v = np.asarray(list(values), dtype=np.float64)
+        steps = np.arange(1, v.size + 1) * (dt if dt is not None else 1.0)
+        v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
+        ax.plot(steps, v, marker="o" if v.size <= 20 else None, markersize=3, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("time" if dt is not None else "rollout step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def read_epoch_records(train_log: str | Path) -> list[dict]:
+    """The ``"kind": "epoch"`` records of a train_log.jsonl, in order; malformed lines (a half-written last
+    line) are skipped. A missing file is an error."""
+    train_log = Path(train_log)
+    if not train_log.is_file():
+        raise UPSError(f"training log {train_log} not found (train a run first, or pass the run's train_log.jsonl)")
+    records = []
+    for line in train_log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind", "epoch") == "epoch":
+            records.append(rec)
+    return records
+
+
+def _flatten(rec: dict) -> dict:
+    """Lift one level of nested dicts (the trainer's ``"components": {"loss_forward": ...}``, a ``"val": {...}``
+    block) to the top: inner keys that already start with ``loss``/``val_`` are kept, others are prefixed."""
+    out = {k: v for k, v in rec.items() if not isinstance(v, dict)}
+    for key, inner in rec.items():
+        if isinstance(inner, dict):
+            for k, v in inner.items():
+                out.setdefault(k if k.startswith(("loss", "val_")) else f"{key}_{k}", v)
+    return out
+
+
+def _numeric_series(records: list[dict], keep) -> dict[str, list[float]]:
+    """{field: value per record (NaN where missing)} for numeric fields whose name passes ``keep``."""
+    records = [_flatten(r) for r in records]
+    names: list[str] = []
+    for rec in records:
+        for k, v in rec.items():
+            if keep(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in names:
+                names.append(k)
+    return {k: [float(r[k]) if isinstance(r.get(k), (int, float)) else math.nan for r in records] for k in names}
+
+
+def training_series(records: list[dict]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """({loss field: per-epoch values}, {val_ field: per-epoch values}) of epoch records, NaN where missing."""
+    return (_numeric_series(records, lambda k: k.startswith("loss")),
+            _numeric_series(records, lambda k: k.startswith("val_")))
+
+
+def _stage_bounds(records: list[dict]) -> list[tuple[int, str]]:
+    """(first record index, stage name) at every change of stage."""
+    out, last = [], object()
+    for i, rec in enumerate(records):
+        if rec.get("stage") != last:
+            last = rec.get("stage")
+            out.append((i, str(last) if last is not None else ""))
+    return out
+
+
+def _draw_series(ax, series: dict[str, list[float]], bounds: list[tuple[int, str]], title: str) -> None:
+    xs = np.arange(1, len(next(iter(series.values()), [])) + 1)
+    for name, values in series.items():
+        v = np.asarray(values, dtype=np.float64)
+        v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
+        ax.plot(xs, v, marker="o" if xs.size <= 30 else None, markersize=3, label=name)
+    for i, (start, stage) in enumerate(bounds):
+        if i:
+            ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=1)
+        if stage:
+            ax.annotate(stage, (start + 1, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch (all stages, in order)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+
+
+def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str = "training") -> Path:
+    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) per epoch record of a
+    train_log.jsonl, stages marked by dotted lines. Missing fields leave gaps; with no epoch records the
+    figure says so instead of failing, so a report can still be written."""
+    records = read_epoch_records(train_log)
+    losses, vals = training_series(records)
+    bounds = _stage_bounds(records)
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    if not records:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no epoch records in {Path(train_log).name}", ha="center", va="center")
+    else:
+        _draw_series(fig.add_subplot(1, 2, 1), losses, bounds, "training losses")
+        _draw_series(fig.add_subplot(1, 2, 2), vals, bounds, "validation metrics")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Sequence[float]], samples: int = 3,
+                     channel: int = 0, x: Sequence[float] | None = None, t: Sequence[float] | None = None,
+                     dt: float | None = None) -> dict[str, Path]:
+    """The standard plots of one evaluation, as {caption: PNG path} ready for :func:`ups.eval.report.write_report`.
+
+    pred, true: [B, T, X, C] de-normalised rollouts (space-time images of ``channel`` for the first
+    ``samples`` samples; skipped for 2D/3D fields); curves: {name: nRMSE per step} (model, persistence,
+    peers) -> ``nrmse_per_step.png``. x: [X], t: [T] coordinates for the image axes.
+    """
+    out_dir = Path(out_dir)
+    plots: dict[str, Path] = {}
+    if curves:
+        plots["nRMSE per rollout step"] = plot_error_curves(curves, out_dir / "nrmse_per_step.png", dt=dt)
+    if getattr(true, "ndim", 0) == 4:
+        for i in range(min(samples, true.shape[0])):
+            plots[f"sample {i}: truth, prediction, error"] = plot_spacetime(
+                true[i, ..., channel], pred[i, ..., channel], out_dir / f"spacetime_{i}.png",
+                title=f"test sample {i}", x=x, t=t)
+    return plots
