@@ -44,8 +44,9 @@ class ToyData(Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-def loaders(n_train: int = 64, n_val: int = 64, batch_size: int = 8) -> tuple[DataLoader, DataLoader]:
-    train = DataLoader(ToyData(n_train, seed=1), batch_size=batch_size, shuffle=True)
+def loaders(n_train: int = 64, n_val: int = 64, batch_size: int = 8, shuffle: bool = True
+            ) -> tuple[DataLoader, DataLoader]:
+    train = DataLoader(ToyData(n_train, seed=1), batch_size=batch_size, shuffle=shuffle)
     val = DataLoader(ToyData(n_val, seed=2), batch_size=32, shuffle=False)
     return train, val
 
@@ -77,6 +78,7 @@ class ToyStage(Stage):
             time.sleep(self.sleep_s)
         z = self.encoder(batch["x"])
         self.autocast_dtype = z.dtype  # bf16/fp16 under autocast
+        self.teacher_training = self.teacher.training
         forward = ((self.head(z) - batch["y"]) ** 2).mean()
         inv = ((self.decoder(z) - batch["x"]) ** 2).mean()
         weight = inverse_loss_weight(epoch, **self.inv)
@@ -114,12 +116,14 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 
 def run_toy(run_dir: Path, *, resume: bool = False, stage_kw: dict | None = None, data_kw: dict | None = None,
+            log_prefix: str | None = None,
             **cfg) -> tuple[ToyStage, dict]:
     """Train a fresh toy stage (seeded) and return it with the trainer's summary."""
     torch.manual_seed(0)
     stage = ToyStage(**(stage_kw or {}))
     train, val = loaders(**(data_kw or {}))
-    summary = Trainer(stage=stage, config=toy_config(**cfg), run_dir=run_dir, resume=resume).fit(train, val)
+    trainer = Trainer(stage=stage, config=toy_config(**cfg), run_dir=run_dir, resume=resume, log_prefix=log_prefix)
+    summary = trainer.fit(train, val)
     return stage, summary
 
 
