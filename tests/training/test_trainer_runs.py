@@ -101,3 +101,18 @@ def test_wandb_offline_logs_prefixed_metrics(tmp_path, monkeypatch):
     assert wandb.run is None
     assert {"op/loss", "op/val_metric", "op/grad_norm_max", "op/components/loss_forward"} <= keys
     assert list((tmp_path / "run").glob("wandb/offline-run-*"))
+
+
+def test_progress_bar_mode_shows_loss_lr_and_grad(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runs.Reporter, "MININTERVAL", 0.0)
+    toy.run_toy(tmp_path, epochs=1, progress="bar")
+    captured = capsys.readouterr()
+    assert "toy 1/1" in captured.err and "loss=" in captured.err and "lr=" in captured.err
+    assert "grad=" in captured.err
+    assert "toy epoch 1/1" in captured.out + captured.err  # the epoch line is still printed
+
+
+def test_resume_with_changed_settings_warns(tmp_path, capsys):
+    toy.run_toy(tmp_path, epochs=1)
+    toy.run_toy(tmp_path, epochs=2, resume=True, lr=0.5)
+    assert "changed training settings ['lr']" in capsys.readouterr().err

@@ -94,6 +94,13 @@ def load_checkpoint(path_stem: str | Path, modules: dict[str, nn.Module], *, str
     except Exception as err:  # safetensors raises several types for damaged files
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {weights_path} cannot be read ({first}); delete it and retrain") from None
+    load_tensors(modules, saved, source=f"checkpoint {weights_path}{_describe(meta)}", strict=strict)
+    return meta
+
+
+def load_tensors(modules: dict[str, nn.Module], saved: dict[str, torch.Tensor], *, source: str,
+                 strict: bool = True) -> None:
+    """Copy ``saved`` (keys ``"module.param"``) into ``modules``; one-line error naming ``source``."""
     expected = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -105,16 +112,22 @@ def load_checkpoint(path_stem: str | Path, modules: dict[str, nn.Module], *, str
         else:
             example = f"e.g. '{(missing or unexpected)[0]}' is {'missing' if missing else 'unexpected'}"
         raise CheckpointError(
-            f"checkpoint {weights_path}{_describe(meta)} does not fit these modules: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(mismatched)} shape-mismatched tensors ({example}); it comes "
-            "from another model or config: use the config it was trained with (see its .json) or retrain"
+            f"{source} does not fit these modules: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} shape-mismatched tensors ({example}); it comes from another model or config: "
+            "use the config it was trained with (see its .json) or retrain"
         )
     for name, module in modules.items():
         prefix = f"{name}."
         sub = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
         if sub or strict:
             module.load_state_dict(sub, strict=strict)
-    return meta
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 # ------------------------------------------------------------------------------ training state

@@ -227,6 +227,8 @@ class Reporter:
     Warnings go to stderr in every mode (also ``none``): they matter more than progress.
     """
 
+    MININTERVAL = 0.1  # seconds between bar refreshes
+
     def __init__(self, mode: str = "auto"):
         self.main = is_main_process()
         if mode == "auto":
@@ -236,13 +238,13 @@ class Reporter:
 
     def start_epoch(self, total: int | None, desc: str) -> None:
         if self.mode == "bar":
-            self._bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=self.MININTERVAL)
 
     def advance(self, postfix: dict[str, str] | None = None) -> None:
         if self._bar is not None:
-            self._bar.update(1)
             if postfix:
                 self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(1)
 
     def end_epoch(self) -> None:
         if self._bar is not None:

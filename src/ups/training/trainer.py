@@ -117,12 +117,15 @@ class Trainer:
         self._epoch_start_rng: dict | None = None
         self._signals = SignalFlag()
         self._warned: set[tuple[str, int]] = set()
+        self._postfix: dict[str, str] = {}
         self._t0 = time.monotonic()
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None) -> dict[str, Any]:
         """Train until ``epochs``, early stopping, target, ``max_steps`` or ``time_budget_s``."""
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self._total_steps(train_loader))
+        if not self.resume:
+            ckpt.seed_everything(self.cfg.seed)
         resume_rng = self._restore() if self.resume else None
         check_free_disk(self.run.checkpoints, ckpt.estimate_checkpoint_bytes(self.modules),
                         f"the checkpoints of stage '{self.name}'")
@@ -160,6 +163,7 @@ class Trainer:
             for batch in iterator:
                 self.train_one_batch(batch)
                 self.batch_in_epoch += 1
+                self.reporter.advance(self._postfix)
                 if self.batch_in_epoch % self.cfg.grad_accum == 0:
                     self.optimizer_step()
                     if self._after_step():
@@ -191,7 +195,7 @@ class Trainer:
         self.precision.backward(loss.float() / self.cfg.grad_accum)
         self.monitor.add_loss(parts)
         self._accum += 1
-        self.reporter.advance({"loss": f"{parts['loss']:.3g}"} if self.batch_in_epoch % 10 == 0 else None)
+        self._postfix["loss"] = f"{parts['loss']:.3g}"
         return True
 
     def optimizer_step(self) -> None:
@@ -214,6 +218,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update()
             self.monitor.add_step(norm, clipped=clipped)
+            self._postfix.update(lr=f"{next(iter(self._last_lrs.values())):.2e}", grad=f"{norm:.3g}")
         else:
             before, after = self.precision.backoff()
             self.skipped_steps += 1
@@ -301,13 +306,17 @@ class Trainer:
             "monitor": self.monitor.state_dict(), "rng": ckpt.capture_rng(),
             "epoch_start_rng": self._epoch_start_rng if self.batch_in_epoch else None,
             "last_lrs": self._last_lrs, "training_config": self.cfg.model_dump(mode="json"),
+            "modules": ckpt.module_tensors(self.modules),
         }
 
     def _restore(self) -> dict | None:
         """Load ``last`` + the state file; returns the RNG states a mid-epoch resume needs (else None)."""
         folder = self.run.checkpoints
-        state = ckpt.load_state(folder / f"{self.name}_state.pt")
-        ckpt.load_checkpoint(folder / f"{self.name}_last", self.modules)
+        state_path = folder / f"{self.name}_state.pt"
+        state = ckpt.load_state(state_path)
+        # the live weights travel inside the (atomically written) state file, so they always match it
+        ckpt.load_tensors(self.modules, state["modules"], source=f"training state {state_path}")
+        self._check_config(state["training_config"])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -331,6 +340,16 @@ class Trainer:
         return {"epoch_start": state["epoch_start_rng"], "current": state["rng"]}
 
     # ------------------------------------------------------------------------------ helpers
+    def _check_config(self, saved: dict[str, Any]) -> None:
+        """Warn when a resumed run's training config differs in fields that change the result."""
+        free = {"epochs", "max_steps", "time_budget_s", "progress", "wandb", "faults", "early_stopping_patience",
+                "target_metric", "device", "health_every"}
+        now = self.cfg.model_dump(mode="json")
+        changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
+        if changed:
+            self.reporter.warn(f"resuming stage '{self.name}' with changed training settings {changed}; the result "
+                               "will differ from an uninterrupted run")
+
     def summary(self) -> dict[str, Any]:
         status = self.stop_reason or ("completed" if self.cfg.epochs > 0 else "skipped")
         out = {"stage": self.name, "kind": "summary", "status": status, "epochs": self.epoch, "step": self.step,
