@@ -11,16 +11,19 @@ Choices worth knowing:
 - Validation, model selection and ``{stage}_best`` use the EMA weights when EMA is on (they are the
   weights a user would deploy); ``{stage}_last`` holds the live weights (training resumes from them),
   ``{stage}_ema`` the EMA weights at the last checkpoint. Validation runs without autocast.
+- A fresh ``fit`` seeds torch, numpy and ``random`` with ``config.seed`` (build the stage's modules
+  after seeding yourself if their initialisation must be reproducible too).
 - ``step`` counts optimizer-step boundaries, including skipped ones; the LR schedule advances on each.
   A group of accumulated batches whose losses were all non-finite makes no step at all.
 - Stop conditions (``max_steps``, ``time_budget_s``) are checked after each optimizer step; the
   current epoch is then validated and checkpointed, so a run stops cleanly slightly after its budget.
 - SIGINT/SIGTERM: at the next step boundary ``last`` and the training state are saved and
   :class:`~ups.training.runs.TrainingInterrupted` is raised (the CLI exits 130 with its message).
-- Resume restores weights, optimizer, schedule, scaler, EMA, health accumulators, counters and the RNG
-  states; mid-epoch, the epoch's loader is re-created from the RNG state at the epoch start and the
-  consumed batches are skipped, so the data order (``sampler.set_epoch(epoch)`` is called when the
-  sampler has it, e.g. ``DistributedSampler``) and the final weights equal an uninterrupted run's.
+- Resume restores weights (kept inside the atomically written state file, so they always match it),
+  optimizer, schedule, scaler, EMA, health accumulators, counters and the RNG states. Mid-epoch, the
+  epoch's loader is re-created from the RNG state at the epoch start and the consumed batches are
+  re-read (not trained on), so the data order and the final weights equal an uninterrupted run's,
+  for a plain shuffled ``DataLoader`` as for a sampler with ``set_epoch`` (called each epoch).
 """
 
 from __future__ import annotations
