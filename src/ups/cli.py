@@ -54,6 +54,21 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ups.config import load_config
+    from ups.training.launch import train
+    from ups.training.runs import TrainingInterrupted
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        run = train(cfg, stage=args.stage, resume=args.resume, run_dir=args.run_dir)
+    except TrainingInterrupted as stop:
+        print(str(stop).replace("CONFIG", args.config), file=sys.stderr)
+        return stop.exit_code
+    print(f"trained: {run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ups", description="Universal Physics Stack")
     parser.add_argument("--version", action="version", version=f"ups {__version__}")
@@ -64,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(func=_cmd_config)
     _add_data_parser(sub)
+
+    p = sub.add_parser("train", help="train the stages of a config in one run directory")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--stage", default="all", help="a stage name, or 'all' (pipeline order; default)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--run-dir", default=None, help="write the run here instead of run.out_dir/<name>")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("leaderboard", help="print the leaderboard CSV as a table")
     p.add_argument("--file", default=None, help="leaderboard CSV (default: run.leaderboard, runs/leaderboard.csv)")
