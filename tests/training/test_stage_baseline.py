@@ -9,8 +9,8 @@ import torch
 
 from ups.config import ExperimentConfig
 from ups.data.metadata import DatasetMetadata
-from ups.errors import ConfigError
 from ups.data.normalization import Normalizer
+from ups.errors import ConfigError
 from ups.models.persistence import Persistence
 from ups.training.stage import STAGES
 from ups.training.stages.baseline import BaselineStage, BaselineStageConfig
