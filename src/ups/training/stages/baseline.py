@@ -66,6 +66,20 @@ def rollout_grid(model: nn.Module, u0: torch.Tensor, coords: torch.Tensor, param
     return torch.stack(frames, dim=1)
 
 
+@torch.no_grad()
+def one_step_grid(model: nn.Module, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
+                  dt: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced one-step predictions from every true frame but the last, in one call.
+
+    u [B, T, N, C], coords [B, N, d], params [B, P], dt [B] -> [B, T - 1, N, C] (predictions of frames 1..T-1).
+    """
+    b, t, n, c = u.shape
+    steps = t - 1
+    out = model.predict_next(u[:, :steps].reshape(b * steps, n, c), coords.repeat_interleave(steps, 0),
+                             params.repeat_interleave(steps, 0), dt.repeat_interleave(steps, 0))
+    return out.reshape(b, steps, n, c)
+
+
 def _denormalize(normalizer: Any, u: torch.Tensor) -> torch.Tensor:
     """u [..., C] normalised -> physical, with the data pipeline's normaliser."""
     return normalizer.denormalize(u)
@@ -156,15 +170,13 @@ class BaselineStage(Stage):
         sums = {"val_rollout_nrmse": 0.0, "val_one_step_nrmse": 0.0, "val_one_step_mse": 0.0, "samples": 0}
         for batch in loader:
             u, coords, params, dt = flatten_batch(batch, self._device())
-            b, t, n, c = u.shape
+            b, t = u.shape[:2]
             steps = t - 1 if self.config.val_max_steps is None else min(t - 1, self.config.val_max_steps)
             pred = rollout_grid(self.model, u[:, 0], coords, params, dt, steps)
             true = _denormalize(self.normalizer, u[:, 1:steps + 1])
             sums["val_rollout_nrmse"] += float(nrmse_per_sample(_denormalize(self.normalizer, pred), true)
                                                .mean(dim=(1, 2)).sum())
-            one = self.model.predict_next(u[:, :steps].reshape(b * steps, n, c),
-                                          coords.repeat_interleave(steps, 0), params.repeat_interleave(steps, 0),
-                                          dt.repeat_interleave(steps, 0)).reshape(b, steps, n, c)
+            one = one_step_grid(self.model, u[:, :steps + 1], coords, params, dt)
             sums["val_one_step_mse"] += float((one - u[:, 1:steps + 1]).pow(2).mean(dim=(1, 2, 3)).sum())
             sums["val_one_step_nrmse"] += float(nrmse_per_sample(_denormalize(self.normalizer, one), true)
                                                 .mean(dim=(1, 2)).sum())
