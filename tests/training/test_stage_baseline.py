@@ -68,7 +68,8 @@ def test_validation_is_a_physical_space_rollout_by_hand():
     metrics = stage.validate([_batch([0.0, 1.0, 3.0], batch=3)])
     rollout = ((3 - 1) / 3 + (7 - 1) / 7) / 2
     one_step = ((3 - 1) / 3 + (7 - 3) / 7) / 2
-    assert metrics["val_rollout_nrmse"] == pytest.approx(rollout)
+    assert metrics["val_rollout_nrmse"] == pytest.approx(rollout) and metrics["val_metric"] == metrics[
+        "val_rollout_nrmse"]
     assert metrics["val_one_step_nrmse"] == pytest.approx(one_step)
     assert metrics["val_one_step_mse"] == pytest.approx((1 + 4) / 2)
     capped = _stage(val_max_steps=1).validate([_batch([0.0, 1.0, 3.0])])

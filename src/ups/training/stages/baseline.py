@@ -163,7 +163,9 @@ class BaselineStage(Stage):
         if sums["samples"] == 0:
             raise ValueError("baseline stage: the validation loader yielded no samples")
         n = sums.pop("samples")
-        return {key: value / n for key, value in sums.items()}
+        out = {key: value / n for key, value in sums.items()}
+        out["val_metric"] = out[self.val_metric]  # what the trainer selects and stops on
+        return out
 
     @torch.no_grad()
     def _validation_sums(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
