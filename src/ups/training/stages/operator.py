@@ -189,8 +189,8 @@ class OperatorStage(Stage):
         out = operator_losses(self.model, batch, cfg=self.cfg, unroll=unroll_length(self.cfg, step), w_enc=w_enc,
                               w_dec=w_dec, spatial=self.meta.spatial_shape, domain=self.domain,
                               generator=self.generator)
-        out["w_inv_enc"] = torch.tensor(w_enc)
-        out["w_inv_dec"] = torch.tensor(w_dec)
+        out["w_inv_enc"] = torch.tensor(w_enc, dtype=torch.float64)
+        out["w_inv_dec"] = torch.tensor(w_dec, dtype=torch.float64)
         out["unroll"] = torch.tensor(float(unroll_length(self.cfg, step)))
         return out
 
@@ -203,9 +203,11 @@ class OperatorStage(Stage):
                                     device=device)
         finally:
             self.model.train(was_training)
-        return {"val_rollout_nrmse": scores["nrmse"], "val_one_step_nrmse": scores["one_step"],
-                "val_persistence_nrmse": scores["persistence"]}
+        return {"val_metric": scores["nrmse"], "val_rollout_nrmse": scores["nrmse"],
+                "val_one_step_nrmse": scores["one_step"], "val_persistence_nrmse": scores["persistence"]}
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"model": self.model_name, "model_params": self.model_params, "rollout_mode": self.cfg.rollout_mode}
+        """What ``Simulator.from_run`` needs: model name and parameters, data metadata, normaliser."""
+        return {"model": self.model_name, "model_params": self.model_params, "rollout_mode": self.cfg.rollout_mode,
+                "data_meta": self.meta.to_dict(), "normalizer": self.normalizer.to_dict()}
 
