@@ -123,9 +123,9 @@ class Simulator:
         out = []
         with torch.inference_mode():
             for i in range(0, b, self.batch_size):
-                sl = slice(i, i + self.batch_size)
-                dev = lambda t: None if t is None else t[sl].to(self.device)  # noqa: E731
-                pred = rollout(self.model, self.normalizer.normalize(dev(u0)), dev(x), dev(p), dev(step_dt), steps,
-                               mode=self.rollout_mode, query_coords=dev(xq))
+                part = [None if t is None else t[i:i + self.batch_size].to(self.device)
+                        for t in (u0, x, p, step_dt, xq)]
+                pred = rollout(self.model, self.normalizer.normalize(part[0]), *part[1:4], steps,
+                               mode=self.rollout_mode, query_coords=part[4])
                 out.append(self.normalizer.denormalize(pred).cpu())
         return torch.cat(out)
