@@ -11,6 +11,9 @@ Two layouts:
 
 ``indexed_array`` builds values that encode their own indices, so a test can tell which sample,
 frame and point a reader returned.
+
+Import as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path`` for test modules in
+``tests/`` and in packages under it such as ``tests/data/``).
 """
 
 from __future__ import annotations

@@ -54,9 +54,10 @@ class ToyStage(Stage):
     name = "toy"
 
     def __init__(self, *, seed: int = 0, width: int = 16, inv_base: float = 0.1, inv_warmup: int = 1,
-                 inv_max: float = 1.0, val_script: list[float] | None = None, sleep_s: float = 0.0):
+                 inv_max: float = 1.0, val_script: list[float] | None = None, sleep_s: float = 0.0,
+                 dropout: float = 0.0):
         torch.manual_seed(seed)
-        self.encoder = nn.Sequential(nn.Linear(4, width), nn.Tanh())
+        self.encoder = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Dropout(dropout))
         self.head = nn.Linear(width, 1)
         self.decoder = nn.Linear(width, 4)
         self.teacher = nn.Linear(4, 1)
@@ -75,6 +76,7 @@ class ToyStage(Stage):
         if self.sleep_s:
             time.sleep(self.sleep_s)
         z = self.encoder(batch["x"])
+        self.autocast_dtype = z.dtype  # bf16/fp16 under autocast
         forward = ((self.head(z) - batch["y"]) ** 2).mean()
         inv = ((self.decoder(z) - batch["x"]) ** 2).mean()
         weight = inverse_loss_weight(epoch, **self.inv)
@@ -122,7 +124,6 @@ def run_toy(run_dir: Path, *, resume: bool = False, stage_kw: dict | None = None
 
 
 def main(argv: list[str]) -> int:
-    torch.set_num_threads(1)
     run_dir, overrides = Path(argv[0]), json.loads(argv[1])
     stage_kw = overrides.pop("stage_kw", {})
     try:

@@ -78,6 +78,7 @@ class TrajectoryFile:
         self.path = Path(path)
         self._given_params = {k: float(v) for k, v in (params or {}).items()}
         self._h5: h5py.File | None = None
+        self._ds: h5py.Dataset | None = None
         self._pid: int | None = None
         self._load_header()
 
@@ -218,7 +219,8 @@ class TrajectoryFile:
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
-        return self._h5["tensor"]
+            self._ds = self._h5["tensor"]
+        return self._ds
 
     def _frame_selection(self, frames: slice | list[int] | np.ndarray) -> tuple[slice | list[int], np.ndarray | None]:
         if isinstance(frames, slice):
@@ -266,7 +268,7 @@ class TrajectoryFile:
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
-        self._h5, self._pid = None, None
+        self._h5, self._pid, self._ds = None, None, None
 
     def __enter__(self) -> TrajectoryFile:
         return self
@@ -276,7 +278,7 @@ class TrajectoryFile:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_h5"], state["_pid"] = None, None
+        state["_h5"], state["_pid"], state["_ds"] = None, None, None
         return state
 
     def __repr__(self) -> str:

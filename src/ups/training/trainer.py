@@ -300,7 +300,7 @@ class Trainer:
             "precision": self.precision.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "monitor": self.monitor.state_dict(), "rng": ckpt.capture_rng(),
             "epoch_start_rng": self._epoch_start_rng if self.batch_in_epoch else None,
-            "training_config": self.cfg.model_dump(mode="json"),
+            "last_lrs": self._last_lrs, "training_config": self.cfg.model_dump(mode="json"),
         }
 
     def _restore(self) -> dict | None:
@@ -321,6 +321,7 @@ class Trainer:
         for key in ("epoch", "batch_in_epoch", "step", "global_batch", "skipped_batches", "skipped_steps",
                     "best_metric", "best_epoch", "bad_validations", "elapsed_s", "last_val"):
             setattr(self, key, state[key])
+        self._last_lrs = dict(state["last_lrs"])
         self.stop_reason = None
         self.log.truncate_after(self.name, self.step)
         self._event("resumed", f"resumed stage '{self.name}' at epoch {self.epoch} step {self.step}")
