@@ -9,6 +9,7 @@ from tests.helpers import write_ups_file
 
 from ups.config import ExperimentConfig
 from ups.data.datasets import WindowDataset, build_metadata, make_loader
+from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.data.reader import open_split
 from ups.models import MODELS
@@ -60,8 +61,9 @@ def test_unet_learns_advection_and_its_best_checkpoint_reloads(tmp_path, one_thr
     assert before > 0.3 and summary["best_metric"] < 0.3 * before
     stem = tmp_path / "run" / "checkpoints" / "baseline_best"
     info = read_checkpoint_meta(stem)
-    assert info["model"]["name"] == "unet1d" and info["val_metric"] == pytest.approx(summary["best_metric"])
-    fresh = MODELS.get(info["model"]["name"]).from_config(meta, info["model"]["params"])
+    assert info["model"] == "unet1d" and info["val_metric"] == pytest.approx(summary["best_metric"])
+    fresh = MODELS.get(info["model"]).from_config(DatasetMetadata.from_dict(info["data_meta"]), info["model_params"])
     load_checkpoint(stem, {"model": fresh})
-    again = BaselineStage(model=fresh, config=stage.config, normalizer=norm).validate(val_loader)
+    again = BaselineStage(model=fresh, config=stage.config, normalizer=Normalizer.from_dict(info["normalizer"])
+                          ).validate(val_loader)
     assert again["val_rollout_nrmse"] == pytest.approx(summary["best_metric"], rel=1e-5)

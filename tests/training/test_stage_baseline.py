@@ -102,7 +102,8 @@ def test_unrolled_loss_trains_the_grid_model_and_detach_cuts_the_rollout_gradien
     stage, cfg, through = _unrolled_grads(False)
     assert all(g is not None and g.abs().sum() > 0 for g in through)
     meta = stage.checkpoint_meta()
-    assert meta["model"] == {"name": "unet1d", "params": cfg.model.params}
+    assert meta["model"] == "unet1d" and meta["model_params"] == cfg.model.params
+    assert meta["data_meta"] == _meta().to_dict() and meta["normalizer"]["mean"] == [0.0]
     assert meta["stage_config"]["detach_between_steps"] is False
     _, _, cut = _unrolled_grads(True)
     assert max((a - b).abs().max().item() for a, b in zip(through, cut)) > 1e-6

@@ -94,10 +94,11 @@ class BaselineStage(Stage):
     val_metric = "val_rollout_nrmse"
 
     def __init__(self, *, model: nn.Module, config: BaselineStageConfig, normalizer: Any,
-                 model_name: str = "", model_params: dict | None = None):
+                 model_name: str = "", model_params: dict | None = None, meta: DatasetMetadata | None = None):
         self.model = model
         self.config = config
         self.normalizer = normalizer
+        self.meta = meta
         self.model_name = model_name
         self.model_params = dict(model_params or {})
 
@@ -109,7 +110,7 @@ class BaselineStage(Stage):
     def build(cls, *, cfg: ExperimentConfig, meta: DatasetMetadata, normalizer: Any, run_dir: Path) -> BaselineStage:
         model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
         return cls(model=model, config=cls.stage_config(cfg), normalizer=normalizer, model_name=cfg.model.name,
-                   model_params=cfg.model.params)
+                   model_params=cfg.model.params, meta=meta)
 
     @classmethod
     def train_window(cls, cfg: ExperimentConfig) -> int:
@@ -186,5 +187,8 @@ class BaselineStage(Stage):
         return sums
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"model": {"name": self.model_name, "params": self.model_params},
+        """Model name and parameters, data metadata and normaliser (the keys the operator stage writes too)."""
+        return {"model": self.model_name, "model_params": self.model_params,
+                "data_meta": self.meta.to_dict() if self.meta is not None else None,
+                "normalizer": self.normalizer.to_dict() if hasattr(self.normalizer, "to_dict") else None,
                 "stage_config": self.config.model_dump()}
