@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ups.config import ExperimentConfig
 from ups.models.persistence import Persistence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,16 +30,15 @@ from peers_common import (  # noqa: E402
     same_data,
     stage_model,
     train_for_budget,
-    ups_entry,
+    ups_config,
 )
 
 PEERS = {"fno": ("fno_burgers1d", "baseline"), "unet": ("unet_burgers1d", "baseline")}
 
 
-def _train_and_score(bench: Bench, config: str, stage: str, work: Path, budget: float, quick: bool) -> dict:
-    cfg = load_bench_config(config, quick=quick, work=work)
+def _train_and_score(bench: Bench, cfg: ExperimentConfig, stage: str, work: Path, budget: float) -> dict:
     same_data(bench.cfg, cfg)
-    trained, summary = train_for_budget(bench, cfg, stage, work / "runs" / config, budget)
+    trained, summary = train_for_budget(bench, cfg, stage, work / "runs" / cfg.name, budget)
     model = stage_model(trained)
     metrics = evaluate(model, bench)
     return {"model": cfg.model.name, "params": n_params(model), "steps": summary["step"],
@@ -58,18 +58,18 @@ def run(budget: float | None = None, quick: bool = False) -> dict:
         work = Path(tmp)
         bench = Bench.open(load_bench_config("fno_burgers1d", quick=quick, work=work))
         results = {}
-        ups = ups_entry(quick=quick, work=work)
-        if ups is not None:
-            results["ups"] = _train_and_score(bench, *ups, work, budget, quick)
+        ups_cfg, ups_stage = ups_config(quick=quick, work=work)
+        results["ups"] = _train_and_score(bench, ups_cfg, ups_stage, work, budget)
         for name, (config, stage) in PEERS.items():
-            results[name] = _train_and_score(bench, config, stage, work, budget, quick)
+            cfg = load_bench_config(config, quick=quick, work=work)
+            results[name] = _train_and_score(bench, cfg, stage, work, budget)
         persistence = evaluate(Persistence(), bench)
     results["persistence"] = {"rollout_nrmse": persistence["nrmse"], "one_step_nrmse": persistence["nrmse_one_step"],
                               "corr_time": persistence["corr_time"], "params": 0}
-    ratio = (results["ups"]["rollout_nrmse"] / results["fno"]["rollout_nrmse"]) if "ups" in results else None
+    ratio = results["ups"]["rollout_nrmse"] / results["fno"]["rollout_nrmse"]
     return {"benchmark": "accuracy", "quick": quick, "budget_s": budget, "data": _data_summary(bench),
             "models": results, "ratio_ups_over_fno_rollout_nrmse": ratio,
-            "ups_beats_fno": None if ratio is None else ratio < 1.0,
+            "ups_beats_fno": ratio < 1.0,
             "threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - t0, 2)}
 
 

@@ -39,7 +39,10 @@ SPLITS = ("train", "val", "test")
 QUICK_GENERATE = {"resolution": 128, "frames": 21, "t_end": 0.4,
                   "samples": {"train": 8, "val": 2, "test": 3}, "seeds": {"train": 11, "val": 12, "test": 13},
                   "batch_size": 8}
+UPS_QUICK = {"latent_dim": 16, "num_supernodes": 8, "heads": 2, "operator_depth": 1, "kernel_hidden": 8,
+             "decoder_hidden": 16}
 QUICK_MODEL_PARAMS = {
+    "upt": UPS_QUICK,
     "fno": {"n_modes": 8, "hidden_channels": 16, "n_layers": 2},
     "unet1d": {"width": 4, "depth": 2},
 }
@@ -81,18 +84,58 @@ def same_data(a: ExperimentConfig, b: ExperimentConfig) -> None:
 
 
 def stage_model(stage: Stage) -> torch.nn.Module:
-    """The module of a trained stage that offers ``predict_next``."""
-    for module in [getattr(stage, "model", None), *stage.modules().values()]:
-        if module is not None and hasattr(module, "predict_next"):
-            return module
-    raise UPSError(f"stage '{stage.name}' has no module with predict_next (modules: {sorted(stage.modules())})")
+    """The model a trained stage trained (its ``model`` module)."""
+    model = getattr(stage, "model", None) or stage.modules().get("model")
+    if model is None:
+        raise UPSError(f"stage '{stage.name}' has no 'model' module (modules: {sorted(stage.modules())})")
+    return model
+
+
+class OneStep(torch.nn.Module):
+    """Gives ``predict_next`` to a model whose ``forward`` is its one-step map (the UPT model's re-encoding
+    step): ``(u [B, N, C], coords [B, N, d], params [B, P], dt [B]) -> [B, N, C]``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def predict_next(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
+                     dt: torch.Tensor) -> torch.Tensor:
+        return self.model(u, coords, params, dt)
+
+
+def one_step_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` itself when it has ``predict_next``, else :class:`OneStep` around it."""
+    return model if hasattr(model, "predict_next") else OneStep(model)
+
+
+def ups_config(*, quick: bool, work: Path) -> tuple[ExperimentConfig, str]:
+    """The UPS model's config and its first stage: ``configs/burgers1d.yaml`` when present, else the peers'
+    data section with the ``upt`` model and the ``operator`` stage at their defaults."""
+    if (CONFIGS / "burgers1d.yaml").is_file():
+        cfg = load_bench_config("burgers1d", quick=quick, work=work)
+    else:
+        params = "{" + ", ".join(f"{k}: {v}" for k, v in UPS_QUICK.items()) + "}" if quick else "{}"
+        cfg = load_bench_config("fno_burgers1d", quick=quick, work=work,
+                                extra=["name=ups_burgers1d", "model.name=upt", f"model.params={params}",
+                                       "stages={operator: {}}", "data.random_offset=true"])
+    return cfg, "operator"
 
 
 def ensure_data(cfg: ExperimentConfig) -> None:
     """Generate the split files of ``cfg.data`` from ``cfg.data.generate`` when any is missing."""
-    from ups.data.generate import generate_splits
+    from ups.data.generate import generate_dataset
 
-    generate_splits(cfg)
+    d, gen = cfg.data, cfg.data.generate
+    for split in SPLITS:
+        path = getattr(d, split)
+        if not path or Path(path).exists():
+            continue
+        if gen is None:
+            raise UPSError(f"data.{split}={path} does not exist and the config has no data.generate section")
+        generate_dataset(pde=d.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split],
+                         out=path, resolution=gen.resolution, frames=gen.frames, t_end=gen.t_end,
+                         batch_size=gen.batch_size, progress=False)
 
 
 @dataclass
@@ -191,7 +234,7 @@ def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -
 
     Returns de-normalised ``pred``, ``one_step``, ``true`` [S, T-1, *spatial, C] and ``u0`` [S, *spatial, C].
     """
-    model.eval()
+    model = one_step_model(model).eval()
     loader = make_loader(bench.dataset(split, None), batch_size=bench.cfg.eval.batch_size, shuffle=False, seed=0)
     device = next(iter(model.parameters()), torch.empty(0)).device
     parts: dict[str, list[torch.Tensor]] = {"pred": [], "one_step": [], "true": [], "u0": []}

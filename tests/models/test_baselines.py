@@ -177,3 +177,20 @@ def test_import_ups_does_not_import_neuralop():
             "print('neuralop' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["fno", "unet1d"])
+def test_checkpoint_round_trip_restores_predictions(name, tmp_path):
+    from ups.training.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(3)
+    meta = _meta()
+    model = MODELS.get(name).from_config(meta, SMALL[name]).eval()
+    assert all(isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    save_checkpoint(tmp_path / "m", {"model": model}, {"model": name})
+    torch.manual_seed(4)
+    fresh = MODELS.get(name).from_config(meta, SMALL[name]).eval()
+    u, coords, p, dt = _inputs(meta)
+    assert not torch.allclose(fresh.predict_next(u, coords, p, dt), model.predict_next(u, coords, p, dt))
+    load_checkpoint(tmp_path / "m", {"model": fresh})
+    assert torch.equal(fresh.predict_next(u, coords, p, dt), model.predict_next(u, coords, p, dt))

@@ -143,6 +143,13 @@ class FNOModel(GridModel):
             positional_embedding="grid" if positional_embedding else None,
         )
 
+    def state_dict(self, *args, **kwargs):
+        """Tensors only: neuralop adds a ``_metadata`` dict entry that safetensors checkpoints cannot hold."""
+        out = super().state_dict(*args, **kwargs)
+        for key in [k for k, v in out.items() if not isinstance(v, torch.Tensor)]:
+            del out[key]
+        return out
+
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> FNOModel:
         cfg = FNOConfig.model_validate(params)
