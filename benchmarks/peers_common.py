@@ -35,8 +35,8 @@ DEFAULT_BUDGET_S = 900.0
 QUICK_BUDGET_S = 2.0
 SPLITS = ("train", "val", "test")
 
-# A tiny Burgers data set for quick mode: 32 points and 5 frames after the PDEBench strides.
-QUICK_GENERATE = {"resolution": 128, "frames": 21, "t_end": 0.4,
+# A tiny Burgers data set for quick mode (nu=0.1: few solver steps): 32 points, 5 frames after the strides.
+QUICK_GENERATE = {"params": "{nu: 0.1}", "resolution": 128, "frames": 21, "t_end": 0.2,
                   "samples": {"train": 8, "val": 2, "test": 3}, "seeds": {"train": 11, "val": 12, "test": 13},
                   "batch_size": 8}
 UPS_QUICK = {"latent_dim": 16, "num_supernodes": 8, "heads": 2, "operator_depth": 1, "kernel_hidden": 8,
