@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # Modules whose stages register themselves in ``ups.training.stage.STAGES``; add new ones here.
-_BUILTIN: tuple[str, ...] = ()
+_BUILTIN: tuple[str, ...] = ("ups.training.stages.operator", "ups.training.stages.baseline")
 
 for _mod in _BUILTIN:
     importlib.import_module(_mod)

@@ -1,0 +1,115 @@
+"""Inference speed: rolling out the whole test set with UPS, FNO and U-Net against the numerical solver
+producing the same frames at the same output resolution, all timed in this one process.
+
+Weights are freshly initialised: the cost of a rollout does not depend on their values (accuracy is the
+accuracy benchmark's job). The solver starts from the same first frames and writes the same 41 frames at
+the same 256 points. Usage: python benchmarks/bench_inference.py [--quick]   (prints one JSON object)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers_common import Bench, load_bench_config, n_params, one_step_model, ups_config  # noqa: E402
+
+from ups.data.pdes import PDES  # noqa: E402
+from ups.eval.metrics import nrmse  # noqa: E402
+from ups.models import MODELS  # noqa: E402
+from ups.training.stage import STAGES  # noqa: E402
+from ups.training.stages.baseline import flatten_batch, rollout_grid  # noqa: E402
+
+CORRECTOR_STAGES = ("diff_residual", "consistency_distill")
+
+
+def _test_set(bench: Bench) -> dict[str, torch.Tensor]:
+    """All test trajectories in one batch: u [S, T, N, C] normalised, coords, params, dt."""
+    from ups.data.datasets import collate
+
+    ds = bench.dataset("test", None)
+    u, coords, params, dt = flatten_batch(collate([ds[i] for i in range(len(ds))]), torch.device("cpu"))
+    return {"u": u, "coords": coords, "params": params, "dt": dt}
+
+
+@torch.inference_mode()
+def _time_model(model: torch.nn.Module, data: dict, batch: int, repeats: int) -> float:
+    """Best wall time (s) of rolling out every test trajectory over all its frames, in batches of ``batch``."""
+    model = one_step_model(model).eval()
+    steps = data["u"].shape[1] - 1
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(0, data["u"].shape[0], batch):
+            sl = slice(i, i + batch)
+            rollout_grid(model, data["u"][sl, 0], data["coords"][sl], data["params"][sl], data["dt"][sl], steps)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[float, float]:
+    """Best wall time (s) of the solver over the test set, and its nRMSE against the test frames."""
+    gen = bench.cfg.data.generate
+    meta = bench.meta
+    pde = PDES.get(meta.pde)()
+    params = pde.make_params(**dict(gen.params), resolution=meta.n_points, frames=meta.n_frames,
+                             t_end=meta.dt * (meta.n_frames - 1))
+    phys = bench.normalizer.denormalize(data["u"]).double()  # [S, T, N, 1]
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        parts = [pde.solve(phys[i:i + batch, 0, :, 0], params=params) for i in range(0, phys.shape[0], batch)]
+        best = min(best, time.perf_counter() - t0)
+        out = torch.cat(parts)
+    return best, nrmse(out[:, 1:, :, None], phys[:, 1:])
+
+
+def run(budget: float | None = None, quick: bool = False) -> dict:
+    """Time the rollouts; ``budget`` is unused (inference needs no training)."""
+    torch.set_num_threads(1)
+    repeats = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="ups-bench-inf-") as tmp:
+        work = Path(tmp)
+        bench = Bench.open(load_bench_config("fno_burgers1d", quick=quick, work=work))
+        data = _test_set(bench)
+        batch = bench.cfg.eval.batch_size
+        configs = {"ups": ups_config(quick=quick, work=work)[0],
+                   "fno": load_bench_config("fno_burgers1d", quick=quick, work=work),
+                   "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}
+        solver_s, solver_err = _time_solver(bench, data, batch, repeats)
+        models = {}
+        for name, cfg in configs.items():
+            torch.manual_seed(0)
+            model = MODELS.get(cfg.model.name).from_config(bench.meta, cfg.model.params)
+            seconds = _time_model(model, data, batch, repeats)
+            models[name] = {"model": cfg.model.name, "params": n_params(model), "seconds": seconds,
+                            "ms_per_sample": 1e3 * seconds / data["u"].shape[0],
+                            "speedup_vs_solver": solver_s / seconds}
+    corrector = [s for s in CORRECTOR_STAGES if s in STAGES]
+    models["ups_with_corrector"] = None if not corrector else {"note": f"stage {corrector[0]} registered; "
+                                                               "timing needs a trained corrector run"}
+    s, t = data["u"].shape[:2]
+    return {"benchmark": "inference", "quick": quick, "samples": s, "steps": t - 1, "points": bench.meta.n_points,
+            "batch_size": batch, "repeats": repeats, "threads": torch.get_num_threads(),
+            "solver": {"pde": bench.meta.pde, "seconds": solver_s, "ms_per_sample": 1e3 * solver_s / s,
+                       "nrmse_vs_test_data": solver_err},
+            "models": models}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=None, help="unused (kept for run_all)")
+    parser.add_argument("--quick", action="store_true", help="tiny data and models, seconds")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.budget, args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()

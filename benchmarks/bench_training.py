@@ -1,0 +1,95 @@
+"""Training throughput: samples per second of a training step (forward, backward, AdamW) for UPS and FNO
+at matched parameter counts (the FNO's width is chosen to match the UPS model's size), on the same data,
+with the peak resident memory of each measurement (each runs in its own fresh process, so
+``resource.getrusage`` peaks do not mix; quick mode measures in-process, so its peaks are cumulative).
+
+Usage: python benchmarks/bench_training.py [--budget SECONDS] [--quick]   (prints one JSON object)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers_common import Bench, build_stage, load_bench_config, loaders, n_params, steps_per_second, ups_config  # noqa: E402
+
+from ups.config import ExperimentConfig  # noqa: E402
+from ups.models import MODELS  # noqa: E402
+
+
+def matched_fno_width(bench: Bench, cfg: ExperimentConfig, target: int) -> tuple[int, int]:
+    """The FNO ``hidden_channels`` (multiple of 4) whose parameter count is closest to ``target``."""
+    cls = MODELS.get("fno")
+    best = None
+    for width in range(4, 513, 4):
+        count = n_params(cls.from_config(bench.meta, {**cfg.model.params, "hidden_channels": width}))
+        if best is None or abs(count - target) < abs(best[1] - target):
+            best = (width, count)
+        if count > target:
+            break
+    return best
+
+
+def _measure(cfg_json: str, stage_name: str, work: str, seconds: float) -> dict:
+    """In a fresh process: samples/s of ``stage_name`` on the train split and the process's peak RSS."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    bench = Bench.open(cfg)
+    stage = build_stage(bench, cfg, stage_name, Path(work) / "run")
+    train_loader, _ = loaders(bench, cfg, stage)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rate = steps_per_second(stage, train_loader, cfg, seconds=seconds)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"steps_per_s": rate, "samples_per_s": rate * cfg.data.batch_size, "batch_size": cfg.data.batch_size,
+            "peak_rss_mib": peak_kib / 1024, "rss_before_training_mib": rss_before / 1024}
+
+
+def run(budget: float | None = None, quick: bool = False) -> dict:
+    """``budget``: seconds of timed training per model (default 30, quick 1)."""
+    seconds = float(budget if budget is not None else (1.0 if quick else 30.0))
+    seconds = min(seconds, 120.0)
+    with tempfile.TemporaryDirectory(prefix="ups-bench-train-") as tmp:
+        work = Path(tmp)
+        fno_cfg = load_bench_config("fno_burgers1d", quick=quick, work=work)
+        bench = Bench.open(fno_cfg)  # generates the data once, in this process
+        ups_cfg, ups_stage = ups_config(quick=quick, work=work)
+        ups_params = n_params(MODELS.get(ups_cfg.model.name).from_config(bench.meta, ups_cfg.model.params))
+        width, fno_params = matched_fno_width(bench, fno_cfg, ups_params)
+        fno_cfg = load_bench_config("fno_burgers1d", quick=quick, work=work,
+                                    extra=[f"model.params.hidden_channels={width}"])
+        jobs = {"ups": (ups_cfg, ups_stage, ups_params), "fno": (fno_cfg, "baseline", fno_params)}
+        results = {}
+        for name, (cfg, stage, count) in jobs.items():
+            args = (cfg.model_dump_json(), stage, str(work / name), seconds)
+            if quick:  # in this process: seconds instead of a fresh interpreter per model
+                out = _measure(*args)
+            else:
+                with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+                    out = pool.submit(_measure, *args).result()
+            results[name] = {"model": cfg.model.name, "params": count, "isolated_process": not quick, **out}
+    return {"benchmark": "training", "quick": quick, "timed_seconds_per_model": seconds, "threads": 1,
+            "fno_hidden_channels": width, "points": bench.meta.n_points, "models": results,
+            "ratio_ups_over_fno_samples_per_s": results["ups"]["samples_per_s"] / results["fno"]["samples_per_s"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=None, help="timed seconds per model (default 30)")
+    parser.add_argument("--quick", action="store_true", help="tiny data and models, seconds")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.budget, args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Stage ``baseline``: trains any registered grid model (``fno``, ``unet1d``, ...) to predict the next frame.
+
+Training (one window of ``pushforward_steps + unroll_steps + 1`` frames per item)::
+
+    state = u_0 (+ noise)                      normalised fields [B, N, C]
+    pushforward_steps x: state = model(state)  without gradient (Brandstetter et al.'s pushforward trick)
+    unroll_steps x:      state = model(state); loss += MSE(state, u_true)   (mean over the trained steps)
+
+``loss_forward`` is the MSE of the first trained step, ``loss_rollout`` the mean MSE of the later ones
+(when ``unroll_steps > 1``). With ``detach_between_steps`` each trained step starts from the detached
+previous prediction (gradients do not flow back through the rollout).
+
+Validation is what model selection needs: an autoregressive rollout over whole validation trajectories
+from their first frame, scored in de-normalised (physical) space with PDEBench's nRMSE
+(``val_rollout_nrmse``, the stage's ``val_metric``), plus the teacher-forced one-step nRMSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ups.config import ExperimentConfig
+from ups.data.metadata import DatasetMetadata
+from ups.eval.metrics import nrmse_per_sample
+from ups.models import MODELS
+from ups.training.stage import STAGES, Stage, StageConfig
+
+
+class BaselineStageConfig(StageConfig):
+    """One-step training of a grid model, optionally rollout-aware."""
+
+    unroll_steps: int = Field(1, ge=1)  # trained autoregressive steps per window
+    pushforward_steps: int = Field(0, ge=0)  # untrained (no-gradient) steps before them
+    detach_between_steps: bool = False
+    input_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the (normalised) input
+    val_max_steps: int | None = Field(None, ge=1)  # cap on validation rollout length (None: whole)
+
+
+def flatten_batch(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Batch -> (u [B, W, N, C], coords [B, N, d], params [B, P], dt [B]) on ``device``.
+
+    batch["u"]: [B, W, *spatial, C]; batch["coords"]: [B, *spatial, d].
+    """
+    u = batch["u"].to(device)
+    coords = batch["coords"].to(device)
+    b, w, c = u.shape[0], u.shape[1], u.shape[-1]
+    return (u.reshape(b, w, -1, c), coords.reshape(b, -1, coords.shape[-1]),
+            batch["params"].to(device), batch["dt"].to(device))
+
+
+@torch.no_grad()
+def rollout_grid(model: nn.Module, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
+                 dt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Autoregressive rollout of ``predict_next``. u0 [B, N, C], coords [B, N, d], params [B, P], dt [B]
+    -> [B, steps, N, C] (the predicted frames 1..steps, normalised)."""
+    frames, state = [], u0
+    for _ in range(steps):
+        state = model.predict_next(state, coords, params, dt)
+        frames.append(state)
+    return torch.stack(frames, dim=1)
+
+
+@torch.no_grad()
+def one_step_grid(model: nn.Module, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
+                  dt: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced one-step predictions from every true frame but the last, in one call.
+
+    u [B, T, N, C], coords [B, N, d], params [B, P], dt [B] -> [B, T - 1, N, C] (predictions of frames 1..T-1).
+    """
+    b, t, n, c = u.shape
+    steps = t - 1
+    out = model.predict_next(u[:, :steps].reshape(b * steps, n, c), coords.repeat_interleave(steps, 0),
+                             params.repeat_interleave(steps, 0), dt.repeat_interleave(steps, 0))
+    return out.reshape(b, steps, n, c)
+
+
+def _denormalize(normalizer: Any, u: torch.Tensor) -> torch.Tensor:
+    """u [..., C] normalised -> physical, with the data pipeline's normaliser."""
+    return normalizer.denormalize(u)
+
+
+@STAGES.register("baseline")
+class BaselineStage(Stage):
+    """Trains ``model`` (any registered model with ``predict_next``) one step ahead; see the module doc."""
+
+    name = "baseline"
+    config_class = BaselineStageConfig
+    val_metric = "val_rollout_nrmse"
+
+    def __init__(self, *, model: nn.Module, config: BaselineStageConfig, normalizer: Any,
+                 model_name: str = "", model_params: dict | None = None, meta: DatasetMetadata | None = None):
+        self.model = model
+        self.config = config
+        self.normalizer = normalizer
+        self.meta = meta
+        self.model_name = model_name
+        self.model_params = dict(model_params or {})
+
+    @classmethod
+    def stage_config(cls, cfg: ExperimentConfig) -> BaselineStageConfig:
+        return BaselineStageConfig.model_validate(cfg.stages.get(cls.name) or {})
+
+    @classmethod
+    def build(cls, *, cfg: ExperimentConfig, meta: DatasetMetadata, normalizer: Any, run_dir: Path) -> BaselineStage:
+        model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
+        return cls(model=model, config=cls.stage_config(cfg), normalizer=normalizer, model_name=cfg.model.name,
+                   model_params=cfg.model.params, meta=meta)
+
+    @classmethod
+    def train_window(cls, cfg: ExperimentConfig) -> int:
+        sc = cls.stage_config(cfg)
+        return sc.pushforward_steps + sc.unroll_steps + 1
+
+    @classmethod
+    def val_window(cls, cfg: ExperimentConfig) -> int | None:
+        return None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def trainable_modules(self) -> list[str]:
+        return ["model"]
+
+    def _device(self) -> torch.device:
+        return next(iter(self.model.parameters()), torch.empty(0)).device
+
+    def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        u, coords, params, dt = flatten_batch(batch, self._device())
+        sc = self.config
+        need = sc.pushforward_steps + sc.unroll_steps + 1
+        if u.shape[1] < need:
+            raise ValueError(f"baseline stage needs windows of {need} frames, got {u.shape[1]}")
+        state = u[:, 0]
+        if sc.pushforward_steps:
+            with torch.no_grad():
+                for _ in range(sc.pushforward_steps):
+                    state = self.model.predict_next(state, coords, params, dt)
+        if sc.input_noise > 0:
+            state = state + sc.input_noise * torch.randn_like(state)
+        errors = []
+        for k in range(sc.unroll_steps):
+            state = self.model.predict_next(state, coords, params, dt)
+            errors.append((state - u[:, sc.pushforward_steps + k + 1]).pow(2).mean())
+            if sc.detach_between_steps:
+                state = state.detach()
+        out = {"loss": torch.stack(errors).mean(), "loss_forward": errors[0]}
+        if len(errors) > 1:
+            out["loss_rollout"] = torch.stack(errors[1:]).mean()
+        return out
+
+    def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            sums = self._validation_sums(loader)
+        finally:
+            self.model.train(was_training)
+        if sums["samples"] == 0:
+            raise ValueError("baseline stage: the validation loader yielded no samples")
+        n = sums.pop("samples")
+        out = {key: value / n for key, value in sums.items()}
+        out["val_metric"] = out[self.val_metric]  # what the trainer selects and stops on
+        return out
+
+    @torch.no_grad()
+    def _validation_sums(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        sums = {"val_rollout_nrmse": 0.0, "val_one_step_nrmse": 0.0, "val_one_step_mse": 0.0, "samples": 0}
+        for batch in loader:
+            u, coords, params, dt = flatten_batch(batch, self._device())
+            b, t = u.shape[:2]
+            steps = t - 1 if self.config.val_max_steps is None else min(t - 1, self.config.val_max_steps)
+            pred = rollout_grid(self.model, u[:, 0], coords, params, dt, steps)
+            true = _denormalize(self.normalizer, u[:, 1:steps + 1])
+            sums["val_rollout_nrmse"] += float(nrmse_per_sample(_denormalize(self.normalizer, pred), true)
+                                               .mean(dim=(1, 2)).sum())
+            one = one_step_grid(self.model, u[:, :steps + 1], coords, params, dt)
+            sums["val_one_step_mse"] += float((one - u[:, 1:steps + 1]).pow(2).mean(dim=(1, 2, 3)).sum())
+            sums["val_one_step_nrmse"] += float(nrmse_per_sample(_denormalize(self.normalizer, one), true)
+                                                .mean(dim=(1, 2)).sum())
+            sums["samples"] += b
+        return sums
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Model name and parameters, data metadata and normaliser (the keys the operator stage writes too)."""
+        return {"model": self.model_name, "model_params": self.model_params,
+                "data_meta": self.meta.to_dict() if self.meta is not None else None,
+                "normalizer": self.normalizer.to_dict() if hasattr(self.normalizer, "to_dict") else None,
+                "stage_config": self.config.model_dump()}

@@ -1,0 +1,85 @@
+"""Each benchmark in quick mode (tiny generated data and models, seconds): it runs and its JSON has the keys
+the README table and ``make bench`` rely on."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+pytest.importorskip("neuralop")
+
+
+@pytest.fixture(autouse=True)
+def _bench_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(name: str, **kw) -> dict:
+    pytest.importorskip("ups.data.generate")  # the data generator (feat/pdes) until it is merged
+    module = importlib.import_module(name)
+    out = module.run(quick=True, **kw)
+    json.dumps(out)  # serialisable as the one JSON object the benchmark prints
+    return out
+
+
+MODEL_KEYS = {"model", "params", "steps", "epochs", "train_wall_s", "status", "best_val_rollout_nrmse",
+              "rollout_nrmse", "one_step_nrmse", "corr_time", "valid_time", "nrmse_per_step"}
+
+
+@pytest.mark.slow
+def test_accuracy_quick():
+    out = _run("bench_accuracy", budget=1.0)
+    assert out["benchmark"] == "accuracy" and out["budget_s"] == 1.0
+    assert set(out["models"]) == {"ups", "fno", "unet", "persistence"}
+    for name in ("ups", "fno", "unet"):
+        m = out["models"][name]
+        assert MODEL_KEYS <= set(m), name
+        assert m["steps"] >= 1 and m["params"] > 0 and len(m["nrmse_per_step"]) == out["data"]["rollout_steps"]
+    assert out["ratio_ups_over_fno_rollout_nrmse"] == pytest.approx(
+        out["models"]["ups"]["rollout_nrmse"] / out["models"]["fno"]["rollout_nrmse"])
+    assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
+    assert out["models"]["persistence"]["rollout_nrmse"] > 0
+
+
+@pytest.mark.slow
+def test_inference_quick():
+    out = _run("bench_inference")
+    assert out["benchmark"] == "inference" and out["solver"]["seconds"] > 0
+    assert out["solver"]["nrmse_vs_test_data"] < 0.2  # the solver reproduces the test frames
+    for name in ("ups", "fno", "unet"):
+        m = out["models"][name]
+        assert m["seconds"] > 0 and m["speedup_vs_solver"] == pytest.approx(out["solver"]["seconds"] / m["seconds"])
+    assert "ups_with_corrector" in out["models"]
+
+
+@pytest.mark.slow
+def test_training_quick():
+    out = _run("bench_training", budget=0.5)
+    assert out["benchmark"] == "training"
+    ups, fno = out["models"]["ups"], out["models"]["fno"]
+    assert abs(fno["params"] - ups["params"]) <= 0.25 * ups["params"]  # matched sizes
+    for m in (ups, fno):
+        assert m["samples_per_s"] == pytest.approx(m["steps_per_s"] * m["batch_size"]) and m["peak_rss_mib"] > 0
+    assert out["ratio_ups_over_fno_samples_per_s"] == pytest.approx(ups["samples_per_s"] / fno["samples_per_s"])
+
+
+def test_benchmarks_refuse_mismatched_data(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from peers_common import load_bench_config, same_data
+
+    from ups.errors import UPSError
+
+    a = load_bench_config("fno_burgers1d", quick=True, work=tmp_path)
+    b = load_bench_config("unet_burgers1d", quick=True, work=tmp_path, extra=["data.spatial_stride=2"])
+    same_data(a, load_bench_config("unet_burgers1d", quick=True, work=tmp_path))
+    with pytest.raises(UPSError, match="differ in data.spatial_stride"):
+        same_data(a, b)
