@@ -17,7 +17,8 @@ Noise process (rectified flow / conditional flow matching, straight paths). With
 
 Sampling integrates ``dx/dtau = v_theta`` from ``tau = 1`` (``x = eps``) to ``tau = 0`` with Euler
 (or Heun: ``x' = x + h/2 (v(x, tau) + v(x + h v, tau + h))``, 2nd order; Euler under-disperses a
-Gaussian by ~20 % with 8 steps, Heun is within ~2 % with 4) steps on a decreasing grid ``1 = tau_0 > ... > tau_K = 0``: uniform, or geometric down to ``tau_min``
+Gaussian by ~20 % with 8 steps, Heun is within ~2 % with 4) steps on a decreasing grid
+``1 = tau_0 > ... > tau_K = 0``: uniform, or geometric down to ``tau_min``
 (PDE-Refiner's ladder of noise levels: ``tau_k = tau_min^(k / (K - 1))``, then 0), so that the last
 steps refine small-amplitude detail. On straight paths an Euler step is the same as re-noising the
 clean estimate with the noise estimate, ``x_{tau'} = (1 - tau') x1_hat + tau' eps_hat``, which is why
