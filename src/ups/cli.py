@@ -21,6 +21,27 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    import json
+
+    from ups.data.info import file_info, format_info
+
+    info = file_info(args.file)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _add_data_parser(sub) -> argparse._SubParsersAction:
+    """The ``ups data ...`` group; returns its subparsers so other commands can join it."""
+    data = sub.add_parser("data", help="generate and inspect trajectory files")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("info", help="shapes, attributes, coordinates, value range and NaN/inf of a file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_data_info)
+    return dsub
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ups", description="Universal Physics Stack")
     parser.add_argument("--version", action="version", version=f"ups {__version__}")
@@ -30,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(func=_cmd_config)
+    _add_data_parser(sub)
     return parser
 
 

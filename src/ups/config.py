@@ -65,10 +65,10 @@ class DataConfig(Strict):
     """
 
     pde: str = "burgers1d"
-    train: str | None = None
-    val: str | None = None
-    test: str | None = None
-    pdebench_file: str | None = None
+    train: str | list[str] | None = None  # a list: several files in one split
+    val: str | list[str] | None = None
+    test: str | list[str] | None = None
+    pdebench_file: str | list[str] | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=0.9)
     params: dict[str, float] = Field(default_factory=dict)  # for files that do not carry them
     spatial_stride: int = Field(1, ge=1)

@@ -11,7 +11,7 @@ from ups.registry import Registry
 MODELS: Registry = Registry("model")
 
 # Modules whose classes register themselves; add new model modules here.
-_BUILTIN: tuple[str, ...] = ("ups.models.persistence",)
+_BUILTIN: tuple[str, ...] = ("ups.models.persistence", "ups.models.upt")
 
 for _mod in _BUILTIN:
     importlib.import_module(_mod)

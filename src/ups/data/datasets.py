@@ -1,0 +1,177 @@
+"""Torch datasets of trajectory windows, the ONE collate function, loaders and the data metadata.
+
+An item of :class:`WindowDataset` is ``W`` consecutive frames of the strided timeline of one sample
+(``W = 2``: one-step pairs; ``W = K + 1``: K-step rollout windows; ``window=None``: the whole
+trajectory from ``start``), on a strided spatial grid, normalised, with the physical coordinates of
+the points read, the sample's PDE parameters and the time step::
+
+    u       [W, *spatial, C]  float32, normalised
+    coords  [*spatial, d]     float32 physical coordinates of the points read (offset included)
+    params  [P]               float32, in the order of ``source.param_names``
+    dt      float             time between consecutive frames of ``u`` (after the temporal stride)
+    sample  int               sample index in its split
+    t0      int               first frame of ``u`` on the strided timeline (file frame t0 * stride)
+
+:func:`collate` stacks items into the batch layout of ``docs/ARCHITECTURE.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ups.data.metadata import DatasetMetadata
+from ups.data.normalization import Normalizer
+from ups.data.reader import SplitSource, strided_length
+from ups.errors import DataError
+
+
+class WindowDataset(Dataset):
+    """Windows of ``window`` consecutive strided frames over (sample, start frame ``t0 >= start``).
+
+    ``random_offset=True`` reads the strided grid shifted by a random sub-cell offset in
+    ``[0, spatial_stride)`` per axis and item (so models see many point sets of the fine grid); the
+    offset is a function of ``(seed, epoch, index)``: call :meth:`set_epoch` (or
+    :func:`set_loader_epoch`) each epoch for fresh offsets. ``normalizer=None`` leaves values physical.
+    """
+
+    def __init__(self, source: SplitSource, *, window: int | None, normalizer: Normalizer | None,
+                 temporal_stride: int = 1, spatial_stride: int = 1, random_offset: bool = False,
+                 start: int = 0, seed: int = 0):
+        if temporal_stride < 1 or spatial_stride < 1 or start < 0:
+            raise DataError(f"temporal_stride={temporal_stride}, spatial_stride={spatial_stride} must be >= 1 "
+                            f"and start={start} >= 0")
+        if normalizer is not None and normalizer.n_channels != source.n_channels:
+            raise DataError(f"the normaliser has {normalizer.n_channels} channels but the data have "
+                            f"{source.n_channels}")
+        self.source, self.window, self.normalizer = source, window, normalizer
+        self.temporal_stride, self.spatial_stride = temporal_stride, spatial_stride
+        self.random_offset, self.start, self.seed, self.epoch = random_offset, start, seed, 0
+        self.n_frames = strided_length(source.n_frames, temporal_stride)  # T' on the strided timeline
+        span = self.n_frames - start if window is None else window
+        self.per_sample = self.n_frames - start - span + 1
+        if (window is not None and window < 1) or span < 1 or self.per_sample < 1:
+            raise DataError(f"a window of {window} frames from frame {start} does not fit in the {self.n_frames} "
+                            f"frames of the data (temporal_stride={temporal_stride}); shorten the window")
+        self.span = span
+        # largest sub-cell offset (exclusive) that keeps the strided grid's point count
+        self.max_offset = tuple(min(spatial_stride, n - spatial_stride * (strided_length(n, spatial_stride) - 1))
+                                for n in source.spatial_shape)
+        self.spatial_shape = tuple(strided_length(n, spatial_stride) for n in source.spatial_shape)
+
+    def __len__(self) -> int:
+        return len(self.source) * self.per_sample
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new random sub-cell offsets for this epoch (same epoch and seed: same offsets)."""
+        self.epoch = int(epoch)
+
+    def offset(self, index: int) -> tuple[int, ...]:
+        """The sub-cell offset of item ``index`` per spatial axis (zeros unless ``random_offset``)."""
+        if not self.random_offset:
+            return (0,) * len(self.max_offset)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return tuple(int(rng.integers(0, m)) for m in self.max_offset)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range for {len(self)} items")
+        sample, t0 = divmod(int(index), self.per_sample)
+        t0 += self.start
+        ts = self.temporal_stride
+        file, j = self.source.locate(sample)
+        offset = self.offset(index)
+        u = file.read(j, slice(t0 * ts, (t0 + self.span - 1) * ts + 1, ts),
+                      spatial_stride=self.spatial_stride, offset=offset)  # [W, *spatial, C]
+        if self.normalizer is not None:
+            u = self.normalizer.normalize(u)
+        coords = file.coords(spatial_stride=self.spatial_stride, offset=offset)  # [*spatial, d]
+        return {
+            "u": torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32)),
+            "coords": torch.from_numpy(coords.astype(np.float32)),
+            "params": torch.from_numpy(file.params_array(self.source.param_names)),
+            "dt": float(file.dt * ts),
+            "sample": sample,
+            "t0": t0,
+        }
+
+
+def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """THE collate function: a list of items -> one batch (see ``docs/ARCHITECTURE.md``).
+
+    ``u`` [B, W, *spatial, C] float32; ``coords`` [B, *spatial, d] float32; ``params`` [B, P] float32;
+    ``dt`` [B] float32; ``sample``, ``t0`` [B] long. Other keys are stacked as tensors.
+    """
+    if not items:
+        raise DataError("cannot collate an empty list of items")
+    dtypes = {"u": torch.float32, "coords": torch.float32, "params": torch.float32, "dt": torch.float32,
+              "sample": torch.long, "t0": torch.long}
+    batch = {}
+    for key in items[0]:
+        values = [torch.as_tensor(item[key]) for item in items]
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise DataError(f"cannot collate '{key}': items have different shapes {sorted(shapes)}")
+        stacked = torch.stack(values)
+        batch[key] = stacked.to(dtypes[key]) if key in dtypes else stacked
+    return batch
+
+
+def _domain(axis: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) of the periodic cell-centred axis: period = x[-1] - x[0] + dx."""
+    if len(axis) < 2:
+        return float(axis[0]), float(axis[0])
+    dx = float(axis[-1] - axis[0]) / (len(axis) - 1)
+    lo = float(axis[0]) - dx / 2
+    return lo, lo + float(axis[-1] - axis[0]) + dx
+
+
+def build_metadata(source: SplitSource, data_cfg) -> DatasetMetadata:
+    """Shapes and physical facts of ``source`` after the strides of ``data_cfg`` (a DataConfig)."""
+    ref = source.ref
+    pde = ref.attrs.get("pde")
+    if pde is not None and str(pde) != data_cfg.pde:
+        raise DataError(f"{ref.path} holds pde={pde} but data.pde={data_cfg.pde} (set data.pde={pde})")
+    ss, ts = data_cfg.spatial_stride, data_cfg.temporal_stride
+    c = source.n_channels
+    names = ref.attrs.get("field_names")
+    fields = tuple(names) if isinstance(names, list) and len(names) == c else (
+        ("u",) if c == 1 else tuple(f"u{k}" for k in range(c)))
+    nonneg = ref.attrs.get("nonnegative")
+    nonneg = tuple(bool(v) for v in nonneg) if isinstance(nonneg, list) and len(nonneg) == c else (False,) * c
+    return DatasetMetadata(
+        pde=data_cfg.pde, spatial_dims=source.spatial_dims,
+        spatial_shape=tuple(strided_length(n, ss) for n in source.spatial_shape), n_channels=c,
+        n_frames=strided_length(source.n_frames, ts), dt=float(source.dt * ts),
+        param_names=tuple(source.param_names), field_names=fields,
+        domain=tuple(_domain(a) for a in ref.axes), boundary=str(ref.attrs.get("boundary", "periodic")),
+        nonnegative=nonneg, full_spatial_shape=tuple(source.spatial_shape),
+        extra={"spatial_stride": ss, "temporal_stride": ts, "files": [str(f.path) for f in source.files]},
+    )
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                drop_last: bool = False, distributed: bool = False, num_replicas: int | None = None,
+                rank: int | None = None) -> DataLoader:
+    """A DataLoader with a seeded order and :func:`collate`. ``distributed=True`` shards the items with a
+    DistributedSampler (process group, or explicit ``num_replicas``/``rank``); call
+    :func:`set_loader_epoch` each epoch."""
+    generator = torch.Generator().manual_seed(int(seed))
+    sampler = None
+    if distributed:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                      sampler=sampler, generator=generator, collate_fn=collate, num_workers=num_workers,
+                      drop_last=drop_last, persistent_workers=False)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the loader's sampler (shuffling under DDP) and dataset (random offsets) the epoch."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

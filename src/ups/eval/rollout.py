@@ -1,0 +1,105 @@
+"""Autoregressive rollouts of a latent surrogate (``encode`` / ``step`` / ``decode``) and their scores.
+
+Two modes, both differentiable (the operator stage trains through them) and both usable under
+``torch.inference_mode`` (validation, evaluation, the Simulator):
+
+- ``reencode``: every step decodes the field at the input points and encodes it again, so the model
+  is a Markov map on fields (as an FNO is);
+- ``latent``: encode once, step the tokens ``steps`` times, decode where asked at every step.
+
+Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
+reconstruction of the encoded input; later frames chain the decoder's increments at those points.
+Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from ups.eval.metrics import nrmse_per_sample
+from ups.registry import Registry
+
+ROLLOUTS: Registry = Registry("rollout mode")
+
+
+def _initial_queries(model, z0: torch.Tensor, u0: torch.Tensor, query_coords: torch.Tensor | None) -> torch.Tensor:
+    """Frame 0 at the queries: the input itself, or its reconstruction. -> [B, Q, C]."""
+    return u0 if query_coords is None else model.decode(z0, query_coords)
+
+
+@ROLLOUTS.register("reencode")
+def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
+                     steps: int, *, query_coords: torch.Tensor | None = None) -> torch.Tensor:
+    """u0: [B, N, C] at coords [B, N, d]; params [B, P]; dt [B]; query_coords [B, Q, d] or None (Q = N)
+    -> [B, steps + 1, Q, C], frame 0 included."""
+    z = model.encode(u0, coords)
+    u, uq = u0, _initial_queries(model, z, u0, query_coords)
+    frames = [uq]
+    for _ in range(steps):
+        z_next = model.step(z, params, dt)
+        u_next = model.decode(z_next, coords, u)
+        uq = u_next if query_coords is None else model.decode(z_next, query_coords, uq)
+        frames.append(uq)
+        u = u_next
+        z = model.encode(u, coords)
+    return torch.stack(frames, dim=1)
+
+
+@ROLLOUTS.register("latent")
+def rollout_latent(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
+                   steps: int, *, query_coords: torch.Tensor | None = None) -> torch.Tensor:
+    """Encode once, step in latent space. Shapes as :func:`rollout_reencode`: -> [B, steps + 1, Q, C]."""
+    z = model.encode(u0, coords)
+    xq = coords if query_coords is None else query_coords
+    uq = _initial_queries(model, z, u0, query_coords)
+    frames = [uq]
+    for _ in range(steps):
+        z = model.step(z, params, dt)
+        uq = model.decode(z, xq, uq)
+        frames.append(uq)
+    return torch.stack(frames, dim=1)
+
+
+def rollout(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor, steps: int,
+            *, mode: str = "reencode", query_coords: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch on ``mode`` (``ROLLOUTS``). u0 [B, N, C], coords [B, N, d] -> [B, steps + 1, Q, C]."""
+    fn: Callable = ROLLOUTS.get(mode)
+    return fn(model, u0, coords, params, dt, steps, query_coords=query_coords)
+
+
+def flatten_points(u: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch layout -> point lists. u: [B, T, *spatial, C]; coords: [B, *spatial, d] -> [B, T, N, C], [B, N, d]."""
+    return u.flatten(2, -2), coords.flatten(1, -2)
+
+
+@torch.inference_mode()
+def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormalize: Callable, *,
+                   mode: str = "reencode", device: torch.device | None = None) -> dict:
+    """Roll out every trajectory of ``batches`` from its first frame over all its frames and score it
+    in physical space (PDEBench nRMSE, frame 0 excluded).
+
+    batches: dicts with ``u`` [B, T, *spatial, C] (normalised), ``coords``, ``params`` [B, P], ``dt`` [B];
+    denormalize: normalised [..., C] -> physical. Returns ``nrmse`` (full rollout), ``one_step``
+    (from the true frame at every step), ``per_step`` (list, T - 1 values) and ``persistence``.
+    """
+    per_sample, one_step, persist = [], [], []
+    for batch in batches:
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        u, x = flatten_points(batch["u"], batch["coords"])
+        steps = u.shape[1] - 1
+        pred = rollout(model, u[:, 0], x, batch["params"], batch["dt"], steps, mode=mode)
+        true_phys = denormalize(u[:, 1:])
+        per_sample.append(nrmse_per_sample(denormalize(pred[:, 1:]), true_phys))  # [B, T-1, C]
+        nxt = [model(u[:, t], x, batch["params"], batch["dt"]) for t in range(steps)]
+        one_step.append(nrmse_per_sample(denormalize(torch.stack(nxt, dim=1)), true_phys))
+        persist.append(nrmse_per_sample(denormalize(u[:, :1]).expand_as(true_phys), true_phys))
+    err = torch.cat(per_sample)
+    return {
+        "nrmse": float(err.mean()),
+        "one_step": float(torch.cat(one_step).mean()),
+        "persistence": float(torch.cat(persist).mean()),
+        "per_step": err.mean(dim=(0, 2)).tolist(),
+    }

@@ -1,0 +1,164 @@
+"""Building blocks of the UPT-style surrogate: geometry helpers, relative-position attention blocks
+with optional DiT-style adaLN-Zero conditioning, and an amplitude-preserving continuous convolution.
+
+Nothing here applies a LayerNorm to the field's features by default: in Burgers the amplitude of u
+sets the wave speed, and a norm that divides it out before a read-out hides exactly that (SPEC,
+"Lessons measured on this kind of machine").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def relative_offset(a: torch.Tensor, b: torch.Tensor, period: torch.Tensor | None) -> torch.Tensor:
+    """``a - b`` (broadcast), wrapped into [-period/2, period/2) per dimension when periodic.
+
+    a, b: [..., d] broadcastable; period: [d] or None (non-periodic) -> [..., d].
+    """
+    delta = a - b
+    if period is None:
+        return delta
+    return torch.remainder(delta + 0.5 * period, period) - 0.5 * period
+
+
+def lattice(n_per_dim: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Evenly spread positions: ``n_per_dim`` cell centres per dimension of the box [lo, hi).
+
+    lo, hi: [d] -> [n_per_dim ** d, d] (last dimension fastest).
+    """
+    d = lo.numel()
+    axes = [lo[i] + (torch.arange(n_per_dim, dtype=lo.dtype) + 0.5) * (hi[i] - lo[i]) / n_per_dim for i in range(d)]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=-1)
+
+
+def gather_neighbours(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Pick rows of ``values`` per target. values: [B, N, F]; idx: [B, M, k] -> [B, M, k, F]."""
+    b, m, k = idx.shape
+    flat = idx.reshape(b, m * k, 1).expand(-1, -1, values.shape[-1])
+    return torch.gather(values, 1, flat).reshape(b, m, k, values.shape[-1])
+
+
+class MLP(nn.Module):
+    """Two-layer perceptron with GELU: [..., n_in] -> [..., n_out]."""
+
+    def __init__(self, *, n_in: int, n_hidden: int, n_out: int, zero_out: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, n_hidden)
+        self.fc2 = nn.Linear(n_hidden, n_out)
+        if zero_out:
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., n_in] -> [..., n_out]."""
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class RelativeBias(nn.Module):
+    """Per-head attention bias from the offset between two positions (locality).
+
+    ``bias_h(delta) = MLP(delta / h)_h - softplus(a_h) * |delta / h|``: a learned, possibly
+    asymmetric kernel plus a distance decay whose slope differs per head at initialisation.
+    """
+
+    def __init__(self, *, dims: int, heads: int, hidden: int = 32):
+        super().__init__()
+        self.mlp = MLP(n_in=dims, n_hidden=hidden, n_out=heads, zero_out=True)
+        # slopes from 0.25 to 2 across heads: some heads look far, some stay local.
+        init = torch.logspace(math.log10(0.25), math.log10(2.0), heads)
+        self.raw_slope = nn.Parameter(torch.log(torch.expm1(init)))
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        """delta: [..., d] offsets in units of the token spacing -> [..., heads]."""
+        dist = delta.norm(dim=-1, keepdim=True)
+        return self.mlp(delta) - F.softplus(self.raw_slope) * dist
+
+
+class Modulation(nn.Module):
+    """DiT adaLN-Zero: a conditioning vector -> (shift, scale, gate) x 2, zero at initialisation."""
+
+    def __init__(self, *, width: int, cond_dim: int):
+        super().__init__()
+        self.lin = nn.Linear(cond_dim, 6 * width)
+        nn.init.zeros_(self.lin.weight)
+        nn.init.zeros_(self.lin.bias)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """cond: [B, cond_dim] -> six tensors [B, 1, width]."""
+        return tuple(c.unsqueeze(1) for c in self.lin(F.silu(cond)).chunk(6, dim=-1))
+
+
+class Block(nn.Module):
+    """Transformer block on tokens with a relative-position attention bias.
+
+    Conditioned (``cond_dim`` given): adaLN-Zero, so the untrained block is exactly the identity.
+    Unconditioned: residual branches with learned gates that start at ``gate_init``.
+    ``norm``: "none" keeps the token amplitude visible to the branches; "layer" is the textbook
+    pre-norm (discards it).
+    """
+
+    def __init__(self, *, width: int, heads: int, mlp_ratio: float, cond_dim: int | None, norm: str, dims: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.mlp = MLP(n_in=width, n_hidden=int(width * mlp_ratio), n_out=width)
+        self.bias = RelativeBias(dims=dims, heads=heads)
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False) if norm == "layer" else nn.Identity()
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False) if norm == "layer" else nn.Identity()
+        self.modulation = Modulation(width=width, cond_dim=cond_dim) if cond_dim is not None else None
+        if self.modulation is None:
+            self.gates = nn.Parameter(torch.full((2, width), 0.1))
+
+    def attention(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """h: [B, L, D]; bias: [1 or B, H, L, L] -> [B, L, D]."""
+        b, n, width = h.shape
+        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        logits = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + bias.to(q.dtype)
+        out = torch.matmul(logits.softmax(dim=-1), v)  # [B, H, L, Dh]
+        return self.proj(out.transpose(1, 2).reshape(b, n, width))
+
+    def forward(self, z: torch.Tensor, delta: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """z: [B, L, D]; delta: [L, L, d] token offsets in spacing units; cond: [B, cond_dim] -> [B, L, D]."""
+        bias = self.bias(delta).permute(2, 0, 1).unsqueeze(0)  # [1, H, L, L]
+        if self.modulation is None:
+            z = z + self.gates[0] * self.attention(self.norm1(z), bias)
+            return z + self.gates[1] * self.mlp(self.norm2(z))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
+        z = z + gate1 * self.attention(self.norm1(z) * (1 + scale1) + shift1, bias)
+        return z + gate2 * self.mlp(self.norm2(z) * (1 + scale2) + shift2)
+
+
+class ContinuousConv(nn.Module):
+    """Amplitude-preserving pooling of point values onto target positions.
+
+    ``out_s = mean_{j : |x_j - y_s| < r} K(x_j - y_s) f(u_j)`` with ``K`` an MLP of the offset and
+    ``f(u) = [u, u^2/2]`` (linear in u, plus the Burgers flux term when ``square``): the mean of a
+    neighbourhood approximates an integral, so the result does not depend on how densely the points
+    sample the field.
+    """
+
+    def __init__(self, *, dims: int, channels: int, width: int, hidden: int, square: bool):
+        super().__init__()
+        self.square = square
+        self.n_feat = channels * (2 if square else 1)
+        self.hidden = nn.Linear(dims, hidden)
+        # K(delta) = W gelu(A delta + a) + w: W is applied after the neighbourhood mean (same function,
+        # far fewer multiply-adds than evaluating the full kernel on every pair).
+        self.out = nn.Linear((hidden + 1) * self.n_feat, width)
+
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """u: [B, S, k, C] neighbour values; delta: [B, S, k, d] offsets / r; mask: [B, S, k] -> [B, S, D]."""
+        feats = torch.cat([u, 0.5 * u * u], dim=-1) if self.square else u  # [B, S, k, F]
+        h = F.gelu(self.hidden(delta))
+        h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1) * mask.to(h.dtype).unsqueeze(-1)  # [B, S, k, H+1]
+        moments = torch.einsum("bskh,bskf->bshf", h, feats) / mask.sum(-1).clamp_min(1)[..., None, None]
+        return self.out(moments.flatten(-2))  # [B, S, D]

@@ -1,0 +1,192 @@
+"""The UPT-style latent surrogate (the main path): encode any point set to latent tokens, step the
+tokens with a conditioned transformer, decode at any query points.
+
+```
+u [B, N, C] at coords [B, N, d]
+  encode: continuous convolution onto S supernodes (evenly spread lattice, radius neighbourhoods,
+          mean of u-linear messages -> the amplitude survives) -> transformer blocks     z [B, L=S, D]
+  step:   adaLN-Zero transformer blocks conditioned on dt and the PDE parameters, relative-position
+          attention bias between tokens (locality); z_next = z + f(z, cond)         z [B, L, D]
+  decode: each query attends to its nearest tokens (offset-dependent filters and attention bias),
+          its own current value u_q enters the query; MLP head -> C channels; with
+          ``predict_increment`` the head predicts u_next - u_q                        u [B, Q, C]
+```
+The model is translation-equivariant on periodic domains (it sees only offsets), so a random shift of
+the points against the supernode lattice during training is the same as random supernode positions,
+and the offsets it learns are continuous: decoding at unseen points (other resolutions, irregular
+sets) is what it is trained for.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ups.config import Strict
+from ups.data.metadata import DatasetMetadata
+from ups.models import MODELS
+from ups.models.layers import MLP, Block, ContinuousConv, RelativeBias, gather_neighbours, lattice, relative_offset
+
+
+class UPTConfig(Strict):
+    """Parameters of the UPT-style surrogate (shapes come from the data metadata)."""
+
+    latent_dim: int = Field(64, ge=4)  # D, width of the tokens
+    num_supernodes: int = Field(64, ge=2)  # L = S tokens; for d > 1 a perfect d-th power
+    heads: int = Field(4, ge=1)
+    encoder_depth: int = Field(1, ge=0)
+    operator_depth: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    encoder_radius: float = Field(1.5, gt=0)  # in supernode spacings
+    kernel_hidden: int = Field(32, ge=4)
+    encode_square: bool = True  # messages from [u, u^2/2] rather than u alone
+    decoder_neighbours: int = Field(4, ge=1)  # tokens each query attends to
+    decoder_hidden: int = Field(64, ge=4)
+    predict_increment: bool = True  # decode(z, x, u_q) = u_q + head(...)
+    norm: Literal["none", "layer"] = "none"
+    param_transform: Literal["log", "identity"] = "log"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> UPTConfig:
+        if self.latent_dim % self.heads:
+            raise ValueError(f"latent_dim={self.latent_dim} must be divisible by heads={self.heads}")
+        return self
+
+
+def _per_dim(num: int, dims: int) -> int:
+    n = round(num ** (1.0 / dims))
+    if n**dims != num:
+        raise ValueError(f"num_supernodes={num} is not a perfect power {dims} (needed in {dims}D)")
+    return n
+
+
+@MODELS.register("upt")
+class UPT(nn.Module):
+    """Encoder / operator / decoder surrogate with the latent interface of docs/ARCHITECTURE.md."""
+
+    config_class = UPTConfig
+
+    def __init__(self, *, cfg: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
+                 domain: tuple[tuple[float, float], ...], periodic: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.dims, self.channels, self.n_params, self.dt_ref = dims, channels, n_params, dt_ref
+        width = cfg.latent_dim
+        lo = torch.tensor([a for a, _ in domain], dtype=torch.float32)
+        hi = torch.tensor([b for _, b in domain], dtype=torch.float32)
+        n = _per_dim(cfg.num_supernodes, dims)
+        self.register_buffer("positions", lattice(n, lo, hi), persistent=False)  # [L, d]
+        self.register_buffer("spacing", (hi - lo) / n, persistent=False)  # [d]
+        self.register_buffer("period", hi - lo, persistent=False)  # [d]
+        self.periodic = periodic
+        token_delta = relative_offset(self.positions[:, None], self.positions[None], self._period()) / self.spacing
+        self.register_buffer("token_delta", token_delta, persistent=False)  # [L, L, d]
+        block = dict(width=width, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, norm=cfg.norm, dims=dims)
+        # encoder
+        self.pool = ContinuousConv(dims=dims, channels=channels, width=width, hidden=cfg.kernel_hidden,
+                                   square=cfg.encode_square)
+        self.encoder_blocks = nn.ModuleList(Block(cond_dim=None, **block) for _ in range(cfg.encoder_depth))
+        # operator
+        self.cond_embed = MLP(n_in=1 + n_params, n_hidden=width, n_out=width)
+        self.operator_blocks = nn.ModuleList(Block(cond_dim=width, **block) for _ in range(cfg.operator_depth))
+        # decoder
+        self.query_embed = MLP(n_in=channels, n_hidden=cfg.decoder_hidden, n_out=width)
+        self.missing_query = nn.Parameter(torch.zeros(width))
+        self.dec_query = nn.Linear(width, width)
+        self.dec_key = nn.Linear(width, width)
+        self.dec_value = nn.Linear(width, width)
+        self.dec_filter = MLP(n_in=dims, n_hidden=cfg.kernel_hidden, n_out=width)
+        self.dec_bias = RelativeBias(dims=dims, heads=cfg.heads)
+        self.head = MLP(n_in=width, n_hidden=cfg.decoder_hidden, n_out=channels)
+
+    @classmethod
+    def from_config(cls, meta: DatasetMetadata, params: dict) -> UPT:
+        cfg = UPTConfig(**params)
+        return cls(cfg=cfg, dims=meta.spatial_dims, channels=meta.n_channels, n_params=meta.n_params,
+                   dt_ref=meta.dt, domain=meta.domain, periodic=meta.boundary == "periodic")
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    @property
+    def num_latents(self) -> int:
+        return self.positions.shape[0]
+
+    def _period(self) -> torch.Tensor | None:
+        return self.period if self.periodic else None
+
+    def _nearest(self, coords: torch.Tensor, k: int | None, radius: float | None):
+        """Tokens near points (decoder, k nearest) or points near tokens (encoder, within radius).
+
+        coords: [B, N, d]. Decoder (k): -> idx [B, N, k] of tokens, delta [B, N, k, d] in spacings.
+        Encoder (radius): -> idx [B, L, m] of points, delta [B, L, m, d] in spacings, mask [B, L, m].
+        """
+        if radius is None:
+            delta = relative_offset(coords[:, :, None], self.positions[None, None], self._period())
+        else:
+            delta = relative_offset(coords[:, None], self.positions[None, :, None], self._period())
+        delta = delta / self.spacing
+        dist = delta.norm(dim=-1)
+        if radius is not None:
+            k = max(1, int((dist < radius).sum(-1).max()))
+        k = min(k, dist.shape[-1])
+        sel, idx = dist.topk(k, dim=-1, largest=False)
+        delta = torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
+        return idx, delta, (sel < radius) if radius is not None else None
+
+    def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """u: [B, N, C] (normalised) at coords [B, N, d] -> z [B, L, D]."""
+        radius = self.cfg.encoder_radius
+        idx, delta, mask = self._nearest(coords, None, radius)  # [B, L, m], [B, L, m, d], [B, L, m]
+        b, n_tok, m = idx.shape
+        u_nb = gather_neighbours(u, idx)  # [B, L, m, C]
+        z = self.pool(u_nb, delta / radius, mask)  # [B, L, D]
+        for blk in self.encoder_blocks:
+            z = blk(z, self.token_delta)
+        return z
+
+    def condition(self, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """params: [B, P]; dt: [B] -> cond [B, D]."""
+        p = torch.log(params.abs().clamp_min(1e-12)) if self.cfg.param_transform == "log" else params
+        return self.cond_embed(torch.cat([(dt / self.dt_ref).unsqueeze(-1), p.to(dt.dtype)], dim=-1))
+
+    def step(self, z: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """One operator step. z: [B, L, D]; params: [B, P]; dt: [B] -> z_next [B, L, D] = z + f(z, cond)."""
+        cond = self.condition(params, dt)
+        h = z
+        for blk in self.operator_blocks:
+            h = blk(h, self.token_delta, cond)
+        return h  # each block is residual, so h = z + f(z, cond); untrained: exactly z
+
+    def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
+        """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C].
+
+        With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the
+        decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
+        """
+        idx, delta, _ = self._nearest(coords_q, self.cfg.decoder_neighbours, None)  # [B, Q, k], [B, Q, k, d]
+        b, q, k = idx.shape
+        heads = self.cfg.heads
+        if u_q is None:
+            phi = self.missing_query.expand(b, q, -1)
+        else:
+            phi = self.query_embed(u_q)  # [B, Q, D]
+        keys = gather_neighbours(self.dec_key(z), idx)  # [B, Q, k, D]
+        values = gather_neighbours(self.dec_value(z), idx) * (1 + self.dec_filter(delta))  # [B, Q, k, D]
+        query = self.dec_query(phi).unflatten(-1, (heads, -1))  # [B, Q, H, Dh]
+        keys = keys.unflatten(-1, (heads, -1))  # [B, Q, k, H, Dh]
+        logits = (keys * query.unsqueeze(2)).sum(-1) / query.shape[-1] ** 0.5 + self.dec_bias(delta)  # [B, Q, k, H]
+        attn = logits.softmax(dim=2).unsqueeze(-1)
+        out = (attn * values.unflatten(-1, (heads, -1))).sum(2).flatten(-2)  # [B, Q, D]
+        pred = self.head(out + phi)  # [B, Q, C]
+        if u_q is not None and self.cfg.predict_increment:
+            pred = u_q + pred
+        return pred
+
+    def forward(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """One re-encoding step at the input points. u: [B, N, C]; coords: [B, N, d] -> [B, N, C]."""
+        return self.decode(self.step(self.encode(u, coords), params, dt), coords, u)

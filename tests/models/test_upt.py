@@ -1,0 +1,125 @@
+"""The UPT-style surrogate: shapes on any point set, identity at initialisation, resolution transfer."""
+
+import pytest
+import torch
+
+from ups.data.metadata import DatasetMetadata
+from ups.errors import ConfigError
+from ups.models import MODELS
+from ups.models.upt import UPT, UPTConfig
+
+META = DatasetMetadata(pde="burgers1d", spatial_dims=1, spatial_shape=(256,), n_channels=1, n_frames=41, dt=0.05,
+                       param_names=("nu",))
+SMALL = dict(latent_dim=16, num_supernodes=16, heads=2, operator_depth=2, kernel_hidden=8, decoder_hidden=16)
+
+
+def grid(b: int, n: int, offset: float = 0.5) -> torch.Tensor:
+    """Cell-centred grid of n points on [0, 1): [b, n, 1]."""
+    return ((torch.arange(n) + offset) / n).expand(b, n)[..., None].clone()
+
+
+def small_model(**over) -> UPT:
+    torch.manual_seed(0)
+    return MODELS.get("upt").from_config(META, {**SMALL, **over})
+
+
+@pytest.mark.parametrize("n", [64, 256, 1024])
+def test_shapes_on_grids(n):
+    model = small_model()
+    u, x = torch.randn(3, n, 1), grid(3, n)
+    z = model.encode(u, x)
+    assert z.shape == (3, model.num_latents, model.latent_dim) == (3, 16, 16)
+    z1 = model.step(z, torch.full((3, 1), 0.01), torch.full((3,), 0.05))
+    assert model.decode(z1, x, u).shape == (3, n, 1)
+    assert model.decode(z1, x).shape == (3, n, 1)
+    assert model(u, x, torch.full((3, 1), 0.01), torch.full((3,), 0.05)).shape == (3, n, 1)
+
+
+def test_irregular_points_differing_per_sample_and_queries_elsewhere():
+    model = small_model()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 300, 1, generator=gen)  # each sample its own irregular points
+    u = torch.sin(6.28 * x)
+    z = model.encode(u, x)
+    xq = torch.rand(2, 77, 1, generator=gen)
+    out = model.decode(z, xq)
+    assert z.shape == (2, 16, 16) and out.shape == (2, 77, 1) and torch.isfinite(out).all()
+    # a point set is a set: permuting the points does not change the encoding
+    perm = torch.randperm(300, generator=gen)
+    assert torch.allclose(model.encode(u[:, perm], x[:, perm]), z, atol=1e-5)
+
+
+def test_untrained_operator_is_identity_on_z():
+    model = small_model()
+    z = torch.randn(4, model.num_latents, model.latent_dim)
+    z1 = model.step(z, torch.rand(4, 1) + 0.01, torch.rand(4) + 0.01)
+    assert torch.equal(z1, z)
+
+
+def test_encoder_is_translation_equivariant_on_periodic_domain():
+    # shifting the field and the points together by one supernode spacing shifts the tokens by one
+    model = small_model(encoder_depth=0)
+    x = grid(1, 256)
+    u = torch.sin(2 * torch.pi * x) + 0.3 * torch.cos(6 * torch.pi * x)
+    z = model.encode(u, x)
+    z_shift = model.encode(u, torch.remainder(x + 1 / 16, 1.0))
+    assert torch.allclose(torch.roll(z, 1, dims=1), z_shift, atol=1e-5)
+
+
+def test_encoder_pooling_keeps_amplitude():
+    # without the square feature and encoder blocks the pooled tokens are linear in u
+    model = small_model(encode_square=False, encoder_depth=0)
+    x, u = grid(1, 128), torch.randn(1, 128, 1)
+    z0 = model.encode(torch.zeros_like(u), x)
+    assert torch.allclose(model.encode(3 * u, x) - z0, 3 * (model.encode(u, x) - z0), atol=1e-5)
+
+
+def test_encoding_is_resolution_consistent():
+    # the neighbourhood mean approximates an integral: a smooth field gives nearly the same tokens
+    model = small_model()
+    f = lambda x: torch.sin(2 * torch.pi * x) + 0.5 * torch.cos(4 * torch.pi * x)  # noqa: E731
+    x256, x1024 = grid(1, 256), grid(1, 1024)
+    z256, z1024 = model.encode(f(x256), x256), model.encode(f(x1024), x1024)
+    assert (z256 - z1024).norm() / z1024.norm() < 0.05
+
+
+def test_decoding_at_twice_the_training_resolution():
+    # fit the any-point decoder on random sub-cell shifts of a 64-point grid, then decode at 128 points
+    model = small_model()
+    f = lambda x: torch.sin(2 * torch.pi * x) + 0.5 * torch.sin(4 * torch.pi * x + 1.0)  # noqa: E731
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x = torch.remainder(grid(8, 64) + torch.rand(8, 1, 1, generator=gen) / 64, 1.0)
+        loss = (model.decode(model.encode(f(x), x), x) - f(x)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x64, x128 = grid(1, 64), grid(1, 128)
+    with torch.no_grad():
+        out = model.decode(model.encode(f(x64), x64), x128)
+    rel = (out - f(x128)).norm() / f(x128).norm()
+    assert out.shape == (1, 128, 1)
+    assert rel < 0.1, rel
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="heads"):
+        from ups.config import ModelConfig
+
+        ModelConfig(name="upt", params={"latent_dim": 30, "heads": 4})
+    with pytest.raises(ValueError, match="perfect power"):
+        meta2 = DatasetMetadata(pde="x", spatial_dims=2, spatial_shape=(8, 8), n_channels=1, n_frames=2, dt=0.1,
+                                domain=((0.0, 1.0), (0.0, 1.0)))
+        UPT.from_config(meta2, {**SMALL, "num_supernodes": 15})
+    assert UPTConfig().latent_dim == 64
+
+
+def test_two_dimensional_points():
+    meta2 = DatasetMetadata(pde="x", spatial_dims=2, spatial_shape=(12, 12), n_channels=2, n_frames=2, dt=0.1,
+                            domain=((0.0, 1.0), (0.0, 2.0)))
+    model = UPT.from_config(meta2, SMALL)
+    x = torch.rand(2, 144, 2) * torch.tensor([1.0, 2.0])
+    u = torch.randn(2, 144, 2)
+    out = model(u, x, torch.zeros(2, 0), torch.full((2,), 0.1))
+    assert out.shape == (2, 144, 2) and torch.isfinite(out).all()
