@@ -171,7 +171,7 @@ class Corrector(nn.Module):
 
     Buffers (saved with the weights): ``res_mean``/``res_std`` [D] standardise the residual,
     ``z_mean``/``z_std`` [D] standardise the conditioning prediction, ``stats_count`` counts the
-    tokens they were measured on (0: not measured yet).
+    tokens and ``stats_updates`` the batches they were measured on (0: not measured yet).
     """
 
     def __init__(self, *, latent_dim: int, n_cond: int, config: CorrectorConfig | None = None):
@@ -197,6 +197,7 @@ class Corrector(nn.Module):
         for name, value in (("res_mean", 0.0), ("res_std", 1.0), ("z_mean", 0.0), ("z_std", 1.0)):
             self.register_buffer(name, torch.full((latent_dim,), value))
         self.register_buffer("stats_count", torch.zeros(()))
+        self.register_buffer("stats_updates", torch.zeros(()))
 
     # ---------------------------------------------------------------------------- statistics
     @torch.no_grad()
@@ -215,6 +216,7 @@ class Corrector(nn.Module):
             mean.copy_(new_mean)
             std.copy_(new_var.sqrt().clamp_min(1e-6))
         self.stats_count.fill_(n_old + n_new)
+        self.stats_updates.add_(1)
 
     def standardise(self, residual: torch.Tensor) -> torch.Tensor:
         """Raw residual [B, L, D] -> standardised residual x1 [B, L, D]."""

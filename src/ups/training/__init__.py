@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 
 # Modules whose stages register themselves in ``ups.training.stage.STAGES``; add new ones here.
-_BUILTIN: tuple[str, ...] = ()
+_BUILTIN: tuple[str, ...] = (
+    "ups.training.stages.diff_residual",
+    "ups.training.stages.consistency_distill",
+    "ups.training.stages.steady_prior",
+)
 
 for _mod in _BUILTIN:
     importlib.import_module(_mod)

@@ -9,7 +9,7 @@ from ups.registry import Registry
 PDES: Registry = Registry("pde")
 
 # Modules whose classes register themselves; add new PDE modules here.
-_BUILTIN: tuple[str, ...] = ()
+_BUILTIN: tuple[str, ...] = ("ups.data.pdes.forced_diffusion",)
 
 for _mod in _BUILTIN:
     importlib.import_module(_mod)
