@@ -6,6 +6,7 @@ import importlib
 
 # Modules whose stages register themselves in ``ups.training.stage.STAGES``; add new ones here.
 _BUILTIN: tuple[str, ...] = (
+    "ups.training.stages.operator",
     "ups.training.stages.diff_residual",
     "ups.training.stages.consistency_distill",
     "ups.training.stages.steady_prior",
