@@ -1,0 +1,197 @@
+"""Stage 3, ``consistency_distill``: the multi-step corrector distilled into a 1-2 step sampler.
+
+Teacher: the frozen operator (``model``) and the frozen multi-step corrector (``teacher``), both from
+``diff_residual_best``. Student (``corrector``): initialised as a copy of the teacher. Per batch::
+
+    eps ~ N(0, I)                                              one draw per sample
+    x1_T = teacher.sample(z_pred, eps, steps=K)               computed ONCE per batch (no grad)
+    for each of distill_num_taus taus (tau = 1 always among them when include_tau_one):
+        x_tau = (1 - tau) x1_T + tau eps                       on the straight path eps -> x1_T
+        x1_S = x_tau - tau v_student(x_tau, tau | z_pred)      the student's one-jump estimate
+        loss += || x1_S - x1_T ||^2 / distill_num_taus
+
+The target is the teacher's endpoint, never zero, so the student cannot lower the loss by dropping
+the correction: the loss is minimal only when its one-jump result equals the teacher's sample from
+the same noise. Because the path is straight, one jump from tau = 1 is the 1-step sampler and
+jump / re-noise at tau = 1/2 the 2-step sampler (``Corrector.sample(steps=1 or 2)``, Euler).
+
+Micro-batching: with ``distill_micro_batch`` smaller than the batch, the student's forward runs per
+micro-batch under activation checkpointing, so only one micro-batch's activations are alive while the
+one backward of the trainer accumulates the micro-batch gradients (the trainer's loss scaling,
+non-finite checks and clipping still apply to the whole batch). ``compile: true`` wraps the student's
+jump in ``torch.compile`` with its kernel cache in ``compile_cache_dir`` (``TORCHINDUCTOR_CACHE_DIR``;
+default: ``RUN/compile_cache``, never the system temp folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ups.data.metadata import DatasetMetadata
+from ups.errors import CheckpointError
+from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
+from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
+from ups.training.stage import STAGES, Stage, StageConfig
+from ups.training.stages.diff_residual import LatentScores, freeze, latent_pair, surrogate_meta
+
+
+class ConsistencyDistillConfig(StageConfig):
+    """Settings of ``stages.consistency_distill``."""
+
+    distill_num_taus: int = Field(3, ge=1)
+    distill_micro_batch: int = Field(8, ge=0)  # 0: the whole batch at once
+    student_steps: Literal[1, 2] = 1  # steps of the distilled sampler at inference
+    teacher_steps: int | None = Field(None, ge=1)  # default: the teacher's own refine steps
+    tau_distribution: Literal["uniform", "beta"] = "uniform"
+    tau_beta: tuple[float, float] = (1.0, 1.0)
+    include_tau_one: bool = True  # always train the jump from pure noise (the 1-step sampler)
+    teacher_checkpoint: str = "diff_residual_best"
+    compile: bool = False
+    compile_cache_dir: str | None = None
+
+
+def load_teacher(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint_name: str,
+                 stage: str) -> tuple[nn.Module, Corrector, dict[str, Any]]:
+    """The frozen surrogate and multi-step corrector of ``checkpoint_name`` and its metadata."""
+    from ups.models import MODELS
+
+    stem = Path(run_dir or ".") / "checkpoints" / checkpoint_name
+    if run_dir is None or not checkpoint_exists(stem):
+        raise CheckpointError(
+            f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage "
+            "'diff_residual' into this run directory first (ups train CONFIG --stage diff_residual)"
+        )
+    info = read_checkpoint_meta(stem)
+    if "corrector" not in info:
+        raise CheckpointError(f"checkpoint {stem}.json holds no corrector: it was not written by diff_residual")
+    model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
+    teacher = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
+                        config=CorrectorConfig(**info["corrector"]))
+    load_checkpoint(stem, {"model": model, "corrector": teacher})
+    return freeze(model), freeze(teacher), info
+
+
+@STAGES.register("consistency_distill")
+class ConsistencyDistillStage(Stage):
+    """Trains ``corrector`` (the student) to reach the ``teacher``'s multi-step sample in one jump."""
+
+    name: ClassVar[str] = "consistency_distill"
+    config_class: ClassVar[type[StageConfig]] = ConsistencyDistillConfig
+    requires: ClassVar[tuple[str, ...]] = ("diff_residual",)
+    val_metric: ClassVar[str] = "val_distill_rel_err"
+
+    def __init__(self, *, model: nn.Module, teacher: Corrector, stage_cfg: ConsistencyDistillConfig,
+                 teacher_steps: int, normalizer=None, meta_info: dict[str, Any] | None = None,
+                 run_dir: Path | None = None):
+        self.model, self.teacher, self.cfg = freeze(model), freeze(teacher), stage_cfg
+        self.student = copy.deepcopy(teacher).train().requires_grad_(True)
+        self.teacher_steps = stage_cfg.teacher_steps or teacher_steps
+        self.normalizer, self.meta_info = normalizer, meta_info or {}
+        self._jump: Callable = self.student.clean_estimate
+        if stage_cfg.compile:
+            cache = Path(stage_cfg.compile_cache_dir or Path(run_dir or ".") / "compile_cache")
+            cache.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache.resolve())
+            self._jump = torch.compile(self.student.clean_estimate)
+
+    @classmethod
+    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> ConsistencyDistillStage:
+        stage_cfg = ConsistencyDistillConfig(**(cfg.stages.get(cls.name) or {}))
+        model, teacher, info = load_teacher(cfg, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
+        return cls(model=model, teacher=teacher, stage_cfg=stage_cfg, teacher_steps=int(info["refine_steps"]),
+                   normalizer=normalizer, meta_info=surrogate_meta(cfg, meta, normalizer), run_dir=run_dir)
+
+    @staticmethod
+    def train_window(cfg) -> int:
+        return 2
+
+    @staticmethod
+    def val_window(cfg) -> int | None:
+        return 2
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "teacher": self.teacher, "corrector": self.student}
+
+    def trainable_modules(self) -> list[str]:
+        return ["corrector"]
+
+    def taus(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """[distill_num_taus, B] noise levels; the first row is 1 when ``include_tau_one``."""
+        n = self.cfg.distill_num_taus
+        rows = sample_tau(n * batch_size, distribution=self.cfg.tau_distribution, beta=self.cfg.tau_beta,
+                          device=device).view(n, batch_size)
+        if self.cfg.include_tau_one:
+            rows[0] = 1.0
+        return rows
+
+    def distill_loss(self, z_pred: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor, x1_t: torch.Tensor,
+                     taus: torch.Tensor) -> torch.Tensor:
+        """Mean over taus of ``|x1_S - x1_T|^2``. z_pred, eps, x1_t: [B, L, D]; cond: [B, n_cond]; taus: [n, B]."""
+        b = z_pred.shape[0]
+        micro = self.cfg.distill_micro_batch or b
+        total = z_pred.new_zeros(())
+        for tau in taus:
+            x_tau = noise(x1_t, tau, eps)
+            for lo in range(0, b, micro):
+                sl = slice(lo, lo + micro)
+                args = (x_tau[sl], tau[sl], z_pred[sl], cond[sl])
+                est = checkpoint(self._jump, *args, use_reentrant=False) if micro < b else self._jump(*args)
+                total = total + (est - x1_t[sl]).pow(2).sum()
+        return total / (taus.shape[0] * x1_t.numel())
+
+    def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        pair = latent_pair(self.model, batch)
+        z_pred, cond = pair["z_pred"], pair["cond"]
+        eps = torch.randn_like(z_pred)
+        with torch.no_grad():  # the teacher's result: once per batch, reused for every tau
+            x1_t = self.teacher.sample(z_pred, cond, steps=self.teacher_steps, eps=eps)
+        loss = self.distill_loss(z_pred, cond, eps, x1_t, self.taus(z_pred.shape[0], z_pred.device))
+        return {"loss": loss, "loss_distill": loss.detach(), "teacher_sq_norm": x1_t.pow(2).mean()}
+
+    @torch.no_grad()
+    def compare(self, loader: Iterable[dict[str, torch.Tensor]], *, generator: torch.Generator | None = None
+                ) -> dict[str, float]:
+        """Student (``student_steps``) against teacher corrections on ``loader``, same noise for both
+        (deterministic, eps = 0, unless ``generator``): raw latent residuals ``r_S``, ``r_T``."""
+        device = self.student.res_mean.device
+        scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
+        sq = {"diff": 0.0, "teacher": 0.0, "student": 0.0}
+        for batch in loader:
+            pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
+            z_pred, cond = pair["z_pred"], pair["cond"]
+            eps = (torch.randn(z_pred.shape, generator=generator).to(z_pred) if generator is not None
+                   else torch.zeros_like(z_pred))
+            r_t = self.teacher.unstandardise(self.teacher.sample(z_pred, cond, steps=self.teacher_steps, eps=eps))
+            r_s = self.student.unstandardise(self.student.sample(z_pred, cond, steps=self.cfg.student_steps, eps=eps))
+            sq["diff"] += float((r_s - r_t).pow(2).sum())
+            sq["teacher"] += float(r_t.pow(2).sum())
+            sq["student"] += float(r_s.pow(2).sum())
+            scores.add(self.model, pair, z_pred + r_s)
+        teacher_sq = max(sq["teacher"], 1e-30)
+        return {"val_distill_rel_err": sq["diff"] / teacher_sq,  # |r_S - r_T|^2 / |r_T|^2 (zero correction: 1)
+                "val_norm_ratio": (sq["student"] / teacher_sq) ** 0.5, **scores.result()}
+
+    def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            out = self.compare(loader)
+        finally:
+            self.student.train(was_training)
+        out["val_metric"] = out["val_distill_rel_err"]
+        return out
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        s = self.student
+        return {**self.meta_info, "corrector": s.config.model_dump(), "corrector_kind": "distilled",
+                "latent_dim": s.latent_dim, "n_cond": s.n_cond, "refine_steps": self.cfg.student_steps,
+                "teacher_steps": self.teacher_steps}

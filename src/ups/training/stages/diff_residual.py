@@ -1,0 +1,198 @@
+"""Stage 2, ``diff_residual``: a flow-matching corrector of the frozen operator's one-step residual.
+
+The operator's modules (``model``: encoder, operator, decoder) are loaded from ``operator_best`` and
+frozen. On every one-step pair ``(u_t, u_{t+1})``::
+
+    z = E(u_t),  z_pred = Op(z),  r = E(u_{t+1}) - z_pred,  x1 = (r - m) / s
+    tau ~ U(0, 1) or Beta(a, b),  eps ~ N(0, I),  x_tau = (1 - tau) x1 + tau eps
+    loss = || v_theta(x_tau, tau | z_pred, params, dt) - (eps - x1) ||^2
+
+``m, s`` (per latent feature) are measured on the first ``stats_batches`` training batches and then
+frozen; they are buffers of the corrector, so they travel with its checkpoint (see
+``ups.models.corrector`` for the noise process and sampler). Validation refines ``z_pred`` with the
+deterministic sampler and reports the latent error after refinement relative to the operator's
+(``val_metric``; below 1 means the corrector helps) and the decoded one-step nRMSE in physical space
+with and without the corrector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ups.data.metadata import DatasetMetadata
+from ups.errors import CheckpointError
+from ups.eval.metrics import nrmse_per_sample
+from ups.eval.rollout import flatten_points
+from ups.models import MODELS
+from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
+from ups.training.checkpoint import checkpoint_exists, load_checkpoint
+from ups.training.stage import STAGES, Stage, StageConfig
+
+
+class DiffResidualConfig(StageConfig):
+    """Settings of ``stages.diff_residual``."""
+
+    corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)
+    tau_distribution: Literal["uniform", "beta"] = "uniform"
+    tau_beta: tuple[float, float] = (1.0, 1.0)  # (a, b) of the Beta distribution
+    stats_batches: int = Field(8, ge=1)  # training batches the residual statistics are measured on
+    val_steps: int | None = Field(None, ge=1)  # refinement steps in validation (default: corrector.steps)
+    operator_checkpoint: str = "operator_best"
+
+
+def load_frozen_surrogate(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint: str, *,
+                          stage: str, needs: str) -> nn.Module:
+    """Build ``cfg.model`` and load module ``model`` of ``run_dir/checkpoints/{checkpoint}``; frozen, eval mode.
+
+    A missing checkpoint is a one-line :class:`CheckpointError` naming the stage to run first.
+    """
+    stem = Path(run_dir or ".") / "checkpoints" / checkpoint
+    if run_dir is None or not checkpoint_exists(stem):
+        raise CheckpointError(
+            f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage '{needs}' "
+            "into this run directory first (ups train CONFIG --stage " + needs + ")"
+        )
+    model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
+    load_checkpoint(stem, {"model": model}, strict=False)
+    return freeze(model)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, eval mode."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+@torch.no_grad()
+def latent_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Frozen-operator latents of a one-step batch (``u`` [B, W >= 2, *spatial, C]).
+
+    Returns u0, u1 [B, N, C], x [B, N, d], z_pred, z_true [B, L, D] and cond [B, P + 1].
+    """
+    u, x = flatten_points(batch["u"], batch["coords"])
+    z_pred = model.step(model.encode(u[:, 0], x), batch["params"], batch["dt"])
+    return {"u0": u[:, 0], "u1": u[:, 1], "x": x, "z_pred": z_pred, "z_true": model.encode(u[:, 1], x),
+            "cond": condition_vector(batch["params"], batch["dt"])}
+
+
+def surrogate_meta(cfg, meta: DatasetMetadata, normalizer) -> dict[str, Any]:
+    """What ``Simulator.from_run`` needs to rebuild the surrogate from any corrector-stage checkpoint."""
+    out: dict[str, Any] = {"model": cfg.model.name, "model_params": cfg.model.params, "data_meta": meta.to_dict()}
+    op = cfg.stages.get("operator") or {}
+    out["rollout_mode"] = op.get("rollout_mode", "reencode")
+    if normalizer is not None:
+        out["normalizer"] = normalizer.to_dict()
+    return out
+
+
+class LatentScores:
+    """Accumulates latent and decoded one-step errors of corrected and uncorrected predictions."""
+
+    def __init__(self, denormalize=None):
+        self.denormalize = denormalize or (lambda v: v)
+        self.sums = {"corr": 0.0, "op": 0.0, "n": 0}
+        self.nrmse: dict[str, list[torch.Tensor]] = {"corr": [], "op": []}
+
+    def add(self, model: nn.Module, pair: dict[str, torch.Tensor], z_corr: torch.Tensor) -> None:
+        """pair: from :func:`latent_pair`; z_corr: [B, L, D] corrected latent."""
+        self.sums["corr"] += float((z_corr - pair["z_true"]).pow(2).sum())
+        self.sums["op"] += float((pair["z_pred"] - pair["z_true"]).pow(2).sum())
+        self.sums["n"] += pair["z_true"].numel()
+        if hasattr(model, "decode"):
+            true = self.denormalize(pair["u1"]).unsqueeze(1)  # [B, 1, N, C]
+            for key, z in (("corr", z_corr), ("op", pair["z_pred"])):
+                pred = self.denormalize(model.decode(z, pair["x"], pair["u0"])).unsqueeze(1)
+                self.nrmse[key].append(nrmse_per_sample(pred, true))
+
+    def result(self, prefix: str = "val") -> dict[str, float]:
+        n = max(1, self.sums["n"])
+        out = {f"{prefix}_latent_mse": self.sums["corr"] / n, f"{prefix}_latent_mse_operator": self.sums["op"] / n,
+               f"{prefix}_latent_rel_err": self.sums["corr"] / max(self.sums["op"], 1e-30)}
+        if self.nrmse["corr"]:
+            out[f"{prefix}_one_step_nrmse"] = float(torch.cat(self.nrmse["corr"]).mean())
+            out[f"{prefix}_one_step_nrmse_operator"] = float(torch.cat(self.nrmse["op"]).mean())
+        return out
+
+
+@STAGES.register("diff_residual")
+class DiffResidualStage(Stage):
+    """Trains ``corrector`` on the residual of the frozen ``model``."""
+
+    name: ClassVar[str] = "diff_residual"
+    config_class: ClassVar[type[StageConfig]] = DiffResidualConfig
+    requires: ClassVar[tuple[str, ...]] = ("operator",)
+    val_metric: ClassVar[str] = "val_latent_rel_err"
+
+    def __init__(self, *, model: nn.Module, corrector: Corrector, stage_cfg: DiffResidualConfig,
+                 normalizer=None, meta_info: dict[str, Any] | None = None):
+        self.model, self.corrector, self.cfg = freeze(model), corrector, stage_cfg
+        self.normalizer = normalizer
+        self.meta_info = meta_info or {}
+
+    @classmethod
+    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> DiffResidualStage:
+        stage_cfg = DiffResidualConfig(**(cfg.stages.get(cls.name) or {}))
+        model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
+                                      needs="operator")
+        corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
+        return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
+                   meta_info=surrogate_meta(cfg, meta, normalizer))
+
+    @staticmethod
+    def train_window(cfg) -> int:
+        return 2
+
+    @staticmethod
+    def val_window(cfg) -> int | None:
+        return 2
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "corrector": self.corrector}
+
+    def trainable_modules(self) -> list[str]:
+        return ["corrector"]
+
+    def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        pair = latent_pair(self.model, batch)
+        z_pred, residual = pair["z_pred"], pair["z_true"] - pair["z_pred"]
+        if int(self.corrector.stats_updates) < self.cfg.stats_batches:
+            self.corrector.update_statistics(residual, z_pred)
+        x1 = self.corrector.standardise(residual)
+        tau = sample_tau(x1.shape[0], distribution=self.cfg.tau_distribution, beta=self.cfg.tau_beta,
+                         device=x1.device)
+        eps = torch.randn_like(x1)
+        x_tau = noise(x1, tau, eps)
+        v = self.corrector(x_tau, tau, z_pred, pair["cond"])
+        loss = F.mse_loss(v, velocity_target(x1, eps))
+        with torch.no_grad():
+            clean = F.mse_loss(x_tau - tau.view(-1, 1, 1) * v, x1)
+        return {"loss": loss, "loss_flow": loss.detach(), "clean_estimate_mse": clean}
+
+    @torch.no_grad()
+    def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        device = self.corrector.res_mean.device
+        was_training = self.corrector.training
+        self.corrector.eval()
+        scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
+        try:
+            for batch in loader:
+                pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
+                z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.cfg.val_steps)
+                scores.add(self.model, pair, z_corr)
+        finally:
+            self.corrector.train(was_training)
+        out = scores.result()
+        out["val_metric"] = out["val_latent_rel_err"]
+        return out
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {**self.meta_info, "corrector": self.cfg.corrector.model_dump(), "corrector_kind": "multi",
+                "latent_dim": self.corrector.latent_dim, "n_cond": self.corrector.n_cond,
+                "refine_steps": self.cfg.val_steps or self.cfg.corrector.steps}

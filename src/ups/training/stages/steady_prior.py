@@ -1,0 +1,176 @@
+"""Stage 4, ``steady_prior`` (optional; ``epochs: 0`` skips it): a latent drift towards the steady state.
+
+For problems that settle to a steady state (e.g. ``forced_diffusion``), the prior maps the latent of
+any state to the latent of its steady state in a fixed number ``S`` (4-6) of residual steps::
+
+    z_0 = E(u_t),   z_{k+1} = z_k + g_theta(z_k | k, params),   k = 0 .. S-1,   u_ss ~ D(z_S)
+
+``g`` is a stack of adaptive-layer-norm blocks (as in the corrector) conditioned on the step index and
+the PDE parameters, zero-initialised: the untrained prior is the identity, i.e. it starts from the
+initial state as its guess. The operator's encoder/decoder (``model``, from ``operator_best``) stay
+frozen. Training items are whole trajectories (``window: null``); the target is the last frame, which
+the data must have run long enough to be steady. Loss: ``|z_S - E(u_T)|^2 + lambda_decoded *
+|D(z_S) - u_T|^2`` from ``inputs_per_item`` random frames of each trajectory. Validation: nRMSE (physical
+space) of the prior's steady state against the last frame, next to the initial state's.
+:func:`steady_state` is what ``Simulator.steady_state(u0)`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ups.config import Strict
+from ups.data.metadata import DatasetMetadata
+from ups.eval.metrics import nrmse_per_sample
+from ups.eval.rollout import flatten_points
+from ups.models.corrector import AdaLNBlock, timestep_embedding
+from ups.training.stage import STAGES, Stage, StageConfig
+from ups.training.stages.diff_residual import freeze, load_frozen_surrogate, surrogate_meta
+
+
+class SteadyPriorNetConfig(Strict):
+    num_steps: int = Field(4, ge=1, le=16)
+    width: int = Field(64, ge=4)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    attention: bool = True
+
+
+class SteadyPriorConfig(StageConfig):
+    """Settings of ``stages.steady_prior``."""
+
+    prior: SteadyPriorNetConfig = Field(default_factory=SteadyPriorNetConfig)
+    window: int | None = Field(None, ge=2)  # frames per training item; None: whole trajectories
+    inputs_per_item: int = Field(4, ge=1)  # random input frames per trajectory and batch
+    lambda_decoded: float = Field(1.0, ge=0)
+    operator_checkpoint: str = "operator_best"
+
+
+class SteadyPrior(nn.Module):
+    """``S`` residual drift steps in latent space. z: [B, L, D]; params: [B, P] -> [B, L, D]."""
+
+    def __init__(self, *, latent_dim: int, n_params: int, config: SteadyPriorNetConfig | None = None):
+        super().__init__()
+        cfg = config or SteadyPriorNetConfig()
+        self.config, self.latent_dim, self.n_params = cfg, latent_dim, n_params
+        w = cfg.width
+        self.inp = nn.Linear(latent_dim, w)
+        self.step_mlp = nn.Sequential(nn.Linear(32, w), nn.SiLU(), nn.Linear(w, w))
+        self.param_mlp = nn.Sequential(nn.Linear(n_params, w), nn.SiLU(), nn.Linear(w, w)) if n_params else None
+        self.blocks = nn.ModuleList(AdaLNBlock(width=w, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                                               attention=cfg.attention) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(w, elementwise_affine=False)
+        self.out = nn.Linear(w, latent_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def drift(self, z: torch.Tensor, k: int, params: torch.Tensor | None) -> torch.Tensor:
+        """g(z | k, params). z: [B, L, D]; params: [B, P] -> [B, L, D]."""
+        kk = torch.full((z.shape[0],), k / self.config.num_steps, device=z.device)
+        c = self.step_mlp(timestep_embedding(kk, 32).to(z.dtype))
+        if self.param_mlp is not None and params is not None:
+            c = c + self.param_mlp(params.to(z.dtype))
+        h = self.inp(z)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(self.norm(h))
+
+    def forward(self, z: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
+        for k in range(self.config.num_steps):
+            z = z + self.drift(z, k, params)
+        return z
+
+
+def steady_state(model: nn.Module, prior: SteadyPrior, u0: torch.Tensor, coords: torch.Tensor,
+                 params: torch.Tensor | None = None, coords_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The prior's steady state of ``u0`` [B, N, C] (normalised) at ``coords`` [B, N, d], decoded at
+    ``coords_q`` [B, Q, d] (default: ``coords``); params [B, P] -> [B, Q, C] (normalised)."""
+    z = prior(model.encode(u0, coords), params)
+    return model.decode(z, coords if coords_q is None else coords_q)
+
+
+@STAGES.register("steady_prior")
+class SteadyPriorStage(Stage):
+    """Trains ``prior`` on (state, steady state) pairs of whole trajectories; ``model`` frozen."""
+
+    name: ClassVar[str] = "steady_prior"
+    config_class: ClassVar[type[StageConfig]] = SteadyPriorConfig
+    requires: ClassVar[tuple[str, ...]] = ("operator",)  # it needs only the encoder/decoder
+    val_metric: ClassVar[str] = "val_steady_nrmse"
+
+    def __init__(self, *, model: nn.Module, prior: SteadyPrior, stage_cfg: SteadyPriorConfig, normalizer=None,
+                 meta_info: dict[str, Any] | None = None):
+        self.model, self.prior, self.cfg = freeze(model), prior, stage_cfg
+        self.normalizer, self.meta_info = normalizer, meta_info or {}
+
+    @classmethod
+    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> SteadyPriorStage:
+        stage_cfg = SteadyPriorConfig(**(cfg.stages.get(cls.name) or {}))
+        model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
+                                      needs="operator")
+        prior = SteadyPrior(latent_dim=model.latent_dim, n_params=meta.n_params, config=stage_cfg.prior)
+        return cls(model=model, prior=prior, stage_cfg=stage_cfg, normalizer=normalizer,
+                   meta_info=surrogate_meta(cfg, meta, normalizer))
+
+    @staticmethod
+    def train_window(cfg) -> int | None:
+        return SteadyPriorConfig(**(cfg.stages.get("steady_prior") or {})).window
+
+    @staticmethod
+    def val_window(cfg) -> int | None:
+        return SteadyPriorConfig(**(cfg.stages.get("steady_prior") or {})).window
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "prior": self.prior}
+
+    def trainable_modules(self) -> list[str]:
+        return ["prior"]
+
+    def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        u, x = flatten_points(batch["u"], batch["coords"])  # [B, T, N, C], [B, N, d]
+        b, t = u.shape[:2]
+        k = min(self.cfg.inputs_per_item, t - 1)
+        frames = torch.stack([torch.randperm(t - 1)[:k] for _ in range(b)]).to(u.device)  # [B, k]
+        u_in = torch.gather(u, 1, frames[:, :, None, None].expand(-1, -1, *u.shape[2:])).flatten(0, 1)
+        xr = x.repeat_interleave(k, 0)
+        params = batch["params"].repeat_interleave(k, 0)
+        u_ss = u[:, -1].repeat_interleave(k, 0)  # [B k, N, C]
+        with torch.no_grad():
+            z0, z_ss = self.model.encode(u_in, xr), self.model.encode(u_ss, xr)
+        z = self.prior(z0, params)
+        out = {"loss_latent": F.mse_loss(z, z_ss)}
+        out["loss_decoded"] = F.mse_loss(self.model.decode(z, xr), u_ss) if self.cfg.lambda_decoded > 0 \
+            else z.new_zeros(())
+        out["loss"] = out["loss_latent"] + self.cfg.lambda_decoded * out["loss_decoded"]
+        return out
+
+    @torch.no_grad()
+    def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        device = next(self.prior.parameters()).device
+        denorm = self.normalizer.denormalize if self.normalizer is not None else (lambda v: v)
+        prior_err, init_err = [], []
+        was_training = self.prior.training
+        self.prior.eval()
+        try:
+            for batch in loader:
+                u, x = flatten_points(batch["u"].to(device), batch["coords"].to(device))
+                true = denorm(u[:, -1]).unsqueeze(1)
+                pred = steady_state(self.model, self.prior, u[:, 0], x, batch["params"].to(device))
+                prior_err.append(nrmse_per_sample(denorm(pred).unsqueeze(1), true))
+                init_err.append(nrmse_per_sample(denorm(u[:, :1]), true))
+        finally:
+            self.prior.train(was_training)
+        err = float(torch.cat(prior_err).mean())
+        return {"val_metric": err, "val_steady_nrmse": err, "val_initial_nrmse": float(torch.cat(init_err).mean())}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {**self.meta_info, "prior": self.prior.config.model_dump(), "latent_dim": self.prior.latent_dim,
+                "n_params": self.prior.n_params}
