@@ -113,6 +113,34 @@ def _add_data_parser(sub) -> argparse._SubParsersAction:
     return data_sub
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ups.eval.run_eval import evaluate_run, write_outputs
+    from ups.pipeline import format_summary
+
+    result = evaluate_run(args.run_dir, data=args.data, split=args.split, ttc=args.ttc, corrector=args.corrector,
+                          out=args.out, max_samples=args.max_samples)
+    report = write_outputs(args.run_dir, result)
+    print(format_summary(result))
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace, cfg=None) -> int:
+    from ups.config import load_config
+    from ups.pipeline import format_summary, pipeline
+
+    result = pipeline(cfg if cfg is not None else load_config(args.config, args.overrides), run_dir=args.run_dir)
+    print(format_summary(result))
+    print(f"report: {result['report']}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ups.pipeline import demo_config
+
+    return _cmd_pipeline(args, demo_config(args.overrides))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ups", description="Universal Physics Stack")
     parser.add_argument("--version", action="version", version=f"ups {__version__}")
@@ -131,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--run-dir", default=None, help="write the run here instead of run.out_dir/<name>")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run in physical space: JSON, plots, report.html")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="another HDF5 file (ours, or PDEBench's: its split is used)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
+    p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")
+    p.add_argument("--corrector", default="auto", choices=["auto", "none", "multi", "distilled"])
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSON path (default RUN_DIR/eval_<split>.json)")
+    p.set_defaults(func=_cmd_eval)
+
+    for name, helptext in (("pipeline", "check, train all stages, gate, evaluate, leaderboard"),
+                           ("demo", "the pipeline on the embedded small Burgers default")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "pipeline":
+            p.add_argument("config")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        p.add_argument("--run-dir", default=None)
+        p.set_defaults(func=_cmd_pipeline if name == "pipeline" else _cmd_demo)
 
     p = sub.add_parser("leaderboard", help="print the leaderboard CSV as a table")
     p.add_argument("--file", default=None, help="leaderboard CSV (default: run.leaderboard, runs/leaderboard.csv)")

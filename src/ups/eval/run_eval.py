@@ -1,0 +1,198 @@
+"""``ups eval RUN_DIR``: evaluate a trained run in physical space, write JSON, plots and the report.
+
+Every variant the run holds is evaluated on the same trajectories: the operator alone (``none``),
+with the multi-step corrector (``multi``, from ``diff_residual_best``) and with the distilled one
+(``distilled``, from ``consistency_distill_best``). ``metrics`` is the selected variant: the one named
+by ``corrector=``, or with ``"auto"`` the one recorded in ``RUN/selection.json`` (chosen on the
+*validation* split by the pipeline), else the operator alone. Baselines: persistence, plus trained
+peer runs passed in ``peers``. With ``ttc=True`` the stochastic corrector's best-of-K rollout is
+evaluated too, with its evaluation count and cost ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ups.config import DataConfig, ExperimentConfig, load_config
+from ups.data.datasets import make_loader
+from ups.data.prepare import prepare_data
+from ups.data.reader import TrajectoryFile
+from ups.errors import UPSError
+from ups.eval.evaluate import RolloutFn, evaluate_split, model_rollout_fn
+from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
+from ups.io_utils import atomic_write_json
+from ups.models.corrector import Corrector, CorrectorConfig, condition_vector
+from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
+
+CORRECTOR_CHECKPOINTS = {"multi": "diff_residual_best", "distilled": "consistency_distill_best"}
+
+
+def load_corrector(run_dir: str | Path, kind: str) -> tuple[Corrector, int] | None:
+    """The corrector of kind ``multi``/``distilled`` and its refinement steps, or None if not trained."""
+    stem = Path(run_dir) / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]
+    if not checkpoint_exists(stem):
+        return None
+    info = read_checkpoint_meta(stem)
+    corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
+                     config=CorrectorConfig(**info["corrector"]))
+    load_checkpoint(stem, {"corrector": corr}, strict=False)
+    return corr.eval(), int(info.get("refine_steps") or corr.config.steps)
+
+
+def latent_rollout_fn(model, *, mode: str, corrector: Corrector | None = None, steps: int | None = None) -> RolloutFn:
+    """Rollout of the latent surrogate, refining every step with ``corrector`` (deterministic mean).
+
+    mode "reencode": decode and re-encode every step; "latent": encode once, step, decode each frame.
+    """
+
+    @torch.inference_mode()
+    def rollout(u0, coords, params, dt, n):
+        cond, frames, u = condition_vector(params, dt), [], u0
+        z = model.encode(u0, coords)
+        for _ in range(n):
+            z = model.step(z, params, dt)
+            if corrector is not None:
+                z = corrector.refine(z, cond, steps=steps)
+            u = model.decode(z, coords, u)
+            frames.append(u)
+            if mode == "reencode":
+                z = model.encode(u, coords)
+        return torch.stack(frames, dim=1)
+
+    return rollout
+
+
+def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str]:
+    """The run's data config, or one for ``--data FILE`` (ours: the whole file; PDEBench's: its split)."""
+    if data is None:
+        return cfg.data, split
+    fields = cfg.data.model_dump(exclude={"train", "val", "test", "pdebench_file", "generate", "max_samples"})
+    if TrajectoryFile(data).pde is not None:  # a file we wrote: every sample is evaluated
+        return DataConfig(**fields, test=data), "test"
+    return DataConfig(**fields, pdebench_file=data), split
+
+
+def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
+    fns: dict[str, RolloutFn] = {}
+    if hasattr(sim.model, "encode"):
+        fns["none"] = latent_rollout_fn(sim.model, mode=sim.rollout_mode)
+        for kind in CORRECTOR_CHECKPOINTS:
+            loaded = load_corrector(run_dir, kind)
+            if loaded is not None:
+                fns[kind] = latent_rollout_fn(sim.model, mode=sim.rollout_mode, corrector=loaded[0], steps=loaded[1])
+    else:
+        fns["none"] = model_rollout_fn(sim.model)
+    return fns
+
+
+def _selected(run_dir: Path, corrector: str, available: dict) -> str:
+    if corrector != "auto":
+        if corrector not in available:
+            raise UPSError(f"corrector '{corrector}' is not in this run (available: {', '.join(available)})")
+        return corrector
+    sel = run_dir / "selection.json"
+    choice = json.loads(sel.read_text()).get("corrector") if sel.is_file() else "none"
+    return choice if choice in available else "none"
+
+
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | None = None, ttc: bool = False,
+                 corrector: str = "auto", out: str | Path | None = None, max_samples: int | None = None,
+                 overrides: list[str] | None = None, write: bool = True) -> dict:
+    """Evaluate every variant of a run; returns (and by default writes) the ``ups eval`` dict."""
+    from ups.simulator import Simulator
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    split = split or cfg.eval.split
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir))
+    dcfg, split = _data_config(cfg, data, split)
+    cap = max_samples or cfg.eval.max_samples
+    if cap:
+        dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
+    bundle = prepare_data(dcfg, splits=(split,), generate=False)
+    ds = bundle.windows(split, window=None, normalizer=sim.normalizer, start=cfg.eval.rollout_start)
+    loader = make_loader(ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
+    fns = _variants(run_dir, sim)
+    chosen = _selected(run_dir, corrector, fns)
+    result, got = evaluate_split(fns[chosen], loader, sim.normalizer, sim.meta, cfg.eval)
+    result["variants"] = {chosen: _summary(result["metrics"], result["timing"])}
+    for name, fn in fns.items():
+        if name != chosen:
+            res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, cfg.eval)
+            result["variants"][name] = _summary(res["metrics"], res["timing"])
+    if ttc:
+        result["ttc"] = _ttc(run_dir, sim, cfg, loader, result)
+    src = bundle.splits[split]
+    result["data"] = {"file": [str(p.file.path) for p in src.parts], "split": split, "samples": len(src),
+                      "fingerprint": _fingerprints(src)}
+    result["run"] = {"dir": str(run_dir), "stages": _stages(run_dir), "corrector": chosen,
+                     "rollout_mode": sim.rollout_mode}
+    if write:
+        atomic_write_json(Path(out) if out else run_dir / f"eval_{split}.json", result)
+    result["_fields"] = got  # for plots; never written
+    return result
+
+
+def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = None) -> Path:
+    """Plots (space-time images, nRMSE per step) and ``report.html`` for one evaluation."""
+    from ups.eval.plots import evaluation_plots
+    from ups.eval.report import write_report
+
+    run_dir = Path(run_dir)
+    got = result["_fields"]
+    curves = {"model": result["metrics"]["nrmse_per_step"],
+              "persistence": result["baselines"]["persistence"]["nrmse_per_step"]}
+    if "ttc" in result and "metrics" in result["ttc"]:
+        curves["model + TTC"] = result["ttc"]["metrics"]["nrmse_per_step"]
+    for name, metrics in (peers or {}).items():
+        curves[name] = metrics["nrmse_per_step"]
+    cfg = load_config(run_dir / "config.yaml")
+    plots = evaluation_plots(run_dir / "plots", pred=got.pred, true=got.true, curves=curves,
+                             samples=cfg.eval.plot_samples)
+    clean = {k: v for k, v in result.items() if not k.startswith("_")}
+    return write_report(run_dir, eval_json=clean, config_yaml=(run_dir / "config.yaml").read_text(), plots=plots)
+
+
+def _model_stage(run_dir: Path) -> str:
+    """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers)."""
+    return "operator" if checkpoint_exists(run_dir / "checkpoints" / "operator_best") else "baseline"
+
+
+def _summary(metrics: dict, timing: dict) -> dict:
+    keys = ("nrmse", "nrmse_one_step", "corr_time", "valid_time", "conservation_gap", "bc_violation")
+    return {**{k: metrics[k] for k in keys}, "per_step_ms": timing["per_step_ms"]}
+
+
+def _stages(run_dir: Path) -> dict:
+    path = run_dir / "stages_done.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fingerprints(src) -> list[dict]:
+    from ups.training.runs import file_fingerprint
+
+    return [file_fingerprint(p.file.path) for p in src.parts]
+
+
+def _ttc(run_dir: Path, sim, cfg: ExperimentConfig, loader, base: dict) -> dict:
+    """Best-of-K rollout with the stochastic multi-step corrector; metrics, evaluation count, cost ratio."""
+    loaded = load_corrector(run_dir, "multi") or load_corrector(run_dir, "distilled")
+    if loaded is None:
+        return {"skipped": "no corrector in this run: TTC needs a stochastic corrector (train diff_residual)"}
+    meta = sim.meta
+    residual = RESIDUALS.get(meta.pde) if meta.pde in RESIDUALS else None
+    dx = (meta.domain[0][1] - meta.domain[0][0]) / meta.spatial_shape[0]
+    reward = PhysicsReward(weights=cfg.eval.ttc.weights, nonnegative=meta.nonnegative, residual=residual, dx=dx)
+    fn = ttc_rollout_fn(sim.model, loaded[0], sim.normalizer, reward, cfg.eval.ttc, seed=cfg.training.seed)
+    start = time.perf_counter()
+    res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, cfg.eval)
+    plain_evals = base["metrics"]["samples"] * base["metrics"]["steps"]
+    evals = fn.stepper.evaluations  # decoder calls of the rollout and of the teacher-forced one-step pass
+    return {"metrics": res["metrics"], "evaluations": evals, "plain_evaluations": 2 * plain_evals,
+            "cost_ratio": evals / max(1, 2 * plain_evals), "wall_s": time.perf_counter() - start,
+            "candidates": cfg.eval.ttc.candidates, "horizon": cfg.eval.ttc.horizon,
+            "gain_nrmse": base["metrics"]["nrmse"] - res["metrics"]["nrmse"]}

@@ -1,0 +1,75 @@
+"""The pipeline end to end on a tiny generated Burgers set: every stage, gate, eval JSON, report, leaderboard."""
+
+import base64
+import json
+import re
+
+import pytest
+
+from ups.cli import main
+from ups.config import load_config
+from ups.errors import UPSError
+from ups.eval.leaderboard import Leaderboard
+from ups.eval.run_eval import evaluate_run
+from ups.pipeline import pipeline
+
+TINY = [
+    "data.pde=burgers1d", "data.spatial_stride=2", "data.temporal_stride=2", "data.batch_size=8",
+    "data.generate={params: {nu: 0.1}, resolution: 64, frames: 13, t_end: 0.6, "
+    "samples: {train: 16, val: 8, test: 8}, seeds: {train: 1, val: 2, test: 3}, batch_size: 16}",
+    "model.name=upt", "model.params={latent_dim: 8, num_supernodes: 8, heads: 2, operator_depth: 1, "
+    "kernel_hidden: 8, decoder_hidden: 8}",
+    "training.epochs=2", "training.progress=none", "training.lr=0.003",
+    "stages.operator={rollout_steps: 2, rollout_ramp_steps: 4}",
+    "stages.diff_residual={corrector: {width: 8, depth: 1, heads: 2, steps: 2}, stats_batches: 1}",
+    "stages.consistency_distill={distill_num_taus: 2, distill_micro_batch: 0}",
+    "eval.ttc={enabled: true, candidates: 2}", "eval.plot_samples=1", "eval.gate.margin=0.0",
+]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    files = [f"data.{s}={root / 'data' / s}.h5" for s in ("train", "val", "test")]
+    cfg = load_config(None, TINY + files + [f"run.out_dir={root / 'runs'}", f"run.leaderboard={root / 'lb.csv'}"])
+    return root, cfg, pipeline(cfg)
+
+
+def test_pipeline_writes_everything_and_promotes(first_run):
+    root, cfg, result = first_run
+    run = root / "runs" / next(p.name for p in (root / "runs").iterdir())
+    for name in ("selection.json", "gate.json", "eval_test.json", "report.html", "stages_done.json"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "eval_test.json").read_text())
+    assert set(saved["variants"]) == {"none", "multi", "distilled"}
+    assert saved["ttc"]["evaluations"] == 2 * saved["ttc"]["plain_evaluations"]  # K = 2 candidates
+    assert saved["metrics"]["nrmse"] < saved["baselines"]["persistence"]["nrmse"]  # the gate demanded it on val
+    assert saved["data"]["split"] == "test" and saved["data"]["samples"] == 8
+    html = (run / "report.html").read_text()
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    rows = Leaderboard(cfg.run.leaderboard).rows()
+    assert len(rows) == 1 and Leaderboard(cfg.run.leaderboard).champion()["run"] == str(run)
+
+
+def test_failed_gate_stops_and_keeps_the_leaderboard(first_run):
+    root, cfg, _ = first_run
+    strict = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"gate": cfg.eval.gate.model_copy(
+        update={"margin": 0.99})})})
+    before = Leaderboard(cfg.run.leaderboard).rows()
+    with pytest.raises(UPSError, match="gate failed.*kept"):
+        pipeline(strict)
+    assert Leaderboard(cfg.run.leaderboard).rows() == before
+
+
+def test_eval_cli_on_another_file_and_variants(first_run, capsys):
+    root, cfg, _ = first_run
+    run = root / "runs" / sorted(p.name for p in (root / "runs").iterdir())[0]
+    out = root / "other.json"
+    assert main(["eval", str(run), "--data", str(root / "data" / "val.h5"), "--corrector", "none",
+                 "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["run"]["corrector"] == "none" and saved["data"]["samples"] == 8
+    assert "persistence" in capsys.readouterr().out
+    with pytest.raises(UPSError, match="not in this run"):
+        evaluate_run(run, corrector="nonsense", write=False)
