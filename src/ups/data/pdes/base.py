@@ -16,11 +16,32 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from ups.errors import ConfigError
+
+SMALL_WORK = 1 << 16  # grid points per batch below which a solver runs single-threaded
+
+
+@contextmanager
+def threads_for(points: int) -> Iterator[None]:
+    """Run small batched solves (``points`` = batch x grid points) on one thread, then restore torch's setting.
+
+    Intra-op threads cannot pay for themselves on arrays this small, and on a busy machine their
+    synchronisation makes small solves over ten times slower.
+    """
+    before = torch.get_num_threads()
+    if points < SMALL_WORK and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,11 +14,14 @@ effective viscosity. Method:
 - Internal resolution rule. A viscous shock between states ``u_l > u_r`` has the profile
   ``tanh((u_l - u_r) x / (4 eps))``, whose Fourier coefficients decay like ``exp(-2 pi^2 m eps / A)``,
   ``A = (u_l - u_r) / 2``. The maximum principle bounds every jump by the range of ``u0``, so with
-  ``A = max over the batch of (max u0 - min u0) / 2`` we keep ``K = resolution_factor * A / eps`` modes:
-  the default factor 1.1 leaves a tail of about ``exp(-2 pi^2 * 1.1) ~ 4e-10``. Then
-  ``N = fft_size(max(3 K + 1, X))`` (at least the output grid), capped at ``max_internal``.
+  ``A = max over the batch of (max u0 - min u0) / 2`` we keep ``K = resolution_factor * A / eps`` modes
+  and use ``N = fft_size(max(3 K + 1, X))`` points (at least the output grid), capped at
+  ``max_internal``. The bound is pessimistic (real shocks are weaker than the initial range): with the
+  default factor 0.55, for the 8 widest of 256 PDEBench initial conditions at nu = 0.01 (N = 1024), the
+  trajectories to t = 0.6 differ from a 2.5x finer, 2x smaller-step solution by 1.7e-7 relative L2.
 - Time step: ``h = cfl * (L / N) / max|w0|`` (the maximum principle keeps ``max|w|`` from growing),
-  rounded down so that a whole number of steps fits in each frame interval.
+  rounded down so that a whole number of steps fits in each frame interval. At cfl = 1 the time error
+  dominates the figure above (cfl = 0.5 gives 2.5e-8; ETDRK4 is 4th order).
 - Output: the state is evaluated exactly on the output cell centres (the L2 projection onto the modes
   the output grid holds); frame 0 is ``u0`` itself.
 """
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ups.data.pdes import PDES
-from ups.data.pdes.base import PDE, Grid1D, Params1D
+from ups.data.pdes.base import PDE, Grid1D, Params1D, threads_for
 from ups.data.pdes.initial_conditions import sample_pdebench_sines
 from ups.data.pdes.spectral import coefficients, etdrk4_coefficients, evaluate, fft_size
 from ups.errors import ConfigError
@@ -96,8 +99,8 @@ class Burgers1D(PDE):
     def __init__(
         self,
         *,
-        cfl: float = 0.5,
-        resolution_factor: float = 1.1,
+        cfl: float = 1.0,
+        resolution_factor: float = 0.55,
         min_internal: int | None = None,
         max_internal: int = 1 << 15,
         contour_points: int = 64,
@@ -163,9 +166,10 @@ class Burgers1D(PDE):
         stepper = _Stepper(lin=lin, h=params.dt / n_sub, n=n, length=params.length, points=self.contour_points)
         out = torch.empty(u0.shape[0], params.frames, params.resolution, dtype=torch.float64)
         out[:, 0] = u0
-        for frame in range(1, params.frames):
-            for _ in range(n_sub):
-                w = stepper.step(w)
-            out[:, frame] = evaluate(w, params.resolution) + ubar
+        with threads_for(u0.shape[0] * n):
+            for frame in range(1, params.frames):
+                for _ in range(n_sub):
+                    w = stepper.step(w)
+                out[:, frame] = evaluate(w, params.resolution) + ubar
         self.last_run = {"internal_resolution": n, "steps_per_frame": n_sub}
         return out
