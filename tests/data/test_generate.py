@@ -110,3 +110,22 @@ def test_cli_generate(tmp_path, capsys):
     assert rc == 2 and "nu=-1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "generate", "--param", "nu", "--samples", "1", "--seed", "1", "--out", "x.hdf5"])
+
+
+def test_benchmark_datagen_quick(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("ups_run_all", root / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    assert run_all.main(["--only", "datagen", "--quick", "--budget", "60", "--results", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "datagen.json").read_text())
+    assert printed == saved
+    for key in ("samples_per_s", "seconds_for_1000", "meets_target", "torch_threads", "torch_version", "samples"):
+        assert key in saved
+    assert saved["benchmark"] == "datagen" and saved["quick"] and saved["samples"] == 2 and saved["samples_per_s"] > 0
+    assert run_all.main(["--only", "nosuch", "--results", str(tmp_path)]) == 2
