@@ -47,7 +47,7 @@ def run(budget: float | None = None, quick: bool = False) -> dict:
         "target_seconds_for_1000": TARGET_SECONDS_1000,
         "meets_target": bool(1000 / rate < TARGET_SECONDS_1000),
         "solver": PDES.get("burgers1d")().solver_settings(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # the solver itself runs on solver["threads"] threads
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "torch_version": torch.__version__,

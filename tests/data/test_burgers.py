@@ -108,6 +108,29 @@ def test_bad_input():
             nu=0.001, resolution=128, frames=2))
     with pytest.raises(UPSError, match="cfl"):
         Burgers1D(cfl=5.0)
+    with pytest.raises(ConfigError, match="threads=0"):
+        Burgers1D(threads=0)
+
+
+def test_solve_runs_on_its_threads_and_restores_the_setting(monkeypatch):
+    import ups.data.pdes.burgers as burgers_module
+
+    seen = []
+    real_evaluate = burgers_module.evaluate
+
+    def spy(c, n, *, offset=0.5):  # called once per saved frame, inside the stepping loop
+        seen.append(torch.get_num_threads())
+        return real_evaluate(c, n, offset=offset)
+
+    monkeypatch.setattr(burgers_module, "evaluate", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        p = BurgersParams(nu=0.5, resolution=32, frames=3, t_end=0.01)
+        Burgers1D(threads=1).solve(torch.sin(2 * math.pi * p.x)[None], params=p)
+        assert seen[-2:] == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_spectral_resampling_is_exact_for_band_limited_fields():

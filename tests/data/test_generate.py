@@ -30,6 +30,7 @@ def test_layout_attributes_and_mass(tmp_path):
     assert attrs["ups_version"] == __version__ and attrs["generator_version"] == gen.GENERATOR_VERSION
     assert attrs["resolution"] == 128 and attrs["frames"] == 11 and attrs["dt"] == pytest.approx(0.05)
     assert "solver_cfl" in attrs and "solver_scheme" in attrs
+    assert attrs["solver_internal_resolution_max"] >= 128 and attrs["solver_steps_per_frame_max"] >= 1
     assert np.isfinite(u).all() and np.abs(u).max() > 0.1
     # mass (sum over x) per sample and frame, relative to sum |u0|, in the float32 file
     u64 = u.astype(np.float64)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ups.data.pdes import PDES
-from ups.data.pdes.base import PDE, Grid1D, Params1D, threads_for
+from ups.data.pdes.base import PDE, Grid1D, Params1D, torch_threads
 from ups.data.pdes.initial_conditions import sample_pdebench_sines
 from ups.data.pdes.spectral import coefficients, etdrk4_coefficients, evaluate, fft_size
 from ups.errors import ConfigError
@@ -112,6 +112,7 @@ class Burgers1D(PDE):
         min_internal: int | None = None,
         max_internal: int = 1 << 15,
         contour_points: int = 64,
+        threads: int | None = 1,
     ):
         if not 0 < cfl <= 2.0:
             raise ConfigError(f"cfl={cfl}: choose a value in (0, 2] (ETDRK4 is unstable beyond)")
@@ -122,6 +123,9 @@ class Burgers1D(PDE):
         self.min_internal = min_internal
         self.max_internal = max_internal
         self.contour_points = contour_points
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads={threads}: use a positive number, or None for torch's own setting")
+        self.threads = threads  # intra-op threads during solve (see base.torch_threads)
         self.last_run: dict = {}  # internal resolution and steps per frame of the last solve
 
     def sample_initial(self, n: int, *, generator: torch.Generator, grid: Grid1D) -> torch.Tensor:
@@ -135,6 +139,7 @@ class Burgers1D(PDE):
             "resolution_factor": self.resolution_factor,
             "min_internal": self.min_internal or 0,
             "max_internal": self.max_internal,
+            "threads": self.threads or 0,
         }
 
     def internal_resolution(self, u0: torch.Tensor, params: BurgersParams) -> int:
@@ -174,7 +179,7 @@ class Burgers1D(PDE):
         stepper = _Stepper(lin=lin, h=params.dt / n_sub, n=n, length=params.length, points=self.contour_points)
         out = torch.empty(u0.shape[0], params.frames, params.resolution, dtype=torch.float64)
         out[:, 0] = u0
-        with threads_for(u0.shape[0] * n):
+        with torch_threads(self.threads):
             for frame in range(1, params.frames):
                 for _ in range(n_sub):
                     w = stepper.step(w)
