@@ -28,6 +28,9 @@ def discover() -> dict[str, Path]:
 
 
 def load(path: Path):
+    """Import a benchmark module from its file (its folder on sys.path, for shared helper modules)."""
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(f"ups_bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
