@@ -3,7 +3,8 @@
 File layout (see docs/ARCHITECTURE.md): dataset ``tensor`` float32 ``[N, T, X]``, ``x-coordinate`` ``[X]``,
 ``t-coordinate`` ``[T]``; attributes ``pde``, one per physical parameter (e.g. ``nu``), ``seed``,
 ``generator_version``, ``ups_version``, the grid (``resolution``, ``frames``, ``t_end``, ``dt``,
-``length``) and the solver settings as ``solver_*``.
+``length``) and the solver settings as ``solver_*`` (with, for adaptive solvers, the largest internal
+grid and step count any batch used, e.g. ``solver_internal_resolution_max``).
 
 Reproducibility: one ``torch.Generator`` seeded with ``seed`` draws the initial conditions in blocks of
 ``IC_BLOCK`` samples, independently of ``batch_size``; the same call writes a byte-identical file.
@@ -78,6 +79,7 @@ def _write(tmp: Path, *, pde: PDE, p, samples: int, seed: int, batch_size: int, 
         f.create_dataset("t-coordinate", data=p.t.numpy().astype(np.float32), track_times=False)
         for key, value in file_attributes(pde, p, seed).items():
             f.attrs[key] = value
+        run_stats: dict[str, float] = {}  # the largest internal grid / step count any batch used
         with tqdm(total=samples, unit="sample", disable=not progress, desc=f"{pde.name}") as bar:
             for start in range(0, samples, batch_size):
                 u0 = stream.take(min(batch_size, samples - start))
@@ -89,6 +91,10 @@ def _write(tmp: Path, *, pde: PDE, p, samples: int, seed: int, batch_size: int, 
                     )
                 ds[start : start + u.shape[0]] = u.to(torch.float32).numpy()
                 bar.update(u.shape[0])
+                for key, value in getattr(pde, "last_run", {}).items():
+                    run_stats[key] = max(run_stats.get(key, value), value)
+        for key, value in run_stats.items():
+            f.attrs[f"solver_{key}_max"] = value
 
 
 def generate_dataset(

@@ -11,6 +11,7 @@ PDES: Registry = Registry("pde")
 # Modules whose classes register themselves; add new PDE modules here.
 _BUILTIN: tuple[str, ...] = (
     "ups.data.pdes.burgers",
+    "ups.data.pdes.advection",
     "ups.data.pdes.forced_diffusion",
 )
 
