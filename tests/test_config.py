@@ -90,3 +90,10 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads(path):
     assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_embedded_demo_config_builds():
+    from ups.pipeline import demo_config
+
+    cfg = demo_config(["training.epochs=1"])
+    assert cfg.training.epochs == 1 and {"operator", "diff_residual", "consistency_distill"} <= set(cfg.stages)
