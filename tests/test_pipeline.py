@@ -54,8 +54,10 @@ def test_pipeline_writes_everything_and_promotes(first_run):
 
 def test_failed_gate_stops_and_keeps_the_leaderboard(first_run):
     root, cfg, _ = first_run
-    strict = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"gate": cfg.eval.gate.model_copy(
-        update={"margin": 0.99})})})
+    strict = cfg.model_copy(update={
+        "eval": cfg.eval.model_copy(update={"gate": cfg.eval.gate.model_copy(update={"margin": 0.99})}),
+        "training": cfg.training.model_copy(update={"epochs": 1, "max_steps": 2}),  # cheap: it must fail anyway
+    })
     before = Leaderboard(cfg.run.leaderboard).rows()
     with pytest.raises(UPSError, match="gate failed.*kept"):
         pipeline(strict)
@@ -73,3 +75,26 @@ def test_eval_cli_on_another_file_and_variants(first_run, capsys):
     assert "persistence" in capsys.readouterr().out
     with pytest.raises(UPSError, match="not in this run"):
         evaluate_run(run, corrector="nonsense", write=False)
+
+
+def test_infer_writes_the_input_layout(first_run, tmp_path):
+    import h5py
+    import numpy as np
+
+    root, _, _ = first_run
+    run = root / "runs" / sorted(p.name for p in (root / "runs").iterdir())[0]
+    src = root / "data" / "test.h5"
+    out = tmp_path / "pred.h5"
+    assert main(["infer", str(run), "--input", str(src), "--steps", "3", "--out", str(out)]) == 0
+    with h5py.File(out) as f, h5py.File(src) as g:
+        assert f["tensor"].shape == (8, 4, 32) and f["tensor"].dtype == np.float32
+        np.testing.assert_allclose(f["tensor"][:, 0], g["tensor"][:, 0, ::2], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["x-coordinate"][...], g["x-coordinate"][::2], rtol=1e-6)
+        assert f["t-coordinate"].shape == (4,) and f.attrs["pde"] == "burgers1d"
+    points = tmp_path / "q.npy"
+    np.save(points, np.linspace(0.0, 1.0, 50, endpoint=False))
+    assert main(["infer", str(run), "--input", str(src), "--steps", "2", "--points", str(points),
+                 "--out", str(out)]) == 0
+    with h5py.File(out) as f:
+        assert f["tensor"].shape == (8, 3, 50) and f["x-coordinate"].shape == (50,)
+    assert main(["infer", str(run), "--input", str(tmp_path / "none.h5"), "--steps", "2", "--out", str(out)]) == 2

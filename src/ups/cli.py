@@ -125,6 +125,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from ups.eval.infer import infer
+
+    out = infer(args.run_dir, input=args.input, steps=args.steps, out=args.out, points=args.points, start=args.start)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace, cfg=None) -> int:
     from ups.config import load_config
     from ups.pipeline import format_summary, pipeline
@@ -169,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON path (default RUN_DIR/eval_<split>.json)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("infer", help="roll out from the initial frames of an HDF5 file, write the same layout")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True, help="HDF5 file in the PDEBench layout (ours or PDEBench's)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--points", default=None, help=".npy query coordinates [Q] or [Q, d] (default: input points)")
+    p.add_argument("--start", type=int, default=0, help="initial frame (default 0)")
+    p.add_argument("--out", required=True, help="output .hdf5 (written atomically)")
+    p.set_defaults(func=_cmd_infer)
 
     for name, helptext in (("pipeline", "check, train all stages, gate, evaluate, leaderboard"),
                            ("demo", "the pipeline on the embedded small Burgers default")):

@@ -1,0 +1,85 @@
+"""``ups infer``: roll a trained surrogate out from the initial frames of an HDF5 file.
+
+Reads frame ``start`` of every sample of the input (our layout or PDEBench's), at the run's spatial
+stride, rolls out ``steps`` steps of the run's time step, decodes at the input points or at the
+query points of ``--points`` (a ``.npy`` file of coordinates ``[Q]`` or ``[Q, d]``), and writes the
+prediction in the PDEBench layout: ``tensor`` ``[N, steps + 1, Q]`` (``[..., C]`` for several
+channels), ``x-coordinate`` ``[Q]``, ``t-coordinate`` ``[steps + 1]``, written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ups import __version__
+from ups.config import load_config
+from ups.data.reader import TrajectoryFile
+from ups.errors import DataError, UPSError
+from ups.io_utils import atomic_write_with, check_free_disk
+
+
+def _query_points(points: str | None, dims: int) -> np.ndarray | None:
+    if points is None:
+        return None
+    path = Path(points)
+    if not path.is_file():
+        raise DataError(f"points file not found: {path} (a .npy array of coordinates [Q] or [Q, {dims}])")
+    try:
+        xq = np.load(path).astype(np.float32)
+    except ValueError as err:
+        raise DataError(f"{path} is not a .npy array of coordinates: {err}") from None
+    xq = xq.reshape(-1, 1) if xq.ndim == 1 else xq
+    if xq.ndim != 2 or xq.shape[1] != dims:
+        raise DataError(f"{path} holds an array of shape {xq.shape}; expected [Q] or [Q, {dims}]")
+    return xq
+
+
+def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path, points: str | None = None,
+          start: int = 0, batch_size: int = 32) -> Path:
+    """Roll out every sample of ``input`` from frame ``start``; write the PDEBench layout to ``out``."""
+    from ups.simulator import Simulator
+
+    if steps < 1:
+        raise UPSError(f"--steps {steps}: roll out at least one step")
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    sim = Simulator.from_run(run_dir, batch_size=batch_size)
+    src = TrajectoryFile(input, params=dict(cfg.data.params) or None)
+    if start >= src.n_frames:
+        raise DataError(f"--start {start} is past the {src.n_frames} frames of {input}")
+    stride = cfg.data.spatial_stride
+    coords = torch.from_numpy(src.coords(spatial_stride=stride)).float().reshape(-1, sim.meta.spatial_dims)
+    xq = _query_points(points, sim.meta.spatial_dims)
+    n_q = coords.shape[0] if xq is None else xq.shape[0]
+    check_free_disk(Path(out).parent, src.n_samples * (steps + 1) * n_q * sim.meta.n_channels * 4, "predictions")
+    params = torch.from_numpy(np.stack([src.params_array(sim.meta.param_names)] * src.n_samples)).float()
+    preds = []
+    for lo in range(0, src.n_samples, batch_size):
+        hi = min(lo + batch_size, src.n_samples)
+        u0 = np.stack([src.read(i, [start], spatial_stride=stride)[0] for i in range(lo, hi)])
+        u0 = torch.from_numpy(u0).reshape(hi - lo, -1, sim.meta.n_channels)
+        preds.append(sim.rollout(u0, steps, params=params[lo:hi], coords=coords,
+                                 query_points=None if xq is None else torch.from_numpy(xq)).numpy())
+    pred = np.concatenate(preds)  # [N, steps + 1, Q, C]
+    t = src.t[start] + sim.meta.dt * np.arange(steps + 1)
+    x = (coords.numpy() if xq is None else xq)
+    return _write(Path(out), pred, x, t, src, run_dir)
+
+
+def _write(out: Path, pred: np.ndarray, x: np.ndarray, t: np.ndarray, src: TrajectoryFile, run_dir: Path) -> Path:
+    def writer(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("tensor", data=pred[..., 0] if pred.shape[-1] == 1 else pred, dtype="float32")
+            f.create_dataset("x-coordinate", data=x[:, 0] if x.shape[1] == 1 else x)
+            f.create_dataset("t-coordinate", data=t)
+            for key, value in src.attrs.items():
+                f.attrs[key] = value
+            f.attrs.update({"ups_version": __version__, "generator": "ups infer", "ups_run": str(run_dir),
+                            "source_file": str(src.path)})
+
+    atomic_write_with(out, writer)
+    return out
