@@ -19,7 +19,7 @@ TINY = [
     "samples: {train: 16, val: 8, test: 8}, seeds: {train: 1, val: 2, test: 3}, batch_size: 16}",
     "model.name=upt", "model.params={latent_dim: 8, num_supernodes: 8, heads: 2, operator_depth: 1, "
     "kernel_hidden: 8, decoder_hidden: 8}",
-    "training.epochs=2", "training.progress=none", "training.lr=0.003",
+    "training.epochs=5", "training.progress=none", "training.lr=0.003", "training.ema_decay=0.9",
     "stages.operator={rollout_steps: 2, rollout_ramp_steps: 4}",
     "stages.diff_residual={corrector: {width: 8, depth: 1, heads: 2, steps: 2}, stats_batches: 1}",
     "stages.consistency_distill={distill_num_taus: 2, distill_micro_batch: 0}",
