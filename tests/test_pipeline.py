@@ -98,3 +98,25 @@ def test_infer_writes_the_input_layout(first_run, tmp_path):
     with h5py.File(out) as f:
         assert f["tensor"].shape == (8, 3, 50) and f["x-coordinate"].shape == (50,)
     assert main(["infer", str(run), "--input", str(tmp_path / "none.h5"), "--steps", "2", "--out", str(out)]) == 2
+
+
+def test_simulator_uses_the_corrector_when_asked(first_run):
+    import torch
+
+    from ups.errors import CheckpointError
+    from ups.simulator import Simulator
+
+    root, _, _ = first_run
+    run = root / "runs" / sorted(p.name for p in (root / "runs").iterdir())[0]
+    x = (torch.arange(32) + 0.5) / 32
+    u0 = torch.sin(2 * torch.pi * x).view(1, 32, 1).repeat(2, 1, 1)
+    plain = Simulator.from_run(run).rollout(u0, 3, params={"nu": 0.1})
+    multi = Simulator.from_run(run, corrector="multi")
+    a, b = multi.rollout(u0, 3, params={"nu": 0.1}), multi.rollout(u0, 3, params={"nu": 0.1})
+    assert torch.equal(a, b)  # the mean path is deterministic
+    assert not torch.allclose(a[:, 1:], plain[:, 1:])  # and it does correct
+    assert torch.equal(a[:, 0], plain[:, 0])
+    with pytest.raises(UPSError, match="unknown corrector"):
+        Simulator.from_run(run, corrector="nonsense")
+    with pytest.raises(CheckpointError, match="no steady prior"):
+        multi.steady_state(u0, params={"nu": 0.1})

@@ -22,6 +22,42 @@ from ups.models.layers import lattice
 from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 
 CHECKPOINT_ORDER = ("best", "ema", "last")
+CORRECTOR_CHECKPOINTS = {"multi": "diff_residual_best", "distilled": "consistency_distill_best"}
+
+
+def load_corrector(run_dir: str | Path, kind: str):
+    """(corrector, refine steps) of kind ``multi``/``distilled`` from a run, or None if not trained."""
+    from ups.models.corrector import Corrector, CorrectorConfig
+
+    if kind not in CORRECTOR_CHECKPOINTS:
+        raise UPSError(f"unknown corrector '{kind}' (allowed: none, auto, {', '.join(CORRECTOR_CHECKPOINTS)})")
+    stem = Path(run_dir) / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]
+    if not checkpoint_exists(stem):
+        return None
+    info = read_checkpoint_meta(stem)
+    corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
+                     config=CorrectorConfig(**info["corrector"]))
+    load_checkpoint(stem, {"corrector": corr}, strict=False)
+    return corr.eval(), int(info.get("refine_steps") or corr.config.steps)
+
+
+def with_corrector(model: torch.nn.Module, run_dir: str | Path, kind: str, *,
+                   generator: torch.Generator | None = None) -> torch.nn.Module:
+    """``model`` refined every step by the run's ``kind`` corrector ("none": the model itself;
+    "auto": distilled, else multi, else none). A named corrector the run lacks is a one-line error."""
+    from ups.models.corrector import CorrectedSurrogate
+
+    if kind == "none":
+        return model
+    kinds = ("distilled", "multi") if kind == "auto" else (kind,)
+    for k in kinds:
+        loaded = load_corrector(run_dir, k)
+        if loaded is not None:
+            return CorrectedSurrogate(model=model, corrector=loaded[0], steps=loaded[1], generator=generator)
+    if kind == "auto":
+        return model
+    raise CheckpointError(f"this run has no '{kind}' corrector ({CORRECTOR_CHECKPOINTS[kind]} is missing in "
+                          f"{Path(run_dir) / 'checkpoints'}): train it with ups train CONFIG --stage all")
 
 
 class Simulator:
@@ -33,11 +69,16 @@ class Simulator:
         self.model = model.to(self.device).eval()
         self.normalizer, self.meta = normalizer, meta
         self.rollout_mode, self.batch_size = rollout_mode, batch_size
+        self.run_dir: Path | None = None  # set by from_run (steady_state reads the prior from it)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, stage: str = "operator", checkpoint: str | None = None,
-                 batch_size: int = 64, device: str | torch.device = "cpu") -> Simulator:
-        """Rebuild from ``run_dir/checkpoints/{stage}_{checkpoint}`` (default: best, else ema, else last)."""
+                 corrector: str = "none", batch_size: int = 64, device: str | torch.device = "cpu") -> Simulator:
+        """Rebuild from ``run_dir/checkpoints/{stage}_{checkpoint}`` (default: best, else ema, else last).
+
+        corrector: "none", "multi" (diff_residual), "distilled" (consistency_distill) or "auto" (the
+        distilled one when trained, else multi, else none): every step is then refined by it.
+        """
         folder = Path(run_dir) / "checkpoints"
         kinds = (checkpoint,) if checkpoint else CHECKPOINT_ORDER
         stems = [folder / f"{stage}_{kind}" for kind in kinds]
@@ -53,8 +94,11 @@ class Simulator:
         meta = DatasetMetadata.from_dict(info["data_meta"])
         model = MODELS.get(info["model"]).from_config(meta, info["model_params"])
         load_checkpoint(stem, {"model": model})
-        return cls(model=model, normalizer=Normalizer.from_dict(info["normalizer"]), meta=meta,
+        model = with_corrector(model, run_dir, corrector)
+        sim = cls(model=model, normalizer=Normalizer.from_dict(info["normalizer"]), meta=meta,
                    rollout_mode=info.get("rollout_mode", "reencode"), batch_size=batch_size, device=device)
+        sim.run_dir = Path(run_dir)
+        return sim
 
     # ------------------------------------------------------------------------------ inputs
     def grid(self, n: int) -> torch.Tensor:
@@ -129,3 +173,31 @@ class Simulator:
                                mode=self.rollout_mode, query_coords=part[4])
                 out.append(self.normalizer.denormalize(pred).cpu())
         return torch.cat(out)
+
+    # ------------------------------------------------------------------------- steady state
+    def steady_state(self, u0: torch.Tensor, *, params=None, coords: torch.Tensor | None = None,
+                     query_points: torch.Tensor | None = None) -> torch.Tensor:
+        """The steady state predicted by the run's steady prior (``steady_prior_best``).
+
+        u0: [B, N, C] physical at ``coords`` (default: the regular grid) -> [B, Q, C] physical at
+        ``query_points`` (default: the input points).
+        """
+        from ups.training.stages.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
+
+        stem = Path(self.run_dir or ".") / "checkpoints" / "steady_prior_best"
+        if not checkpoint_exists(stem):
+            raise CheckpointError(f"no steady prior in this run ({stem}.safetensors is missing): train the "
+                                  "steady_prior stage (e.g. configs/steady_forced_diffusion.yaml)")
+        info = read_checkpoint_meta(stem)
+        prior = SteadyPrior(latent_dim=int(info["latent_dim"]), n_params=int(info["n_params"]),
+                            config=SteadyPriorNetConfig(**info["prior"]))
+        load_checkpoint(stem, {"prior": prior}, strict=False)
+        u0 = torch.as_tensor(u0, dtype=torch.float32)
+        b = u0.shape[0]
+        u0 = u0.reshape(b, -1, self.meta.n_channels)
+        x = self._points(self.grid(u0.shape[1]) if coords is None else coords, b, "coords", self.meta.spatial_dims)
+        xq = self._points(query_points, b, "query_points", self.meta.spatial_dims)
+        base = getattr(self.model, "model", self.model)  # the surrogate without its corrector
+        with torch.inference_mode():
+            out = steady_state(base, prior.eval(), self.normalizer.normalize(u0), x, self._params(params, b), xq)
+        return self.normalizer.denormalize(out)

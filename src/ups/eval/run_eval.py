@@ -25,45 +25,19 @@ from ups.errors import UPSError
 from ups.eval.evaluate import RolloutFn, evaluate_split, model_rollout_fn
 from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json
-from ups.models.corrector import Corrector, CorrectorConfig, condition_vector
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
-
-CORRECTOR_CHECKPOINTS = {"multi": "diff_residual_best", "distilled": "consistency_distill_best"}
+from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
+from ups.training.checkpoint import checkpoint_exists
 
 
-def load_corrector(run_dir: str | Path, kind: str) -> tuple[Corrector, int] | None:
-    """The corrector of kind ``multi``/``distilled`` and its refinement steps, or None if not trained."""
-    stem = Path(run_dir) / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]
-    if not checkpoint_exists(stem):
-        return None
-    info = read_checkpoint_meta(stem)
-    corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
-                     config=CorrectorConfig(**info["corrector"]))
-    load_checkpoint(stem, {"corrector": corr}, strict=False)
-    return corr.eval(), int(info.get("refine_steps") or corr.config.steps)
-
-
-def latent_rollout_fn(model, *, mode: str, corrector: Corrector | None = None, steps: int | None = None) -> RolloutFn:
-    """Rollout of the latent surrogate, refining every step with ``corrector`` (deterministic mean).
-
-    mode "reencode": decode and re-encode every step; "latent": encode once, step, decode each frame.
-    """
+def surrogate_rollout_fn(model, *, mode: str) -> RolloutFn:
+    """The Simulator's rollout (latent or re-encoding) as a rollout function without frame 0."""
+    from ups.eval.rollout import rollout
 
     @torch.inference_mode()
-    def rollout(u0, coords, params, dt, n):
-        cond, frames, u = condition_vector(params, dt), [], u0
-        z = model.encode(u0, coords)
-        for _ in range(n):
-            z = model.step(z, params, dt)
-            if corrector is not None:
-                z = corrector.refine(z, cond, steps=steps)
-            u = model.decode(z, coords, u)
-            frames.append(u)
-            if mode == "reencode":
-                z = model.encode(u, coords)
-        return torch.stack(frames, dim=1)
+    def fn(u0, coords, params, dt, n):
+        return rollout(model, u0, coords, params, dt, n, mode=mode)[:, 1:]
 
-    return rollout
+    return fn
 
 
 def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str]:
@@ -77,15 +51,13 @@ def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[D
 
 
 def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
-    fns: dict[str, RolloutFn] = {}
-    if hasattr(sim.model, "encode"):
-        fns["none"] = latent_rollout_fn(sim.model, mode=sim.rollout_mode)
-        for kind in CORRECTOR_CHECKPOINTS:
-            loaded = load_corrector(run_dir, kind)
-            if loaded is not None:
-                fns[kind] = latent_rollout_fn(sim.model, mode=sim.rollout_mode, corrector=loaded[0], steps=loaded[1])
-    else:
-        fns["none"] = model_rollout_fn(sim.model)
+    """Rollout functions of the operator alone and with each corrector the run holds."""
+    if not hasattr(sim.model, "encode"):
+        return {"none": model_rollout_fn(sim.model)}
+    fns = {"none": surrogate_rollout_fn(sim.model, mode=sim.rollout_mode)}
+    for kind in CORRECTOR_CHECKPOINTS:
+        if checkpoint_exists(run_dir / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]):
+            fns[kind] = surrogate_rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode)
     return fns
 
 

@@ -295,3 +295,38 @@ class Corrector(nn.Module):
 def condition_vector(params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
     """The corrector's condition: PDE parameters and the time step. params: [B, P]; dt: [B] -> [B, P + 1]."""
     return torch.cat([params.float(), dt.float().view(-1, 1)], dim=-1)
+
+
+class CorrectedSurrogate(nn.Module):
+    """A latent surrogate whose every step is refined by a corrector: ``step = refine(model.step(z))``.
+
+    Offers the surrogate interface (encode / step / decode, latent_dim, num_latents), so every rollout
+    (latent or re-encoding, any query points) works unchanged with a corrector. ``generator=None``
+    refines along the deterministic mean path; a generator draws one stochastic sample per step.
+    """
+
+    def __init__(self, *, model: nn.Module, corrector: Corrector, steps: int | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.model, self.corrector, self.steps, self.generator = model, corrector, steps, generator
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latent_dim
+
+    @property
+    def num_latents(self) -> int:
+        return self.model.num_latents
+
+    def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """u: [B, N, C]; coords: [B, N, d] -> z [B, L, D]."""
+        return self.model.encode(u, coords)
+
+    def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
+        """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] or None -> [B, Q, C]."""
+        return self.model.decode(z, coords_q, u_q)
+
+    def step(self, z: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """z: [B, L, D]; params: [B, P]; dt: [B] -> refined z_next [B, L, D]."""
+        z_pred = self.model.step(z, params, dt)
+        return self.corrector.refine(z_pred, condition_vector(params, dt), steps=self.steps, generator=self.generator)
