@@ -22,13 +22,22 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from ups.config import Strict
 from ups.data.metadata import DatasetMetadata
 from ups.models import MODELS
-from ups.models.layers import MLP, Block, ContinuousConv, RelativeBias, gather_neighbours, lattice, relative_offset
+from ups.models.layers import (
+    MLP,
+    Block,
+    ContinuousConv,
+    OffsetFeatures,
+    gather_neighbours,
+    lattice,
+    relative_offset,
+)
 
 
 class UPTConfig(Strict):
@@ -43,7 +52,7 @@ class UPTConfig(Strict):
     encoder_radius: float = Field(1.5, gt=0)  # in supernode spacings
     kernel_hidden: int = Field(32, ge=4)
     encode_square: bool = True  # messages from [u, u^2/2] rather than u alone
-    decoder_neighbours: int = Field(4, ge=1)  # tokens each query attends to
+    decoder_radius: float = Field(2.0, gt=0.5)  # queries attend to tokens within this many spacings
     decoder_hidden: int = Field(64, ge=4)
     predict_increment: bool = True  # decode(z, x, u_q) = u_q + head(...)
     norm: Literal["none", "layer"] = "none"
@@ -98,8 +107,12 @@ class UPT(nn.Module):
         self.dec_query = nn.Linear(width, width)
         self.dec_key = nn.Linear(width, width)
         self.dec_value = nn.Linear(width, width)
-        self.dec_filter = MLP(n_in=dims, n_hidden=cfg.kernel_hidden, n_out=width)
-        self.dec_bias = RelativeBias(dims=dims, heads=cfg.heads)
+        self.dec_features = OffsetFeatures(dims=dims, n_freq=4, scale=cfg.decoder_radius)
+        self.dec_bias = nn.Linear(self.dec_features.n_out, cfg.heads)  # offset-dependent attention bias
+        self.phase_features = OffsetFeatures(dims=dims, n_freq=8, scale=0.5)  # position inside a supernode cell
+        self.phase_embed = nn.Linear(self.phase_features.n_out, width)
+        self.dec_out = nn.Linear(width, width)
+        self.dec_slope = nn.Parameter(torch.zeros(cfg.heads))  # distance decay per head (softplus)
         self.head = MLP(n_in=width, n_hidden=cfg.decoder_hidden, n_out=channels)
 
     @classmethod
@@ -165,24 +178,28 @@ class UPT(nn.Module):
     def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C].
 
-        With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the
-        decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
+        Each query attends to the tokens within ``decoder_radius`` spacings, with a per-head attention
+        bias from the offset (so heads act as learned interpolation kernels); the query carries its
+        position inside the supernode cell (Fourier phase features) and its current value ``u_q``.
+        Dense [B, H, Q, L] attention: cheap for the tens of tokens used here. With ``u_q`` and
+        ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the decoder
+        reconstructs the field from z alone (the mode the inverse-encoding loss trains).
         """
-        idx, delta, _ = self._nearest(coords_q, self.cfg.decoder_neighbours, None)  # [B, Q, k], [B, Q, k, d]
-        b, q, k = idx.shape
+        b, q = coords_q.shape[:2]
         heads = self.cfg.heads
-        if u_q is None:
-            phi = self.missing_query.expand(b, q, -1)
-        else:
-            phi = self.query_embed(u_q)  # [B, Q, D]
-        keys = gather_neighbours(self.dec_key(z), idx)  # [B, Q, k, D]
-        values = gather_neighbours(self.dec_value(z), idx) * (1 + self.dec_filter(delta))  # [B, Q, k, D]
-        query = self.dec_query(phi).unflatten(-1, (heads, -1))  # [B, Q, H, Dh]
-        keys = keys.unflatten(-1, (heads, -1))  # [B, Q, k, H, Dh]
-        logits = (keys * query.unsqueeze(2)).sum(-1) / query.shape[-1] ** 0.5 + self.dec_bias(delta)  # [B, Q, k, H]
-        attn = logits.softmax(dim=2).unsqueeze(-1)
-        out = (attn * values.unflatten(-1, (heads, -1))).sum(2).flatten(-2)  # [B, Q, D]
-        pred = self.head(out + phi)  # [B, Q, C]
+        delta = relative_offset(coords_q[:, :, None], self.positions[None, None], self._period()) / self.spacing
+        dist = delta.norm(dim=-1)  # [B, Q, L]
+        slope = F.softplus(self.dec_slope)
+        bias = (self.dec_bias(self.dec_features(delta)) - slope * dist.unsqueeze(-1)).permute(0, 3, 1, 2)
+        rel = (coords_q - self.positions[0]) / self.spacing
+        phase = self.phase_embed(self.phase_features(rel - torch.round(rel)))  # [B, Q, D]
+        phi = phase + (self.missing_query if u_q is None else self.query_embed(u_q))  # [B, Q, D]
+        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731  [B, n, D] -> [B, H, n, Dh]
+        query, keys, values = split(self.dec_query(phi)), split(self.dec_key(z)), split(self.dec_value(z))
+        logits = query @ keys.transpose(-1, -2) / query.shape[-1] ** 0.5 + bias  # [B, H, Q, L]
+        far = (dist > self.cfg.decoder_radius).unsqueeze(1)
+        out = logits.masked_fill(far, float("-inf")).softmax(dim=-1) @ values  # [B, H, Q, Dh]
+        pred = self.head(self.dec_out(out.transpose(1, 2).flatten(-2)) + phi)  # [B, Q, C]
         if u_q is not None and self.cfg.predict_increment:
             pred = u_q + pred
         return pred
