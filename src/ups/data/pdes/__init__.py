@@ -9,7 +9,9 @@ from ups.registry import Registry
 PDES: Registry = Registry("pde")
 
 # Modules whose classes register themselves; add new PDE modules here.
-_BUILTIN: tuple[str, ...] = ()
+_BUILTIN: tuple[str, ...] = (
+    "ups.data.pdes.burgers",
+)
 
 for _mod in _BUILTIN:
     importlib.import_module(_mod)
