@@ -64,7 +64,7 @@ class OffsetFeatures(nn.Module):
     """Fixed Fourier features of an offset (in units of a length ``scale``): no per-pair hidden layer, so
     they stay cheap on the many query-token pairs of the decoder.
 
-    ``[sin(pi f delta / scale), cos(pi f delta / scale)]`` for frequencies f = 1/2, 1, ..., n_freq/2, plus delta / scale.
+    ``[sin(pi f delta / scale), cos(pi f delta / scale)]`` for f = 1/2, 1, ..., n_freq/2, plus ``delta / scale``.
     """
 
     def __init__(self, *, dims: int, n_freq: int, scale: float):
