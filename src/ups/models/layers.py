@@ -60,6 +60,25 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+class OffsetFeatures(nn.Module):
+    """Fixed Fourier features of an offset (in units of a length ``scale``): no per-pair hidden layer, so
+    they stay cheap on the many query-token pairs of the decoder.
+
+    ``[sin(pi f delta / scale), cos(pi f delta / scale)]`` for f = 1/2, 1, ..., n_freq/2, plus ``delta / scale``.
+    """
+
+    def __init__(self, *, dims: int, n_freq: int, scale: float):
+        super().__init__()
+        self.register_buffer("freqs", torch.pi * 0.5 * torch.arange(1, n_freq + 1) / scale, persistent=False)
+        self.scale = scale
+        self.n_out = dims * (2 * n_freq + 1)
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        """delta: [..., d] -> [..., d * (2 n_freq + 1)]."""
+        arg = delta.unsqueeze(-1) * self.freqs  # [..., d, n_freq]
+        return torch.cat([arg.sin(), arg.cos(), delta.unsqueeze(-1) / self.scale], dim=-1).flatten(-2)
+
+
 class RelativeBias(nn.Module):
     """Per-head attention bias from the offset between two positions (locality).
 

@@ -22,13 +22,22 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from ups.config import Strict
 from ups.data.metadata import DatasetMetadata
 from ups.models import MODELS
-from ups.models.layers import MLP, Block, ContinuousConv, RelativeBias, gather_neighbours, lattice, relative_offset
+from ups.models.layers import (
+    MLP,
+    Block,
+    ContinuousConv,
+    OffsetFeatures,
+    gather_neighbours,
+    lattice,
+    relative_offset,
+)
 
 
 class UPTConfig(Strict):
@@ -98,8 +107,10 @@ class UPT(nn.Module):
         self.dec_query = nn.Linear(width, width)
         self.dec_key = nn.Linear(width, width)
         self.dec_value = nn.Linear(width, width)
-        self.dec_filter = MLP(n_in=dims, n_hidden=cfg.kernel_hidden, n_out=width)
-        self.dec_bias = RelativeBias(dims=dims, heads=cfg.heads)
+        self.dec_features = OffsetFeatures(dims=dims, n_freq=4, scale=float(cfg.decoder_neighbours))
+        self.dec_filter = nn.Linear(self.dec_features.n_out, width)  # offset-dependent filter on the values
+        self.dec_bias = nn.Linear(self.dec_features.n_out, cfg.heads)  # offset-dependent attention bias
+        self.dec_slope = nn.Parameter(torch.zeros(cfg.heads))  # distance decay per head (softplus)
         self.head = MLP(n_in=width, n_hidden=cfg.decoder_hidden, n_out=channels)
 
     @classmethod
@@ -119,30 +130,20 @@ class UPT(nn.Module):
     def _period(self) -> torch.Tensor | None:
         return self.period if self.periodic else None
 
-    def _nearest(self, coords: torch.Tensor, k: int | None, radius: float | None):
-        """Tokens near points (decoder, k nearest) or points near tokens (encoder, within radius).
-
-        coords: [B, N, d]. Decoder (k): -> idx [B, N, k] of tokens, delta [B, N, k, d] in spacings.
-        Encoder (radius): -> idx [B, L, m] of points, delta [B, L, m, d] in spacings, mask [B, L, m].
-        """
-        if radius is None:
-            delta = relative_offset(coords[:, :, None], self.positions[None, None], self._period())
-        else:
-            delta = relative_offset(coords[:, None], self.positions[None, :, None], self._period())
-        delta = delta / self.spacing
-        dist = delta.norm(dim=-1)
-        if radius is not None:
-            k = max(1, int((dist < radius).sum(-1).max()))
-        k = min(k, dist.shape[-1])
-        sel, idx = dist.topk(k, dim=-1, largest=False)
+    def _neighbourhoods(self, coords: torch.Tensor, radius: float):
+        """The points within ``radius`` spacings of each token. coords: [B, N, d] ->
+        idx [B, L, m] of points, delta [B, L, m, d] offsets in spacings, mask [B, L, m] (m = largest count)."""
+        delta = relative_offset(coords[:, None], self.positions[None, :, None], self._period()) / self.spacing
+        dist = delta.norm(dim=-1)  # [B, L, N]
+        m = min(max(1, int((dist < radius).sum(-1).max())), dist.shape[-1])
+        sel, idx = dist.topk(m, dim=-1, largest=False)
         delta = torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
-        return idx, delta, (sel < radius) if radius is not None else None
+        return idx, delta, sel < radius
 
     def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """u: [B, N, C] (normalised) at coords [B, N, d] -> z [B, L, D]."""
         radius = self.cfg.encoder_radius
-        idx, delta, mask = self._nearest(coords, None, radius)  # [B, L, m], [B, L, m, d], [B, L, m]
-        b, n_tok, m = idx.shape
+        idx, delta, mask = self._neighbourhoods(coords, radius)  # [B, L, m], [B, L, m, d], [B, L, m]
         u_nb = gather_neighbours(u, idx)  # [B, L, m, C]
         z = self.pool(u_nb, delta / radius, mask)  # [B, L, D]
         for blk in self.encoder_blocks:
@@ -162,25 +163,34 @@ class UPT(nn.Module):
             h = blk(h, self.token_delta, cond)
         return h  # each block is residual, so h = z + f(z, cond); untrained: exactly z
 
+    def _nearest_tokens(self, coords_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``decoder_neighbours`` tokens nearest to each query. coords_q: [B, Q, d] ->
+        idx [B, Q, k], delta [B, Q, k, d] (query minus token, in spacings)."""
+        delta = relative_offset(coords_q[:, :, None], self.positions[None, None], self._period()) / self.spacing
+        k = min(self.cfg.decoder_neighbours, delta.shape[2])
+        idx = delta.norm(dim=-1).topk(k, dim=-1, largest=False).indices
+        return idx, torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
+
     def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C].
 
+        Each query attends to its ``decoder_neighbours`` nearest tokens; values are modulated by a filter
+        of the offset, ``v_s * (1 + W f(x_q - y_s))`` (continuous-convolution style, linear in z), and
+        the attention has a per-head offset bias; the query's current value ``u_q`` enters the query.
         With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the
         decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
         """
-        idx, delta, _ = self._nearest(coords_q, self.cfg.decoder_neighbours, None)  # [B, Q, k], [B, Q, k, d]
-        b, q, k = idx.shape
+        idx, delta = self._nearest_tokens(coords_q)  # [B, Q, k], [B, Q, k, d]
+        b, q, _ = idx.shape
         heads = self.cfg.heads
-        if u_q is None:
-            phi = self.missing_query.expand(b, q, -1)
-        else:
-            phi = self.query_embed(u_q)  # [B, Q, D]
-        keys = gather_neighbours(self.dec_key(z), idx)  # [B, Q, k, D]
-        values = gather_neighbours(self.dec_value(z), idx) * (1 + self.dec_filter(delta))  # [B, Q, k, D]
+        phi = self.missing_query.expand(b, q, -1) if u_q is None else self.query_embed(u_q)  # [B, Q, D]
+        feats = self.dec_features(delta)  # [B, Q, k, F]
+        keys = gather_neighbours(self.dec_key(z), idx).unflatten(-1, (heads, -1))  # [B, Q, k, H, Dh]
+        values = gather_neighbours(self.dec_value(z), idx) * (1 + self.dec_filter(feats))  # [B, Q, k, D]
         query = self.dec_query(phi).unflatten(-1, (heads, -1))  # [B, Q, H, Dh]
-        keys = keys.unflatten(-1, (heads, -1))  # [B, Q, k, H, Dh]
-        logits = (keys * query.unsqueeze(2)).sum(-1) / query.shape[-1] ** 0.5 + self.dec_bias(delta)  # [B, Q, k, H]
-        attn = logits.softmax(dim=2).unsqueeze(-1)
+        bias = self.dec_bias(feats) - F.softplus(self.dec_slope) * delta.norm(dim=-1, keepdim=True)  # [B, Q, k, H]
+        logits = (keys * query.unsqueeze(2)).sum(-1) / query.shape[-1] ** 0.5 + bias
+        attn = logits.softmax(dim=2).unsqueeze(-1)  # [B, Q, k, H, 1]
         out = (attn * values.unflatten(-1, (heads, -1))).sum(2).flatten(-2)  # [B, Q, D]
         pred = self.head(out + phi)  # [B, Q, C]
         if u_q is not None and self.cfg.predict_increment:
