@@ -261,6 +261,12 @@ class Trainer:
             self.save_checkpoints("best")
         elif metric is not None:
             self.bad_validations += 1
+            if self.best_metric is None and not ckpt.checkpoint_exists(self.run.checkpoints / f"{self.name}_best"):
+                # a diverged validation (NaN/inf) must not leave later stages without a checkpoint: keep
+                # these weights as 'best' until a finite validation replaces them, and say so
+                self._event("nonfinite_validation", f"{self.name} epoch {self.epoch}: validation metric is {metric}; "
+                                       "keeping these weights as best until a finite validation")
+                self.save_checkpoints("best")
         record = self.monitor.epoch_record(self._context())
         record.update({**(val or {}), "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                        "improved": improved})
