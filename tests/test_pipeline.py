@@ -75,6 +75,9 @@ def test_eval_cli_on_another_file_and_variants(first_run, capsys):
     assert "persistence" in capsys.readouterr().out
     with pytest.raises(UPSError, match="not in this run"):
         evaluate_run(run, corrector="nonsense", write=False)
+    # any-point: the same run evaluated on every cell (twice its training resolution) without retraining
+    fine = evaluate_run(run, overrides=["data.spatial_stride=1"], write=False)
+    assert fine["_fields"].true.shape[2] == 64 and fine["metrics"]["nrmse"] < 10
 
 
 def test_infer_writes_the_input_layout(first_run, tmp_path):

@@ -40,8 +40,12 @@ def test_from_run_matches_the_trained_model_in_physical_units(trained_run):
     load_checkpoint(run / "checkpoints" / "operator_best", {"model": st.model})
     st.model.eval()
     with torch.no_grad():
-        ref = rollout(st.model, u_norm, batch["coords"], batch["params"], batch["dt"], 5)
+        ref = rollout(st.model, u_norm, batch["coords"], batch["params"], batch["dt"], 5, max_principle=True)
     assert torch.allclose(out, st.normalizer.denormalize(ref), atol=1e-4)
+    # Burgers has a maximum principle: every frame stays within the range of its initial state
+    assert sim.max_principle
+    lo, hi = u0.amin(dim=1, keepdim=True), u0.amax(dim=1, keepdim=True)
+    assert (out >= lo.unsqueeze(1) - 1e-5).all() and (out <= hi.unsqueeze(1) + 1e-5).all()
 
 
 def test_query_points_default_grid_and_errors(trained_run):

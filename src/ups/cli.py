@@ -118,7 +118,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ups.pipeline import format_summary
 
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, ttc=args.ttc, corrector=args.corrector,
-                          out=args.out, max_samples=args.max_samples)
+                          out=args.out, max_samples=args.max_samples, overrides=args.overrides)
     report = write_outputs(args.run_dir, result)
     print(format_summary(result))
     print(f"report: {report}")
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run in physical space: JSON, plots, report.html")
     p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="overrides of the run's config, e.g. data.spatial_stride=1")
     p.add_argument("--data", default=None, help="another HDF5 file (ours, or PDEBench's: its split is used)")
     p.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
     p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")

@@ -70,6 +70,7 @@ class Simulator:
         self.normalizer, self.meta = normalizer, meta
         self.rollout_mode, self.batch_size = rollout_mode, batch_size
         self.run_dir: Path | None = None  # set by from_run (steady_state reads the prior from it)
+        self.max_principle = False  # from the checkpoint: keep rollouts in the initial range
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, stage: str = "operator", checkpoint: str | None = None,
@@ -98,6 +99,7 @@ class Simulator:
         sim = cls(model=model, normalizer=Normalizer.from_dict(info["normalizer"]), meta=meta,
                    rollout_mode=info.get("rollout_mode", "reencode"), batch_size=batch_size, device=device)
         sim.run_dir = Path(run_dir)
+        sim.max_principle = bool(info.get("max_principle", False))
         return sim
 
     # ------------------------------------------------------------------------------ inputs
@@ -170,7 +172,7 @@ class Simulator:
                 part = [None if t is None else t[i:i + self.batch_size].to(self.device)
                         for t in (u0, x, p, step_dt, xq)]
                 pred = rollout(self.model, self.normalizer.normalize(part[0]), *part[1:4], steps,
-                               mode=self.rollout_mode, query_coords=part[4])
+                               mode=self.rollout_mode, query_coords=part[4], max_principle=self.max_principle)
                 out.append(self.normalizer.denormalize(pred).cpu())
         return torch.cat(out)
 

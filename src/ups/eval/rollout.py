@@ -31,7 +31,7 @@ def _initial_queries(model, z0: torch.Tensor, u0: torch.Tensor, query_coords: to
 
 @ROLLOUTS.register("reencode")
 def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
-                     steps: int, *, query_coords: torch.Tensor | None = None) -> torch.Tensor:
+                     steps: int, *, query_coords: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
     """u0: [B, N, C] at coords [B, N, d]; params [B, P]; dt [B]; query_coords [B, Q, d] or None (Q = N)
     -> [B, steps + 1, Q, C], frame 0 included."""
     z = model.encode(u0, coords)
@@ -39,8 +39,8 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
     frames = [uq]
     for _ in range(steps):
         z_next = model.step(z, params, dt)
-        u_next = model.decode(z_next, coords, u)
-        uq = u_next if query_coords is None else model.decode(z_next, query_coords, uq)
+        u_next = _clamp(model.decode(z_next, coords, u), bounds)
+        uq = u_next if query_coords is None else _clamp(model.decode(z_next, query_coords, uq), bounds)
         frames.append(uq)
         u = u_next
         z = model.encode(u, coords)
@@ -49,7 +49,7 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
 
 @ROLLOUTS.register("latent")
 def rollout_latent(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
-                   steps: int, *, query_coords: torch.Tensor | None = None) -> torch.Tensor:
+                   steps: int, *, query_coords: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
     """Encode once, step in latent space. Shapes as :func:`rollout_reencode`: -> [B, steps + 1, Q, C]."""
     z = model.encode(u0, coords)
     xq = coords if query_coords is None else query_coords
@@ -57,16 +57,34 @@ def rollout_latent(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.
     frames = [uq]
     for _ in range(steps):
         z = model.step(z, params, dt)
-        uq = model.decode(z, xq, uq)
+        uq = _clamp(model.decode(z, xq, uq), bounds)
         frames.append(uq)
     return torch.stack(frames, dim=1)
 
 
+def _clamp(u: torch.Tensor, bounds) -> torch.Tensor:
+    """Keep u [B, Q, C] within per-sample, per-channel bounds (lo, hi) [B, 1, C]; None: unchanged."""
+    return u if bounds is None else torch.minimum(torch.maximum(u, bounds[0]), bounds[1])
+
+
+def initial_bounds(u0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range of the initial field u0 [B, N, C] -> (min, max) [B, 1, C] (the normalisation is affine with
+    positive scale, so the range in normalised units is the physical one)."""
+    return u0.amin(dim=1, keepdim=True), u0.amax(dim=1, keepdim=True)
+
+
 def rollout(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor, steps: int,
-            *, mode: str = "reencode", query_coords: torch.Tensor | None = None) -> torch.Tensor:
-    """Dispatch on ``mode`` (``ROLLOUTS``). u0 [B, N, C], coords [B, N, d] -> [B, steps + 1, Q, C]."""
+            *, mode: str = "reencode", query_coords: torch.Tensor | None = None,
+            max_principle: bool = False) -> torch.Tensor:
+    """Dispatch on ``mode`` (``ROLLOUTS``). u0 [B, N, C], coords [B, N, d] -> [B, steps + 1, Q, C].
+
+    max_principle: for PDEs whose solutions stay within the range of their initial state (viscous
+    Burgers, advection), every decoded frame is kept inside that range, so an error can never grow
+    into a blow-up; the same rule applies in validation, evaluation and the Simulator.
+    """
     fn: Callable = ROLLOUTS.get(mode)
-    return fn(model, u0, coords, params, dt, steps, query_coords=query_coords)
+    bounds = initial_bounds(u0) if max_principle else None
+    return fn(model, u0, coords, params, dt, steps, query_coords=query_coords, bounds=bounds)
 
 
 def flatten_points(u: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +94,7 @@ def flatten_points(u: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.inference_mode()
 def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormalize: Callable, *,
-                   mode: str = "reencode", device: torch.device | None = None) -> dict:
+                   mode: str = "reencode", device: torch.device | None = None, max_principle: bool = False) -> dict:
     """Roll out every trajectory of ``batches`` from its first frame over all its frames and score it
     in physical space (PDEBench nRMSE, frame 0 excluded).
 
@@ -90,7 +108,7 @@ def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormaliz
             batch = {k: v.to(device) for k, v in batch.items()}
         u, x = flatten_points(batch["u"], batch["coords"])
         steps = u.shape[1] - 1
-        pred = rollout(model, u[:, 0], x, batch["params"], batch["dt"], steps, mode=mode)
+        pred = rollout(model, u[:, 0], x, batch["params"], batch["dt"], steps, mode=mode, max_principle=max_principle)
         true_phys = denormalize(u[:, 1:])
         per_sample.append(nrmse_per_sample(denormalize(pred[:, 1:]), true_phys))  # [B, T-1, C]
         nxt = [model(u[:, t], x, batch["params"], batch["dt"]) for t in range(steps)]

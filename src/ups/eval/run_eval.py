@@ -29,13 +29,13 @@ from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
 from ups.training.checkpoint import checkpoint_exists
 
 
-def surrogate_rollout_fn(model, *, mode: str) -> RolloutFn:
+def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:
     """The Simulator's rollout (latent or re-encoding) as a rollout function without frame 0."""
     from ups.eval.rollout import rollout
 
     @torch.inference_mode()
     def fn(u0, coords, params, dt, n):
-        return rollout(model, u0, coords, params, dt, n, mode=mode)[:, 1:]
+        return rollout(model, u0, coords, params, dt, n, mode=mode, max_principle=max_principle)[:, 1:]
 
     return fn
 
@@ -54,10 +54,11 @@ def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
     """Rollout functions of the operator alone and with each corrector the run holds."""
     if not hasattr(sim.model, "encode"):
         return {"none": model_rollout_fn(sim.model)}
-    fns = {"none": surrogate_rollout_fn(sim.model, mode=sim.rollout_mode)}
+    fns = {"none": surrogate_rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
     for kind in CORRECTOR_CHECKPOINTS:
         if checkpoint_exists(run_dir / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]):
-            fns[kind] = surrogate_rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode)
+            fns[kind] = surrogate_rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
+                                             max_principle=sim.max_principle)
     return fns
 
 
@@ -159,7 +160,8 @@ def _ttc(run_dir: Path, sim, cfg: ExperimentConfig, loader, base: dict) -> dict:
     residual = RESIDUALS.get(meta.pde) if meta.pde in RESIDUALS else None
     dx = (meta.domain[0][1] - meta.domain[0][0]) / meta.spatial_shape[0]
     reward = PhysicsReward(weights=cfg.eval.ttc.weights, nonnegative=meta.nonnegative, residual=residual, dx=dx)
-    fn = ttc_rollout_fn(sim.model, loaded[0], sim.normalizer, reward, cfg.eval.ttc, seed=cfg.training.seed)
+    fn = ttc_rollout_fn(sim.model, loaded[0], sim.normalizer, reward, cfg.eval.ttc, seed=cfg.training.seed,
+                        max_principle=sim.max_principle)
     start = time.perf_counter()
     res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, cfg.eval)
     plain_evals = base["metrics"]["samples"] * base["metrics"]["steps"]

@@ -17,3 +17,8 @@ _BUILTIN: tuple[str, ...] = (
 
 for _mod in _BUILTIN:
     importlib.import_module(_mod)
+
+
+def has_maximum_principle(name: str) -> bool:
+    """Whether solutions of PDE ``name`` stay within the range of their initial state."""
+    return name in PDES and bool(getattr(PDES.get(name), "maximum_principle", False))

@@ -40,6 +40,7 @@ class Advection1D(PDE):
     name = "advection1d"
     param_names = ("beta",)
     params_class = AdvectionParams
+    maximum_principle = True  # min u0 <= u(t) <= max u0 for all t
 
     def sample_initial(self, n: int, *, generator: torch.Generator, grid: Grid1D) -> torch.Tensor:
         """PDEBench sine-sum initial conditions on the cell centres of ``grid``.  # -> [n, X] float64"""

@@ -133,6 +133,7 @@ class PDE(ABC):
     name: str = ""
     param_names: tuple[str, ...] = ()
     params_class: type[Params1D] = Params1D
+    maximum_principle: bool = False  # True: solutions stay within the range of their initial state
     last_run: dict  # adaptive solvers record their choices of the last solve() (e.g. internal grid size)
 
     def make_params(self, **values) -> Params1D:

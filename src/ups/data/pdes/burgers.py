@@ -103,6 +103,7 @@ class Burgers1D(PDE):
     name = "burgers1d"
     param_names = ("nu",)
     params_class = BurgersParams
+    maximum_principle = True  # min u0 <= u(t) <= max u0 for all t
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from ups.data.metadata import DatasetMetadata
+from ups.data.pdes import has_maximum_principle
 from ups.eval.rollout import flatten_points, rollout_scores
 from ups.models import MODELS
 from ups.training.stage import STAGES, Stage, StageConfig
@@ -48,6 +49,7 @@ class OperatorStageConfig(StageConfig):
     rollout_steps: int = Field(4, ge=1)  # K, the longest unroll (the training window is K + 1 frames)
     rollout_ramp_steps: int = Field(2000, ge=0)  # optimiser steps over which K grows from 1
     rollout_mode: Literal["reencode", "latent"] = "reencode"
+    max_principle: bool = True  # keep rollouts in the initial range when the PDE has a maximum principle
     detach_between_steps: bool = False  # pushforward trick: gradients through the last step only
     input_noise: float = Field(0.0, ge=0)  # std of the noise on the first input frame (normalised)
     random_shift: bool = True
@@ -150,6 +152,7 @@ class OperatorStage(Stage):
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
         self.weights = (0.0, 0.0)
+        self.max_principle = stage_cfg.max_principle and has_maximum_principle(meta.pde)
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> OperatorStage:
@@ -200,7 +203,7 @@ class OperatorStage(Stage):
         self.model.eval()
         try:
             scores = rollout_scores(self.model, loader, self.normalizer.denormalize, mode=self.cfg.rollout_mode,
-                                    device=device)
+                                    device=device, max_principle=self.max_principle)
         finally:
             self.model.train(was_training)
         return {"val_metric": scores["nrmse"], "val_rollout_nrmse": scores["nrmse"],
@@ -209,5 +212,6 @@ class OperatorStage(Stage):
     def checkpoint_meta(self) -> dict[str, Any]:
         """What ``Simulator.from_run`` needs: model name and parameters, data metadata, normaliser."""
         return {"model": self.model_name, "model_params": self.model_params, "rollout_mode": self.cfg.rollout_mode,
+                "max_principle": self.max_principle,
                 "data_meta": self.meta.to_dict(), "normalizer": self.normalizer.to_dict()}
 
