@@ -29,14 +29,10 @@ RolloutFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, in
 
 def model_rollout_fn(model: torch.nn.Module) -> RolloutFn:
     """Autoregressive rollout by repeated ``model.predict_next`` (normalised space)."""
+    from ups.eval.rollout import rollout_grid
 
-    @torch.inference_mode()
     def rollout(u0, coords, params, dt, steps):
-        frames, u = [], u0
-        for _ in range(steps):
-            u = model.predict_next(u, coords, params, dt)
-            frames.append(u)
-        return torch.stack(frames, dim=1)
+        return rollout_grid(model, u0, coords, params, dt, steps)
 
     return rollout
 

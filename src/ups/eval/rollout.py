@@ -121,3 +121,15 @@ def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormaliz
         "persistence": float(torch.cat(persist).mean()),
         "per_step": err.mean(dim=(0, 2)).tolist(),
     }
+
+
+@torch.no_grad()
+def rollout_grid(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
+                 dt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Autoregressive rollout of ``predict_next``. u0 [B, N, C], coords [B, N, d], params [B, P], dt [B]
+    -> [B, steps, N, C] (the predicted frames 1..steps, normalised)."""
+    frames, state = [], u0
+    for _ in range(steps):
+        state = model.predict_next(state, coords, params, dt)
+        frames.append(state)
+    return torch.stack(frames, dim=1)

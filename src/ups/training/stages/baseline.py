@@ -28,6 +28,7 @@ from torch import nn
 from ups.config import ExperimentConfig
 from ups.data.metadata import DatasetMetadata
 from ups.eval.metrics import nrmse_per_sample
+from ups.eval.rollout import rollout_grid  # noqa: F401  (used here and by the benchmarks)
 from ups.models import MODELS
 from ups.training.stage import STAGES, Stage, StageConfig
 
@@ -52,18 +53,6 @@ def flatten_batch(batch: dict[str, torch.Tensor], device: torch.device) -> tuple
     b, w, c = u.shape[0], u.shape[1], u.shape[-1]
     return (u.reshape(b, w, -1, c), coords.reshape(b, -1, coords.shape[-1]),
             batch["params"].to(device), batch["dt"].to(device))
-
-
-@torch.no_grad()
-def rollout_grid(model: nn.Module, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
-                 dt: torch.Tensor, steps: int) -> torch.Tensor:
-    """Autoregressive rollout of ``predict_next``. u0 [B, N, C], coords [B, N, d], params [B, P], dt [B]
-    -> [B, steps, N, C] (the predicted frames 1..steps, normalised)."""
-    frames, state = [], u0
-    for _ in range(steps):
-        state = model.predict_next(state, coords, params, dt)
-        frames.append(state)
-    return torch.stack(frames, dim=1)
 
 
 @torch.no_grad()
