@@ -123,3 +123,13 @@ def test_simulator_uses_the_corrector_when_asked(first_run):
         Simulator.from_run(run, corrector="nonsense")
     with pytest.raises(CheckpointError, match="no steady prior"):
         multi.steady_state(u0, params={"nu": 0.1})
+
+
+def test_champion_on_other_data_is_not_compared(first_run):
+    from ups.pipeline import _champion_val
+
+    root, cfg, _ = first_run
+    board = Leaderboard(cfg.run.leaderboard)
+    other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spatial_stride": 1})})
+    assert _champion_val(board, other, 4) is None  # a champion on other data cannot gate this candidate
+    assert _champion_val(board, cfg, 4)["nrmse"] > 0  # on the same data it is re-measured

@@ -37,8 +37,9 @@ def _select_variant(run: Path, small: dict) -> str:
     return best
 
 
-def _champion_val(board: Leaderboard, samples: int) -> dict | None:
-    """The champion's metrics re-measured on the same validation samples (None: no champion)."""
+def _champion_val(board: Leaderboard, cfg: ExperimentConfig, samples: int) -> dict | None:
+    """The champion's metrics re-measured on the same validation samples (None: no champion, or a
+    champion trained on other data, which cannot be compared)."""
     champ = board.champion()
     if champ is None:
         return None
@@ -46,6 +47,9 @@ def _champion_val(board: Leaderboard, samples: int) -> dict | None:
     if not (run / "config.yaml").is_file():
         raise UPSError(f"the leaderboard's champion run {run} is missing; restore it or start a new leaderboard "
                        f"(run.leaderboard)")
+    if load_config(run / "config.yaml").data != cfg.data:
+        print(f"champion {run} was trained on other data: gating against persistence instead")
+        return None
     return evaluate_run(run, split="val", max_samples=samples, write=False)["metrics"]
 
 
@@ -58,7 +62,7 @@ def pipeline(cfg: ExperimentConfig, *, run_dir: str | Path | None = None) -> dic
     chosen = _select_variant(run, small)
     candidate = small["variants"][chosen]
     board = Leaderboard(cfg.run.leaderboard)
-    champion = _champion_val(board, SMALL_EVAL_SAMPLES)
+    champion = _champion_val(board, cfg, SMALL_EVAL_SAMPLES)
     passed, reasons = gate(candidate, champion, small["baselines"]["persistence"], **cfg.eval.gate.model_dump())
     atomic_write_json(run / "gate.json", {"passed": passed, "reasons": reasons, "candidate": candidate,
                                           "champion": champion, "corrector": chosen})
