@@ -27,17 +27,9 @@ def _advection(n: int, seed: int, points: int = 32, frames: int = 9) -> np.ndarr
     return a * np.sin(2 * np.pi * (x[None, None] - 0.5 * t[None, :, None]) + phi)
 
 
-@pytest.fixture
-def one_thread():
-    """Two threads on a shared 2-core machine spin against each other; one is many times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.slow
-def test_unet_learns_advection_and_its_best_checkpoint_reloads(tmp_path, one_thread):
+def test_unet_learns_advection_and_its_best_checkpoint_reloads(tmp_path):
     torch.manual_seed(0)
     for split, n, seed in (("train", 24, 1), ("val", 6, 2)):
         write_ups_file(tmp_path / f"{split}.hdf5", _advection(n, seed), t_end=0.8)

@@ -83,14 +83,6 @@ def train_cfg(**kw):
     return TrainingConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def experiment(**stages):
     cfg = load_config(None, ["model.name=toy_latent"])
     cfg.stages.update(stages)
