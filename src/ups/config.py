@@ -142,6 +142,7 @@ class TrainingConfig(Strict):
     scheduler: Literal["cosine", "plateau", "step", "none"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    anneal_on_time_budget: bool = True  # cosine progress = max(step fraction, time_budget_s fraction)
     step_size: int = Field(10, ge=1)  # epochs, for the step scheduler
     step_gamma: float = Field(0.5, gt=0, le=1)
     plateau_factor: float = Field(0.5, gt=0, lt=1)

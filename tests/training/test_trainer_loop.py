@@ -113,6 +113,22 @@ def test_step_scheduler_and_cosine_with_warmup(tmp_path):
     assert lrs == pytest.approx(expected)
 
 
+def test_cosine_anneals_on_the_wall_clock_when_the_budget_binds(tmp_path):
+    # the step fraction (0.1) is behind the clock (0.5): the clock sets the progress, 0.1 + 0.9 * 0.5
+    assert warmup_cosine_factor(14, warmup=4, total=104, min_ratio=0.1, clock=lambda: 0.5) == pytest.approx(0.55)
+    assert warmup_cosine_factor(54, warmup=4, total=104, min_ratio=0.1, clock=lambda: 0.0) == pytest.approx(0.55)
+    assert warmup_cosine_factor(5, warmup=4, total=104, min_ratio=0.1, clock=lambda: 3.0) == pytest.approx(0.1)
+    # a budget far shorter than the step horizon: the last logged LR is already near the floor
+    kw = {"epochs": 1000, "lr": 1e-3, "min_lr_ratio": 0.1, "time_budget_s": 0.5, "health_every": 1,
+          "warmup_steps": 0, "stage_kw": {"sleep_s": 0.01}}
+    _, s = toy.run_toy(tmp_path / "t", **kw)
+    lrs = [r["lr"] for r in JsonlLog.read(tmp_path / "t" / "train_log.jsonl") if r["kind"] == "health"]
+    assert s["status"] == "time_budget" and lrs[0] > 9e-4 and lrs[-1] < 1.5e-4
+    _, s = toy.run_toy(tmp_path / "off", anneal_on_time_budget=False, **kw)
+    lrs = [r["lr"] for r in JsonlLog.read(tmp_path / "off" / "train_log.jsonl") if r["kind"] == "health"]
+    assert lrs[-1] > 9e-4  # steps alone: 1000 epochs are far away
+
+
 @pytest.mark.parametrize(("name", "cls"), [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
                                             ("sgd", torch.optim.SGD)])
 def test_optimizer_selection(tmp_path, name, cls):

@@ -4,7 +4,9 @@
   one parameter group per trainable module, named after it.
 - Schedules (registry ``SCHEDULERS``), each wrapped in :class:`LRSchedule`, which knows when it steps:
   ``cosine`` = linear warmup over ``warmup_steps`` then cosine to ``min_lr_ratio * lr`` (per optimizer
-  step); ``none`` = the same warmup then constant; ``plateau`` = ReduceLROnPlateau on the validation
+  step; with a wall-clock budget its progress is the larger of the step fraction and the fraction of
+  ``time_budget_s`` used, so a run stopped by the clock still ends annealed, however fast the machine);
+  ``none`` = the same warmup then constant; ``plateau`` = ReduceLROnPlateau on the validation
   metric (factor 0.5, patience 3, cooldown 1 by default); ``step`` = x ``step_gamma`` every
   ``step_size`` epochs.
 - :class:`Precision`: bf16 autocast where supported; fp16 autocast with a conservative GradScaler
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -88,33 +91,40 @@ class LRSchedule:
         self.scheduler.load_state_dict(state)
 
 
-def warmup_cosine_factor(step: int, *, warmup: int, total: int, min_ratio: float, cosine: bool = True) -> float:
+def warmup_cosine_factor(step: int, *, warmup: int, total: int, min_ratio: float, cosine: bool = True,
+                         clock: Callable[[], float] | None = None) -> float:
     """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warmup, then a
-    cosine from 1 to ``min_ratio`` at ``total`` steps (``cosine=False``: constant 1)."""
+    cosine from 1 to ``min_ratio`` at ``total`` steps (``cosine=False``: constant 1). ``clock()``, when
+    given, is the fraction of the wall-clock budget used; the cosine follows whichever is further."""
     if step < warmup:
         return (step + 1) / warmup
     if not cosine:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if clock is not None:
+        progress = max(progress, min(1.0, clock()))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @SCHEDULERS.register("cosine")
-def _cosine(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int) -> LRSchedule:
+def _cosine(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+            clock: Callable[[], float] | None = None) -> LRSchedule:
     fn = functools.partial(warmup_cosine_factor, warmup=cfg.warmup_steps, total=total_steps,
-                           min_ratio=cfg.min_lr_ratio)
+                           min_ratio=cfg.min_lr_ratio, clock=clock if cfg.anneal_on_time_budget else None)
     return LRSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), per="step")
 
 
 @SCHEDULERS.register("none")
-def _constant(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int) -> LRSchedule:
+def _constant(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+              clock: Callable[[], float] | None = None) -> LRSchedule:
     fn = functools.partial(warmup_cosine_factor, warmup=cfg.warmup_steps, total=total_steps,
                            min_ratio=1.0, cosine=False)
     return LRSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), per="step")
 
 
 @SCHEDULERS.register("plateau")
-def _plateau(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int) -> LRSchedule:
+def _plateau(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+             clock: Callable[[], float] | None = None) -> LRSchedule:
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
         cooldown=cfg.plateau_cooldown)
@@ -122,13 +132,16 @@ def _plateau(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps:
 
 
 @SCHEDULERS.register("step")
-def _step(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int) -> LRSchedule:
+def _step(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+          clock: Callable[[], float] | None = None) -> LRSchedule:
     sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
     return LRSchedule(sched, per="epoch")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int) -> LRSchedule:
-    return SCHEDULERS.get(cfg.scheduler)(optimizer, cfg, total_steps)
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+                    clock: Callable[[], float] | None = None) -> LRSchedule:
+    """The configured schedule; ``clock()`` is the fraction of ``time_budget_s`` used (or None)."""
+    return SCHEDULERS.get(cfg.scheduler)(optimizer, cfg, total_steps, clock)
 
 
 # ---------------------------------------------------------------------------------- clipping

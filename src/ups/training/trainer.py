@@ -126,7 +126,8 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None) -> dict[str, Any]:
         """Train until ``epochs``, early stopping, target, ``max_steps`` or ``time_budget_s``."""
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, self._total_steps(train_loader))
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self._total_steps(train_loader),
+                                         clock=self._budget_fraction if self.cfg.time_budget_s else None)
         if not self.resume:
             ckpt.seed_everything(self.cfg.seed)
         resume_rng = self._restore() if self.resume else None
@@ -377,6 +378,12 @@ class Trainer:
         elif self.cfg.time_budget_s is not None and time.monotonic() - self._t0 >= self.cfg.time_budget_s:
             self.stop_reason = "time_budget"
         return self.stop_reason is not None
+
+    def _budget_fraction(self) -> float:
+        """Fraction of ``time_budget_s`` used so far (0 before ``fit`` starts the clock)."""
+        if self._t0 is None or not self.cfg.time_budget_s:
+            return 0.0
+        return (time.monotonic() - self._t0) / self.cfg.time_budget_s
 
     def _check_interrupt(self) -> None:
         if self._signals.signum is None:
