@@ -77,6 +77,9 @@ class DataConfig(Strict):
     max_samples: dict[Split, int] = Field(default_factory=dict)
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
+    # training windows starting at frame t0 drawn with weight 1 + early_oversample * exp(-t0 / early_frames)
+    early_oversample: float = Field(0.0, ge=0)
+    early_frames: float = Field(5.0, gt=0)
     generate: GenerateConfig | None = None
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from ups.config import DataConfig
 from ups.data.datasets import WindowDataset, build_metadata, collate, make_loader, set_loader_epoch
 from ups.data.normalization import Normalizer
 from ups.data.reader import open_split
+from ups.errors import DataError
 
 
 @pytest.fixture
@@ -132,6 +133,28 @@ def test_distributed_sampler_shards_the_items(burgers):
         set_loader_epoch(loader, 0)
         seen.append({(s, t) for b in loader for s, t in zip(b["sample"].tolist(), b["t0"].tolist())})
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == len(ds)
+
+
+def test_early_oversampling_draws_starts_by_their_weights(burgers):
+    cfg, _ = burgers
+    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)  # 5 samples x 20 starts
+    loader = make_loader(ds, batch_size=10, shuffle=True, seed=3, early_oversample=9.0, early_frames=2.0)
+    draws = []
+    for epoch in range(200):  # 20,000 draws
+        set_loader_epoch(loader, epoch)
+        draws += [b["t0"] for b in loader]
+    t0 = torch.cat(draws)
+    w = 1 + 9.0 * torch.exp(-torch.arange(20.0) / 2.0)
+    freq = torch.bincount(t0, minlength=20).double() / t0.numel()
+    torch.testing.assert_close(freq, (w / w.sum()).double(), atol=0.006, rtol=0.0)  # first start: 10x the last
+    set_loader_epoch(loader, 0)
+    first = [b["t0"].tolist() for b in loader]
+    assert first == [b["t0"].tolist() for b in loader] and len(first) == len(ds) // 10
+    set_loader_epoch(loader, 1)
+    assert first != [b["t0"].tolist() for b in loader]  # a new draw each epoch
+    with pytest.raises(DataError, match="early_oversample"):
+        make_loader(ds, batch_size=4, shuffle=True, seed=0, distributed=True, num_replicas=2, rank=0,
+                    early_oversample=1.0)
 
 
 def test_metadata_from_pdebench_file(tmp_path):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
@@ -153,15 +153,43 @@ def build_metadata(source: SplitSource, data_cfg) -> DatasetMetadata:
     )
 
 
+class EarlyWindowSampler(Sampler[int]):
+    """Draws ``len(dataset)`` windows per epoch, with replacement, window start ``t0`` (frames after the
+    dataset's ``start``) weighted ``1 + boost * exp(-t0 / frames)``: more of the early frames, where a
+    trajectory changes fastest (Burgers: shocks form) and where rollout errors are born. The draw is a
+    function of ``(seed, epoch)``; call :meth:`set_epoch` each epoch (the trainer does).
+    """
+
+    def __init__(self, dataset: WindowDataset, *, boost: float, frames: float, seed: int):
+        t0 = torch.arange(len(dataset)) % dataset.per_sample
+        self.weights = 1.0 + boost * torch.exp(-t0.double() / frames)  # [len(dataset)]
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.weights.numel()
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.multinomial(self.weights, len(self), replacement=True, generator=g).tolist()
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
                 drop_last: bool = False, distributed: bool = False, num_replicas: int | None = None,
-                rank: int | None = None) -> DataLoader:
+                rank: int | None = None, early_oversample: float = 0.0, early_frames: float = 5.0) -> DataLoader:
     """A DataLoader with a seeded order and :func:`collate`. ``distributed=True`` shards the items with a
-    DistributedSampler (process group, or explicit ``num_replicas``/``rank``); call
-    :func:`set_loader_epoch` each epoch."""
+    DistributedSampler (process group, or explicit ``num_replicas``/``rank``); ``early_oversample > 0``
+    (with ``shuffle``) draws windows with an :class:`EarlyWindowSampler`; call :func:`set_loader_epoch`
+    each epoch."""
     generator = torch.Generator().manual_seed(int(seed))
     sampler = None
-    if distributed:
+    if early_oversample > 0 and shuffle:
+        if distributed:
+            raise DataError("data.early_oversample is not supported with distributed training yet; set it to 0")
+        sampler = EarlyWindowSampler(dataset, boost=early_oversample, frames=early_frames, seed=seed)
+    elif distributed:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,

@@ -71,7 +71,8 @@ def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle,
                             start=cfg.eval.rollout_start if val_window is None else 0)
     batch = cfg.data.batch_size
     train_loader = make_loader(train_ds, batch_size=batch, shuffle=True, seed=tcfg.seed,
-                               num_workers=cfg.data.num_workers, drop_last=len(train_ds) > batch)
+                               num_workers=cfg.data.num_workers, drop_last=len(train_ds) > batch,
+                               early_oversample=cfg.data.early_oversample, early_frames=cfg.data.early_frames)
     val_loader = make_loader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
     resume = (run.checkpoints / f"{name}_state.pt").is_file()
     trainer = Trainer(stage=stage, config=tcfg, run_dir=run.path, resume=resume, log_prefix=name)
