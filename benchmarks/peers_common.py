@@ -76,7 +76,8 @@ def load_bench_config(name: str, *, quick: bool, work: Path, extra: list[str] | 
 
 def same_data(a: ExperimentConfig, b: ExperimentConfig) -> None:
     """Raise unless two configs read the same files the same way (the comparison would be unfair)."""
-    keys = ("pde", "train", "val", "test", "pdebench_file", "spatial_stride", "temporal_stride", "max_samples")
+    keys = ("pde", "train", "val", "test", "pdebench_file", "spatial_stride", "temporal_stride", "max_samples",
+            "early_oversample", "early_frames")
     diff = [k for k in keys if getattr(a.data, k) != getattr(b.data, k)]
     if diff:
         raise UPSError(f"configs '{a.name}' and '{b.name}' differ in data.{diff[0]}; benchmarks compare models "
