@@ -23,9 +23,10 @@ def small_model(**over) -> UPT:
     return MODELS.get("upt").from_config(META, {**SMALL, **over})
 
 
-@pytest.mark.parametrize("n", [64, 256, 1024])
-def test_shapes_on_grids(n):
-    model = small_model()
+@pytest.mark.parametrize(("n", "freqs"), [(64, 4), (256, 4), (1024, 4), (256, 16)])
+def test_shapes_on_grids(n, freqs):
+    model = small_model(decoder_freqs=freqs)
+    assert model.dec_filter.in_features == 2 * freqs + 1  # sin, cos per frequency, plus the offset itself
     u, x = torch.randn(3, n, 1), grid(3, n)
     z = model.encode(u, x)
     assert z.shape == (3, model.num_latents, model.latent_dim) == (3, 16, 16)

@@ -54,6 +54,7 @@ class UPTConfig(Strict):
     encode_square: bool = True  # messages from [u, u^2/2] rather than u alone
     decoder_neighbours: int = Field(4, ge=1)  # tokens each query attends to
     decoder_hidden: int = Field(64, ge=4)
+    decoder_freqs: int = Field(4, ge=1)  # Fourier features of the query-token offset: f = 1/2 .. freqs/2 cycles
     predict_increment: bool = True  # decode(z, x, u_q) = u_q + head(...)
     norm: Literal["none", "layer"] = "none"
     param_transform: Literal["log", "identity"] = "log"
@@ -107,7 +108,7 @@ class UPT(nn.Module):
         self.dec_query = nn.Linear(width, width)
         self.dec_key = nn.Linear(width, width)
         self.dec_value = nn.Linear(width, width)
-        self.dec_features = OffsetFeatures(dims=dims, n_freq=4, scale=float(cfg.decoder_neighbours))
+        self.dec_features = OffsetFeatures(dims=dims, n_freq=cfg.decoder_freqs, scale=float(cfg.decoder_neighbours))
         self.dec_filter = nn.Linear(self.dec_features.n_out, width)  # offset-dependent filter on the values
         self.dec_bias = nn.Linear(self.dec_features.n_out, cfg.heads)  # offset-dependent attention bias
         self.dec_slope = nn.Parameter(torch.zeros(cfg.heads))  # distance decay per head (softplus)
