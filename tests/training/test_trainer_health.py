@@ -29,6 +29,15 @@ def test_every_health_field_is_logged_per_window_and_epoch(tmp_path):
         assert "val_metric" in epoch and "val_loss" in epoch and "best_metric" in epoch
 
 
+def test_inverse_forward_ratio_uses_the_logged_weights():
+    from ups.training.health import _Totals
+
+    totals = _Totals(batches=2, components={"loss_forward": 0.2, "loss_inv_enc": 4.0, "loss_inv_dec": 2.0,
+                                            "w_inv_enc": 0.02, "w_inv_dec": 0.2})
+    # means: forward 0.1, inv_enc 2.0 x w 0.01, inv_dec 1.0 x w 0.1 -> (0.02 + 0.1) / 0.1
+    assert totals.summary()["inverse_forward_ratio"] == pytest.approx(1.2)
+
+
 def test_epoch_record_aggregates_the_epoch(tmp_path):
     toy.run_toy(tmp_path, epochs=1, health_every=2, grad_clip=None)
     health, (epoch,) = _log(tmp_path, "health"), _log(tmp_path, "epoch")

@@ -4,8 +4,9 @@ A record (one line of ``train_log.jsonl``) holds ``HEALTH_FIELDS``: the mean tot
 each loss component, mean and max pre-clip gradient norm, the fraction of optimizer steps that were
 clipped, the batches skipped for a non-finite loss and the steps skipped for a non-finite gradient
 norm, the learning rate (first group; ``lrs`` has every group), the scaler scale (1.0 without fp16
-scaling), and the ratio of the summed inverse losses (``loss_inv_*``) to ``loss_forward`` when the
-stage reports both (else null). Warnings are separate records with a ``warning`` field.
+scaling), and the ratio of the summed inverse losses (``loss_inv_*``, each times its weight ``w_inv_*``
+when the stage logs one: what the optimiser actually sees) to ``loss_forward`` when the stage reports
+both (else null). Warnings are separate records with a ``warning`` field.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class _Totals:
     def summary(self) -> dict[str, Any]:
         comps = {k: v / self.batches for k, v in self.components.items()} if self.batches else {}
         forward = comps.get("loss_forward")
-        inverse = [v for k, v in comps.items() if k.startswith("loss_inv")]
+        inverse = [v * comps.get("w_inv" + k[len("loss_inv"):], 1.0) for k, v in comps.items()
+                   if k.startswith("loss_inv")]
         ratio = sum(inverse) / forward if forward and inverse and forward > 0 else None
         return {
             "loss": self.loss_sum / self.batches if self.batches else None,
