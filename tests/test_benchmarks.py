@@ -55,10 +55,11 @@ def test_inference_quick():
     out = _run("bench_inference")
     assert out["benchmark"] == "inference" and out["solver"]["seconds"] > 0
     assert out["solver"]["nrmse_vs_test_data"] < 0.2  # the solver reproduces the test frames
-    for name in ("ups", "fno", "unet"):
+    for name in ("ups", "fno", "unet", "ups_multi_corrector", "ups_distilled_corrector"):
         m = out["models"][name]
         assert m["seconds"] > 0 and m["speedup_vs_solver"] == pytest.approx(out["solver"]["seconds"] / m["seconds"])
-    assert "ups_with_corrector" in out["models"]
+    corrected = out["models"]["ups_multi_corrector"]
+    assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted
 
 
 @pytest.mark.slow

@@ -330,3 +330,7 @@ class CorrectedSurrogate(nn.Module):
         """z: [B, L, D]; params: [B, P]; dt: [B] -> refined z_next [B, L, D]."""
         z_pred = self.model.step(z, params, dt)
         return self.corrector.refine(z_pred, condition_vector(params, dt), steps=self.steps, generator=self.generator)
+
+    def forward(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """One corrected re-encoding step at the input points. u: [B, N, C]; coords: [B, N, d] -> [B, N, C]."""
+        return self.decode(self.step(self.encode(u, coords), params, dt), coords, u)
