@@ -31,12 +31,20 @@ def _run(name: str, **kw) -> dict:
     return out
 
 
+def _summary(tmp_path, name: str, out: dict) -> str:
+    """The README markdown ``benchmarks/summarize.py`` makes from this benchmark's JSON file alone."""
+    import summarize
+
+    (tmp_path / f"{name}.json").write_text(json.dumps(out))
+    return summarize.summarize(tmp_path)
+
+
 MODEL_KEYS = {"model", "params", "steps", "epochs", "train_wall_s", "status", "best_val_rollout_nrmse",
               "rollout_nrmse", "one_step_nrmse", "corr_time", "valid_time", "nrmse_per_step"}
 
 
 @pytest.mark.slow
-def test_accuracy_quick():
+def test_accuracy_quick(tmp_path):
     out = _run("bench_accuracy", budget=1.0)
     assert out["benchmark"] == "accuracy" and out["budget_s"] == 1.0
     assert set(out["models"]) == {"ups", "fno", "unet", "persistence"}
@@ -48,10 +56,15 @@ def test_accuracy_quick():
         out["models"]["ups"]["rollout_nrmse"] / out["models"]["fno"]["rollout_nrmse"])
     assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
     assert out["models"]["persistence"]["rollout_nrmse"] > 0
+    table = _summary(tmp_path, "accuracy", out)
+    ups = out["models"]["ups"]
+    row = f"| ups | {ups['params']} | {ups['steps']} | {ups['rollout_nrmse']:.3g} | {ups['one_step_nrmse']:.3g} |"
+    assert row in table and "| persistence | 0 | — |" in table
+    assert ("UPS beats FNO" in table) == out["ups_beats_fno"]
 
 
 @pytest.mark.slow
-def test_inference_quick():
+def test_inference_quick(tmp_path):
     out = _run("bench_inference")
     assert out["benchmark"] == "inference" and out["solver"]["seconds"] > 0
     assert out["solver"]["nrmse_vs_test_data"] < 0.2  # the solver reproduces the test frames
@@ -60,10 +73,12 @@ def test_inference_quick():
         assert m["seconds"] > 0 and m["speedup_vs_solver"] == pytest.approx(out["solver"]["seconds"] / m["seconds"])
     corrected = out["models"]["ups_multi_corrector"]
     assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted
+    table = _summary(tmp_path, "inference", out)
+    assert f"| ups_multi_corrector | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
 
 
 @pytest.mark.slow
-def test_training_quick():
+def test_training_quick(tmp_path):
     out = _run("bench_training", budget=0.5)
     assert out["benchmark"] == "training"
     ups, fno = out["models"]["ups"], out["models"]["fno"]
@@ -71,6 +86,8 @@ def test_training_quick():
     for m in (ups, fno):
         assert m["samples_per_s"] == pytest.approx(m["steps_per_s"] * m["batch_size"]) and m["peak_rss_mib"] > 0
     assert out["ratio_ups_over_fno_samples_per_s"] == pytest.approx(ups["samples_per_s"] / fno["samples_per_s"])
+    table = _summary(tmp_path, "training", out)
+    assert f"| fno | {fno['params']} | {fno['samples_per_s']:.3g} |" in table
 
 
 def test_benchmarks_refuse_mismatched_data(tmp_path):

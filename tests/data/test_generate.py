@@ -130,3 +130,10 @@ def test_benchmark_datagen_quick(tmp_path, capsys):
         assert key in saved
     assert saved["benchmark"] == "datagen" and saved["quick"] and saved["samples"] == 2 and saved["samples_per_s"] > 0
     assert run_all.main(["--only", "nosuch", "--results", str(tmp_path)]) == 2
+    spec = importlib.util.spec_from_file_location("ups_summarize", root / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    capsys.readouterr()
+    assert summarize.main(["--results", str(tmp_path)]) == 0  # the README line comes from the JSON
+    assert f"{saved['samples_per_s']:.3g} samples/s" in capsys.readouterr().out
+    assert summarize.main(["--results", str(tmp_path / "empty")]) == 2
