@@ -55,8 +55,8 @@ def inference(res: dict) -> list[str]:
 def training(res: dict) -> list[str]:
     """Training throughput at matched parameter counts."""
     rows = [[name, m["params"], m["samples_per_s"], m["peak_rss_mib"]] for name, m in res["models"].items()]
-    out = [f"Training throughput ({res['threads']} thread, {res['points']} points, UPS operator stage vs FNO one-step):",
-           ""]
+    out = [f"Training throughput ({res['threads']} thread, {res['points']} points, UPS operator stage vs "
+           "FNO one-step):", ""]
     return out + _table(["model", "parameters", "samples / s", "peak RSS (MiB)"], rows) + [
         "", f"UPS / FNO samples per second = {res['ratio_ups_over_fno_samples_per_s']:.3g}."]
 
