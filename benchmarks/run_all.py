@@ -31,8 +31,10 @@ def load(path: Path):
     """Import a benchmark module from its file (its folder on sys.path, for shared helper modules)."""
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"ups_bench_{path.stem}", path)
+    # registered under its importable name, so worker processes can unpickle its functions
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
 
