@@ -101,3 +101,13 @@ def test_benchmarks_refuse_mismatched_data(tmp_path):
     same_data(a, load_bench_config("unet_burgers1d", quick=True, work=tmp_path))
     with pytest.raises(UPSError, match="differ in data.spatial_stride"):
         same_data(a, b)
+
+
+def test_run_all_loads_modules_whose_functions_reach_worker_processes():
+    import pickle
+
+    sys.path.insert(0, str(BENCH))
+    import run_all
+
+    module = run_all.load(BENCH / "bench_training.py")
+    assert pickle.loads(pickle.dumps(module._measure)) is module._measure  # by reference, importable by name
