@@ -22,6 +22,7 @@ from ups.config import ExperimentConfig, load_config
 from ups.data.datasets import WindowDataset, build_metadata, make_loader
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
+from ups.data.pdes import has_maximum_principle
 from ups.data.reader import SplitSource, open_split
 from ups.errors import UPSError
 from ups.eval.metrics import evaluate_rollout
@@ -234,6 +235,7 @@ def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -
     """Autoregressive rollouts of ``model.predict_next`` over whole trajectories of ``split``.
 
     Returns de-normalised ``pred``, ``one_step``, ``true`` [S, T-1, *spatial, C] and ``u0`` [S, *spatial, C].
+    Every model's rollout obeys the PDE's maximum principle when it has one (the same rule as ``ups eval``).
     """
     model = one_step_model(model).eval()
     loader = make_loader(bench.dataset(split, None), batch_size=bench.cfg.eval.batch_size, shuffle=False, seed=0)
@@ -243,7 +245,8 @@ def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -
         u, coords, params, dt = flatten_batch(batch, device)
         shape = batch["u"].shape  # [B, T, *spatial, C]
         steps = u.shape[1] - 1
-        out = {"pred": rollout_grid(model, u[:, 0], coords, params, dt, steps),
+        out = {"pred": rollout_grid(model, u[:, 0], coords, params, dt, steps,
+                                    max_principle=has_maximum_principle(bench.meta.pde)),
                "one_step": one_step_grid(model, u, coords, params, dt), "true": u[:, 1:]}
         for key, value in out.items():
             parts[key].append(bench.normalizer.denormalize(value.reshape(shape[0], steps, *shape[2:]).cpu()))

@@ -53,3 +53,18 @@ def test_persistence_model_equals_persistence_baseline(tmp_path):
     result, _ = evaluate_split(model_rollout_fn(Persistence()), loader, norm, bundle.meta, EvalConfig())
     for key in ("nrmse", "nrmse_one_step", "conservation_gap", "bc_violation"):
         assert math.isclose(result["metrics"][key], result["baselines"]["persistence"][key], abs_tol=1e-9)
+
+
+def test_grid_rollout_obeys_the_maximum_principle_when_asked():
+    from ups.eval.rollout import rollout_grid
+
+    class Doubler:
+        def predict_next(self, u, coords, params, dt):  # [B, N, C] -> [B, N, C]: blows up geometrically
+            return 2.0 * u + 0.1
+
+    u0 = torch.tensor([[[-1.0], [0.5], [2.0]]])  # [1, 3, 1], range [-1, 2]
+    free = rollout_grid(Doubler(), u0, u0, torch.zeros(1, 1), torch.ones(1), 5)
+    kept = rollout_grid(Doubler(), u0, u0, torch.zeros(1, 1), torch.ones(1), 5, max_principle=True)
+    assert float(free.abs().max()) > 60  # 2^5 * 2 + ...
+    assert float(kept.min()) >= -1.0 and float(kept.max()) <= 2.0
+    torch.testing.assert_close(kept[0, 0], torch.tensor([[-1.0], [1.1], [2.0]]))  # clamp(2u + 0.1)

@@ -125,11 +125,13 @@ def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormaliz
 
 @torch.no_grad()
 def rollout_grid(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
-                 dt: torch.Tensor, steps: int) -> torch.Tensor:
+                 dt: torch.Tensor, steps: int, *, max_principle: bool = False) -> torch.Tensor:
     """Autoregressive rollout of ``predict_next``. u0 [B, N, C], coords [B, N, d], params [B, P], dt [B]
-    -> [B, steps, N, C] (the predicted frames 1..steps, normalised)."""
+    -> [B, steps, N, C] (the predicted frames 1..steps, normalised). ``max_principle``: every frame kept
+    within the range of u0, as in :func:`rollout`."""
     frames, state = [], u0
+    bounds = initial_bounds(u0) if max_principle else None
     for _ in range(steps):
-        state = model.predict_next(state, coords, params, dt)
+        state = _clamp(model.predict_next(state, coords, params, dt), bounds)
         frames.append(state)
     return torch.stack(frames, dim=1)
