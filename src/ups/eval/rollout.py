@@ -39,8 +39,8 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
     frames = [uq]
     for _ in range(steps):
         z_next = model.step(z, params, dt)
-        u_next = _clamp(model.decode(z_next, coords, u), bounds)
-        uq = u_next if query_coords is None else _clamp(model.decode(z_next, query_coords, uq), bounds)
+        u_next = clamp_to_bounds(model.decode(z_next, coords, u), bounds)
+        uq = u_next if query_coords is None else clamp_to_bounds(model.decode(z_next, query_coords, uq), bounds)
         frames.append(uq)
         u = u_next
         z = model.encode(u, coords)
@@ -57,12 +57,12 @@ def rollout_latent(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.
     frames = [uq]
     for _ in range(steps):
         z = model.step(z, params, dt)
-        uq = _clamp(model.decode(z, xq, uq), bounds)
+        uq = clamp_to_bounds(model.decode(z, xq, uq), bounds)
         frames.append(uq)
     return torch.stack(frames, dim=1)
 
 
-def _clamp(u: torch.Tensor, bounds) -> torch.Tensor:
+def clamp_to_bounds(u: torch.Tensor, bounds) -> torch.Tensor:
     """Keep u [B, Q, C] within per-sample, per-channel bounds (lo, hi) [B, 1, C]; None: unchanged."""
     return u if bounds is None else torch.minimum(torch.maximum(u, bounds[0]), bounds[1])
 
@@ -132,6 +132,6 @@ def rollout_grid(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Te
     frames, state = [], u0
     bounds = initial_bounds(u0) if max_principle else None
     for _ in range(steps):
-        state = _clamp(model.predict_next(state, coords, params, dt), bounds)
+        state = clamp_to_bounds(model.predict_next(state, coords, params, dt), bounds)
         frames.append(state)
     return torch.stack(frames, dim=1)

@@ -114,7 +114,7 @@ class TTCStepper:
 def ttc_rollout_fn(model, corrector, normalizer: Normalizer, reward: PhysicsReward, cfg: TTCConfig,
                    *, seed: int = 0, max_principle: bool = False):
     """A rollout function (see ``ups.eval.evaluate``) with best-of-K TTC; ``.stepper.evaluations`` counts."""
-    from ups.eval.rollout import initial_bounds
+    from ups.eval.rollout import clamp_to_bounds, initial_bounds
     from ups.models.corrector import condition_vector
 
     stepper = TTCStepper(model=model, corrector=corrector, normalizer=normalizer, reward=reward, cfg=cfg,
@@ -123,10 +123,9 @@ def ttc_rollout_fn(model, corrector, normalizer: Normalizer, reward: PhysicsRewa
     @torch.inference_mode()
     def rollout(u0, coords, params, dt, steps):
         cond, frames, u = condition_vector(params, dt), [], u0
-        lo, hi = initial_bounds(u0)
+        bounds = initial_bounds(u0) if max_principle else None
         for _ in range(steps):
-            u = stepper(u, coords, params, dt, cond)
-            u = torch.minimum(torch.maximum(u, lo), hi) if max_principle else u
+            u = clamp_to_bounds(stepper(u, coords, params, dt, cond), bounds)
             frames.append(u)
         return torch.stack(frames, dim=1)
 
