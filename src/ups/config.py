@@ -125,9 +125,11 @@ class LRSpike(Strict):
 
 
 class FaultConfig(Strict):
-    """Fault injection for tests: NaN loss at global batch k, inf gradients at step j, LR spikes."""
+    """Fault injection for tests: NaN loss at global batch k, inf gradients at step j, LR spikes, a real
+    SIGTERM sent to the training process itself after global batch k (interrupt/resume tests)."""
 
     nan_loss_at_batch: list[int] = Field(default_factory=list)
+    sigterm_at_batch: int | None = Field(None, ge=0)
     inf_grad_at_step: list[int] = Field(default_factory=list)
     lr_spike: LRSpike | None = None
 

@@ -14,6 +14,9 @@ trained and *how it is scored*:
 - ``validate(loader)``: a dict of floats that contains ``val_metric`` (lower is better). Model
   selection, early stopping and the plateau scheduler use it, never the training loss.
 - ``checkpoint_meta()``: JSON that lets a later stage or ``Simulator.from_run`` rebuild the modules.
+- ``rng_state()`` / ``load_rng_state(state)``: a stage that draws from its own ``torch.Generator``
+  (rather than the global RNG, which the trainer saves itself) returns and restores its states here,
+  as tensors and plain values, so that ``--resume`` is exact; the trainer keeps them in the training state.
 
 Batches (from ``ups.data.datasets.collate``, the one collate function) are dicts::
 
@@ -67,6 +70,13 @@ class Stage(ABC):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}
+
+    def rng_state(self) -> dict[str, Any]:
+        """States of the stage's own random generators (tensors/plain values); none by default."""
+        return {}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rng_state` returned (an empty dict: a state saved before the stage had any)."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook: called before each training epoch (curricula, schedules of the stage)."""

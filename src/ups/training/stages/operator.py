@@ -183,6 +183,14 @@ class OperatorStage(Stage):
                                 max_weight=self.cfg.inverse_loss_max_weight)
         return w, w
 
+    def rng_state(self) -> dict[str, Any]:
+        """The generator of the random shifts, input noise and query subsets (saved for exact resume)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
         self.weights = self.inverse_weights(epoch)
