@@ -22,7 +22,7 @@ from ups.data.normalization import Normalizer
 from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
 from ups.errors import CheckpointError, ConfigError
 from ups.io_utils import atomic_write_json
-from ups.training.checkpoint import checkpoint_exists
+from ups.training.checkpoint import checkpoint_exists, seed_everything
 from ups.training.runs import RunDir, file_fingerprint, finish_wandb
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
@@ -63,8 +63,9 @@ def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle,
     """Build one stage, its loaders and the trainer, and fit it; returns the trainer's summary."""
     check_prerequisites(run, name)
     cls: type[Stage] = STAGES.get(name)
-    stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
     tcfg = cfg.stage_training(name)
+    seed_everything(tcfg.seed)  # the stage's initial weights depend on the config only, not on what ran before
+    stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
     train_ds = bundle.windows("train", window=cls.train_window(cfg), normalizer=norm, train=True, seed=tcfg.seed)
     val_window = cls.val_window(cfg)
     val_ds = bundle.windows("val", window=val_window, normalizer=norm,
