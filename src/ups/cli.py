@@ -172,11 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="overrides of the run's config, e.g. data.spatial_stride=1")
     p.add_argument("--data", default=None, help="another HDF5 file (ours, or PDEBench's: its split is used)")
-    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
+                   help="default: eval.split; 'all': every sample of --data FILE")
     p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")
     p.add_argument("--corrector", default="auto", choices=["auto", "none", "multi", "distilled"])
     p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--out", default=None, help="JSON path (default RUN_DIR/eval_<split>.json)")
+    p.add_argument("--out", default=None, help="folder for the JSON, plots and report (default: with --data, "
+                   "RUN_DIR/eval_<file stem>_<split>/; else RUN_DIR)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("infer", help="roll out from the initial frames of an HDF5 file, write the same layout")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -59,3 +60,12 @@ def check_free_disk(path: str | Path, needed_bytes: int, what: str) -> None:
             f"not enough free disk for {what} at {path}: need {needed_bytes / 2**20:.1f} MiB, "
             f"have {free / 2**20:.1f} MiB (free space or choose another directory)"
         )
+
+
+def file_sha256(path: str | Path, *, chunk: int = 2**22) -> str:
+    """The sha256 of a whole file (streamed)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -145,8 +145,8 @@ def _ttc_section(ttc: Mapping | None) -> str:
 
 
 def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, plots: Mapping[str, Path],
-                 ttc: Mapping | None = None, title: str | None = None) -> Path:
-    """Write ``run_dir/report.html`` (atomically) and return its path.
+                 ttc: Mapping | None = None, title: str | None = None, out: str | Path | None = None) -> Path:
+    """Write ``out`` (default ``run_dir/report.html``) atomically and return its path.
 
     eval_json: the ``ups eval`` dict (see the module doc); config_yaml: the run's resolved config;
     plots: {caption: PNG path}, embedded in order (a missing file becomes a visible note, never a broken
@@ -171,6 +171,6 @@ def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, p
         *(_embed(name, path) for name, path in _with_training_curves(run_dir, plots).items()),
         "</body></html>\n",
     ]
-    out = run_dir / "report.html"
+    out = Path(out) if out is not None else run_dir / "report.html"
     atomic_write_text(out, "\n".join(p for p in parts if p))
     return out
