@@ -55,7 +55,7 @@ def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[D
     fields = cfg.data.model_dump(exclude={"train", "val", "test", "pdebench_file", "generate", "max_samples"})
     if split == "all":
         return DataConfig(**fields, test=data), "test", "--split all: every sample of the file"
-    if TrajectoryFile(data).pde is not None:  # a file we wrote: every sample is evaluated
+    if "pde" in TrajectoryFile(data).attrs:  # a file we wrote (PDEBench files carry no attributes): all of it
         return DataConfig(**fields, test=data), "test", "a file written by ups: every sample of the file"
     return DataConfig(**fields, pdebench_file=data), split, _pdebench_rule(split, cfg.data.val_fraction)
 
