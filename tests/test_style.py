@@ -19,7 +19,8 @@ a comparison with ``pytest.approx(...)`` on either side is never flagged.
 Allowed, because exact arithmetic can hit them on every machine: exactly representable constants
 (``0.0``, ``0.5``, ``2.5``, ``1024.0``, ``(5 + 1 + 9 + 3) / 8``), as tests built on hand-made exact data use.
 A comparison that is exact *by construction* although the rule cannot see it (a literal stored and read
-back unchanged, e.g. a config value) may stay when its line carries ``# exact: <why>``.
+back unchanged, e.g. a config value) may stay when its line, or a comment line just above it, carries
+``# exact: <why>``.
 
 ``test_no_wall_clock_bounds_in_tests`` fails on an ``assert`` that orders (``<``, ``<=``, ``>``, ``>=``) a
 name, key or attribute ending in ``elapsed_s``, ``wall_s`` or ``seconds``, or a call of
@@ -120,7 +121,8 @@ def float_equalities(source: str, filename: str = "<test>") -> list[str]:
         operands = [node.left, *node.comparators]
         for op, left, right in zip(node.ops, operands, operands[1:]):
             if isinstance(op, (ast.Eq, ast.NotEq)) and _fragile(left, right):
-                if "# exact:" not in lines[node.lineno - 1]:
+                above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+                if "# exact:" not in lines[node.lineno - 1] and not above.startswith("# exact:"):
                     found.append(f"{filename}:{node.lineno}: {lines[node.lineno - 1].strip()}")
                 break
     return found
@@ -149,7 +151,8 @@ def wall_clock_bounds(source: str, filename: str = "<test>") -> list[str]:
         for cmp in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
             ordered = any(isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE)) for op in cmp.ops)
             operands = (cmp.left, *cmp.comparators)
-            if ordered and any(_is_clock(n) for op in operands for n in ast.walk(op)) and not any(_constant(n) == 0 for n in operands):
+            clock = any(_is_clock(n) for op in operands for n in ast.walk(op))
+            if ordered and clock and not any(_constant(n) == 0 for n in operands):
                 found.append(f"{filename}:{cmp.lineno}: {lines[cmp.lineno - 1].strip()}")
     return found
 

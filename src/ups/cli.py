@@ -149,8 +149,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_pipeline(args, demo_config(args.overrides))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one ``error:`` line naming the command's ``--help`` (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ups", description="Universal Physics Stack")
+    parser = OneLineParser(prog="ups", description="Universal Physics Stack")
     parser.add_argument("--version", action="version", version=f"ups {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -207,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # dotted key=value overrides are accepted anywhere on the line, also after options
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UPSError as err:

@@ -342,7 +342,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load, compose, override and validate an experiment config (``path=None``: defaults)."""
     data = read_yaml_with_includes(path) if path is not None else {}
-    data = apply_overrides(data, overrides or [])
+    return validate_config(apply_overrides(data, overrides or []))
+
+
+def validate_config(data: dict) -> ExperimentConfig:
+    """Validate a config mapping (one-line :class:`ConfigError` for the first problem)."""
     return _validate_nested(ExperimentConfig, data, "")  # type: ignore[return-value]
 
 

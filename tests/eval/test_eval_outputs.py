@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import numpy as np
-from helpers import write_pdebench_file, write_ups_file
 
+from helpers import write_pdebench_file, write_ups_file
 from ups.config import load_config
 from ups.eval.run_eval import _data_config, eval_out_dir
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_ups_file
 from safetensors.torch import load_file
 
 import ups.training.trainer as trainer_mod
+from helpers import write_ups_file
 from ups.cli import main
 from ups.config import load_config
 from ups.training.runs import JsonlLog

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from ups import __version__
-from ups.config import load_config
 from ups.data.reader import TrajectoryFile
 from ups.errors import DataError, UPSError
 from ups.io_utils import atomic_write_with, check_free_disk
+from ups.training.runs import load_run_config
 
 
 def _query_points(points: str | None, dims: int) -> np.ndarray | None:
@@ -46,7 +46,7 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     if steps < 1:
         raise UPSError(f"--steps {steps}: roll out at least one step")
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     sim = Simulator.from_run(run_dir, batch_size=batch_size)
     src = TrajectoryFile(input, params=dict(cfg.data.params) or None)
     if start >= src.n_frames:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ups.config import DataConfig, ExperimentConfig, load_config
+from ups.config import DataConfig, ExperimentConfig
 from ups.data.datasets import make_loader
 from ups.data.prepare import prepare_data
 from ups.data.reader import TrajectoryFile
@@ -27,6 +27,7 @@ from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json, file_sha256
 from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
 from ups.training.checkpoint import checkpoint_exists
+from ups.training.runs import load_run_config
 
 
 def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:
@@ -109,8 +110,9 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     from ups.simulator import Simulator
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    asked = split = split or cfg.eval.split
+    asked = split or load_run_config(run_dir).eval.split
+    cfg = load_run_config(run_dir, overrides, need=() if data is not None else (asked, "pdebench_file"))
+    split = asked
     dcfg, split, rule = _data_config(cfg, data, split)
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir))
     cap = max_samples or cfg.eval.max_samples
@@ -155,7 +157,7 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
         curves["model + TTC"] = result["ttc"]["metrics"]["nrmse_per_step"]
     for name, metrics in (peers or {}).items():
         curves[name] = metrics["nrmse_per_step"]
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     plots = evaluation_plots(target / "plots", pred=got.pred, true=got.true, curves=curves,
                              samples=cfg.eval.plot_samples)
     clean = {k: v for k, v in result.items() if not k.startswith("_")}

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ups.config import ExperimentConfig, load_config
+from ups.config import ExperimentConfig
 from ups.data.datasets import make_loader
 from ups.data.normalization import Normalizer
 from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
 from ups.errors import CheckpointError, ConfigError
 from ups.io_utils import atomic_write_json
 from ups.training.checkpoint import checkpoint_exists, seed_everything
-from ups.training.runs import RunDir, file_fingerprint, finish_wandb
+from ups.training.runs import RunDir, file_fingerprint, finish_wandb, load_run_config
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 
@@ -105,7 +105,9 @@ def train(cfg: ExperimentConfig, *, stage: str = "all", resume: str | Path | Non
           run_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Train the requested stages; returns the run directory."""
     if resume is not None:
-        cfg = load_config(RunDir.open(resume).config_path)  # the run's own resolved config
+        cfg = load_run_config(resume)  # the run's own resolved config, its data paths as recorded
+        if cfg.data.generate is None:
+            load_run_config(resume, need=("train", "val", "pdebench_file"))
     names = stages_to_run(cfg, stage)
     reqs = STAGES.get(stage).requires if stage != "all" else ()
     if resume is None and reqs:  # a new run directory cannot hold the prerequisite yet

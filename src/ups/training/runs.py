@@ -131,6 +131,7 @@ class RunDir:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.config_path, cfg.to_yaml())
             meta = {"name": path.name, "start_time": _dt.datetime.now().astimezone().isoformat(),
+                    "cwd": str(Path.cwd()),  # relative data paths of config.yaml are relative to it
                     "config_hash": cfg.config_hash(), "data": data_fingerprints or {}, **environment_meta()}
             atomic_write_json(run.meta_path, meta)
         return run
@@ -142,6 +143,52 @@ class RunDir:
         if not run.config_path.is_file():
             raise UPSError(f"{path} is not a run directory (no config.yaml); pass the directory a run created")
         return run
+
+
+DATA_PATH_KEYS = ("train", "val", "test", "pdebench_file")
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None, *, need: tuple[str, ...] = ()):
+    """The run's config with its data paths usable from any working directory.
+
+    Relative data paths in ``config.yaml`` are resolved against the working directory the run was
+    created in (``meta.json`` ``cwd``; runs without it: the current one); ``overrides`` are applied after
+    that, so paths given on the command line are relative to the current directory. For each key in
+    ``need`` (``train``/``val``/``test``/``pdebench_file``) a file that is not there is one line naming
+    the recorded path, where it was looked for, and what to do.
+    """
+    from ups.config import apply_overrides, read_yaml_with_includes, validate_config
+    from ups.errors import DataError
+
+    run = RunDir.open(run_dir)
+    raw = read_yaml_with_includes(run.config_path)
+    base = _recorded_cwd(run)
+    data = raw.setdefault("data", {}) or {}
+    recorded = {k: data.get(k) for k in DATA_PATH_KEYS if data.get(k)}
+    for key, value in recorded.items():
+        data[key] = [str(base / v) for v in value] if isinstance(value, list) else str(base / value)
+    cfg = validate_config(apply_overrides(raw, overrides or []))
+    for key in need:
+        value = getattr(cfg.data, key)
+        if value is None or value != data.get(key):
+            continue  # unset, or replaced by an override (checked where it is opened)
+        for rec, path in zip(_as_list(recorded[key]), _as_list(value)):
+            if not Path(path).is_file():
+                raise DataError(f"data.{key} of run {run.path}: '{rec}' is not at {path} (recorded relative to "
+                                f"{base}); move it back, or give its new path: data.{key}=NEW_PATH")
+    return cfg
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _recorded_cwd(run: RunDir) -> Path:
+    try:
+        cwd = json.loads(run.meta_path.read_text()).get("cwd")
+    except (OSError, ValueError):
+        cwd = None
+    return Path(cwd) if cwd else Path.cwd()
 
 
 # ------------------------------------------------------------------------------------ the log

@@ -49,7 +49,6 @@ from ups.training.optim import Precision, build_optimizer, build_scheduler, clip
 from ups.training.runs import JsonlLog, Reporter, RunDir, SignalFlag, TrainingInterrupted, WandbLogger, is_main_process
 from ups.training.stage import Stage
 
-
 default_clock: Callable[[], float] = time.monotonic  # the trainer's clock unless one is passed
 
 
