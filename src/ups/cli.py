@@ -24,10 +24,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_data_info(args: argparse.Namespace) -> int:
     import json
 
-    from ups.data.info import file_info, format_info
+    from ups.data.info import file_info, format_info, refusal
+    from ups.errors import DataError
 
     info = file_info(args.file)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if args.strict and info["nonfinite"]["samples"]:
+        raise DataError(refusal(info))
     return 0
 
 
@@ -109,6 +112,7 @@ def _add_data_parser(sub) -> argparse._SubParsersAction:
     p = data_sub.add_parser("info", help="shapes, attributes, coordinates, value range and NaN/inf of a file")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when the file holds NaN/inf")
     p.set_defaults(func=_cmd_data_info)
     return data_sub
 

@@ -22,7 +22,11 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_error(path, err) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -30,9 +34,19 @@ def atomic_path(path: str | Path):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, read-only or vanished folder: the old file stays as it was
+        raise write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_error(path: Path, err: OSError) -> UPSError:
+    """One line for a failed write: the file, the system's reason, that nothing old was lost, what to do."""
+    reason = err.strerror or str(err) or type(err).__name__
+    kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
+    return UPSError(f"cannot write {path}: {reason}; {kept} (free disk space or fix the folder's permissions, "
+                    "then run again; an interrupted training continues with --resume)")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -48,6 +62,19 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and rename the result over ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def ensure_writable_dir(path: str | Path, what: str) -> Path:
+    """Create ``path`` if needed and check a file can be written in it; one-line error naming ``what``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ups-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UPSError(f"{what} {path} cannot be written ({reason}); choose a writable folder") from None
+    return path
 
 
 def check_free_disk(path: str | Path, needed_bytes: int, what: str) -> None:

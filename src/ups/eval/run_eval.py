@@ -114,7 +114,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     cfg = load_run_config(run_dir, overrides, need=() if data is not None else (asked, "pdebench_file"))
     split = asked
     dcfg, split, rule = _data_config(cfg, data, split)
-    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir))
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg))
     cap = max_samples or cfg.eval.max_samples
     if cap:
         dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
@@ -167,9 +167,14 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
                         out=target / "report.html", title=title)
 
 
-def _model_stage(run_dir: Path) -> str:
-    """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers)."""
-    return "operator" if checkpoint_exists(run_dir / "checkpoints" / "operator_best") else "baseline"
+def _model_stage(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
+    """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers), as the run's config
+    says (so a run whose checkpoints are missing is told which stage to train); else by its checkpoints."""
+    stages = set(cfg.stages) if cfg is not None else set()
+    if "operator" in stages or "baseline" not in stages and checkpoint_exists(run_dir / "checkpoints/operator_best"):
+        return "operator"
+    return "baseline" if "baseline" in stages or checkpoint_exists(run_dir / "checkpoints/baseline_best") \
+        else "operator"
 
 
 def _summary(metrics: dict, timing: dict) -> dict:

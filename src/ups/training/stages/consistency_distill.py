@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
+from ups.io_utils import ensure_writable_dir
 from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
 from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from ups.training.stage import STAGES, Stage, StageConfig
@@ -98,8 +99,8 @@ class ConsistencyDistillStage(Stage):
         self.normalizer, self.meta_info = normalizer, meta_info or {}
         self._jump: Callable = self.student.clean_estimate
         if stage_cfg.compile:
-            cache = Path(stage_cfg.compile_cache_dir or Path(run_dir or ".") / "compile_cache")
-            cache.mkdir(parents=True, exist_ok=True)
+            cache = ensure_writable_dir(stage_cfg.compile_cache_dir or Path(run_dir or ".") / "compile_cache",
+                                        "the compile cache folder (stages.consistency_distill.compile_cache_dir)")
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache.resolve())
             self._jump = torch.compile(self.student.clean_estimate)
 

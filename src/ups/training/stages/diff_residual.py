@@ -42,7 +42,7 @@ from ups.eval.metrics import nrmse_per_sample
 from ups.eval.rollout import flatten_points
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint
+from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -94,9 +94,32 @@ def load_frozen_surrogate(cfg, meta: DatasetMetadata, run_dir: Path | None, chec
             f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage '{needs}' "
             "into this run directory first (ups train CONFIG --stage " + needs + ")"
         )
+    check_checkpoint_source(read_checkpoint_meta(stem), cfg, meta, stem)
     model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
     load_checkpoint(stem, {"model": model}, strict=False)
     return freeze(model)
+
+
+DATA_FACTS = ("pde", "spatial_dims", "n_channels", "param_names", "boundary")
+
+
+def check_checkpoint_source(info: dict, cfg, meta: DatasetMetadata, stem: Path) -> None:
+    """One line when checkpoint ``stem`` was written for another model or another data set than this run's."""
+    model, params = info.get("model"), info.get("model_params")
+    if model is not None and (model != cfg.model.name or (params is not None and params != cfg.model.params)):
+        raise CheckpointError(f"checkpoint {stem}.json was written for model '{model}' {params} but this run builds "
+                              f"'{cfg.model.name}' {cfg.model.params}: use that checkpoint's own run directory")
+    saved = info.get("data_meta") or {}
+    here = meta.to_dict()
+    differ = [k for k in DATA_FACTS if k in saved and k in here and _plain(saved[k]) != _plain(here[k])]
+    if differ:
+        k = differ[0]
+        raise CheckpointError(f"checkpoint {stem}.json was trained on another data set ({k} {saved[k]} there, "
+                              f"{here[k]} here): train its stage on this data, or use the run that matches it")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def freeze(module: nn.Module) -> nn.Module:
