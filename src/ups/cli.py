@@ -132,7 +132,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from ups.eval.infer import infer
 
-    out = infer(args.run_dir, input=args.input, steps=args.steps, out=args.out, points=args.points, start=args.start)
+    out = infer(args.run_dir, input=args.input, steps=args.steps, out=args.out, points=args.points, start=args.start,
+                params=dict(args.param or []) or None)
     print(f"wrote {out}")
     return 0
 
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--points", default=None, help=".npy query coordinates [Q] or [Q, d] (default: input points)")
     p.add_argument("--start", type=int, default=0, help="initial frame (default 0)")
+    p.add_argument("--param", type=_parse_param, action="append",
+                   help="a PDE parameter as name=value, for input files that carry none")
     p.add_argument("--out", required=True, help="output .hdf5 (written atomically)")
     p.set_defaults(func=_cmd_infer)
 
@@ -222,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     # dotted key=value overrides are accepted anywhere on the line, also after options
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        command = " ".join(str(getattr(args, k)) for k in ("command", "data_command") if getattr(args, k, None))
+        print(f"error: unrecognized arguments: {' '.join(stray)} (see `ups {command} --help`)", file=sys.stderr)
+        return 2
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:

@@ -111,7 +111,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
 
     run_dir = Path(run_dir)
     asked = split or load_run_config(run_dir).eval.split
-    cfg = load_run_config(run_dir, overrides, need=() if data is not None else (asked, "pdebench_file"))
+    need = (asked, "pdebench_file") if data is None and asked != "all" else ()
+    cfg = load_run_config(run_dir, overrides, need=need)
     split = asked
     dcfg, split, rule = _data_config(cfg, data, split)
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg))
