@@ -21,8 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import cell_centres, write_pdebench_file, write_ups_file
 
+from helpers import write_pdebench_file, write_ups_file
 from ups.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
