@@ -501,3 +501,17 @@ def test_eval_names_the_stage_a_baseline_run_needs(trained, tmp_path, capsys):
     (run / "config.yaml").write_text(re.sub(r"\nstages:\n(  .*\n)+", "\nstages:\n  baseline: {}\n", text))
     assert main(["eval", str(run)]) == 2
     assert "train stage 'baseline'" in capsys.readouterr().err
+
+
+def test_a_run_with_relative_data_paths_works_from_any_folder(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained.data, tmp_path / "data")
+    overrides = ["data.train=data/train.h5", "data.val=data/val.h5", "data.test=data/test.h5"]
+    row = Ctx(tmp_path, trained.run, trained.data)
+    assert main(["train", row.config(overrides=overrides), "--run-dir", "rel"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(tmp_path / "rel"), "--corrector", "none", "--out", "o"]) == 0
+    saved = json.loads((elsewhere / "o" / "eval_test.json").read_text())
+    assert saved["data"]["file"] == str((tmp_path / "data" / "test.h5").resolve())
