@@ -33,8 +33,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ups.config import Strict
+from ups.config import Strict, TrainingConfig
 from ups.registry import Registry
+from ups.schema import register_check, validate_section
 
 STAGES: Registry = Registry("stage")
 
@@ -75,3 +76,24 @@ class Stage(ABC):
         for module in self.modules().values():
             module.to(device)
         return self
+
+
+@register_check("experiment")
+def check_stage_configs(exp) -> None:
+    """Every ``stages.NAME`` is a registered stage whose params validate against its ``config_class``
+    (stored back as the validated dump), with valid ``training`` overrides and a ``latent_dim`` that
+    agrees with the model's. ``exp``: a ``ups.config.ExperimentConfig``."""
+    for name, params in list(exp.stages.items()):
+        if name not in STAGES:
+            raise ValueError(f"unknown stage 'stages.{name}' (allowed: {', '.join(STAGES.names()) or 'none'})")
+        stage_cfg = validate_section(STAGES.get(name).config_class, params or {}, f"stages.{name}")
+        exp.stages[name] = stage_cfg.model_dump()
+        overrides = exp.stages[name].get("training") or {}
+        validate_section(TrainingConfig, {**exp.training.model_dump(), **overrides}, f"stages.{name}.training")
+        width = exp.stages[name].get("latent_dim")
+        model_width = exp.model.params.get("latent_dim")
+        if width is not None and model_width is not None and width != model_width:
+            raise ValueError(
+                f"stages.{name}.latent_dim={width} disagrees with model.params.latent_dim="
+                f"{model_width} (they must be equal; drop one of them)"
+            )
