@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ups.errors import CheckpointError, UPSError
-from ups.eval.rollout import rollout
+from ups.rollout import rollout
 from ups.simulator import Simulator
 from ups.training.trainer import Trainer
 

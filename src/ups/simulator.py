@@ -16,7 +16,7 @@ import torch
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.errors import CheckpointError, UPSError
-from ups.eval.rollout import rollout
+from ups.rollout import rollout
 from ups.models import MODELS
 from ups.models.layers import lattice
 from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta

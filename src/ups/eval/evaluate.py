@@ -29,7 +29,7 @@ RolloutFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, in
 
 def model_rollout_fn(model: torch.nn.Module) -> RolloutFn:
     """Autoregressive rollout by repeated ``model.predict_next`` (normalised space)."""
-    from ups.eval.rollout import rollout_grid
+    from ups.rollout import rollout_grid
 
     def rollout(u0, coords, params, dt, steps):
         return rollout_grid(model, u0, coords, params, dt, steps)

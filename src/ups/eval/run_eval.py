@@ -31,7 +31,7 @@ from ups.training.checkpoint import checkpoint_exists
 
 def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:
     """The Simulator's rollout (latent or re-encoding) as a rollout function without frame 0."""
-    from ups.eval.rollout import rollout
+    from ups.rollout import rollout
 
     @torch.inference_mode()
     def fn(u0, coords, params, dt, n):

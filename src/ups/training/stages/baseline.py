@@ -28,8 +28,8 @@ from torch import nn
 from ups.config import ExperimentConfig
 from ups.data.metadata import DatasetMetadata
 from ups.eval.metrics import nrmse_per_sample
-from ups.eval.rollout import rollout_grid  # noqa: F401  (used here and by the benchmarks)
 from ups.models import MODELS
+from ups.rollout import rollout_grid  # noqa: F401  (used here and by the benchmarks)
 from ups.training.stage import STAGES, Stage, StageConfig
 
 

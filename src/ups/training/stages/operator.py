@@ -31,8 +31,8 @@ from torch import nn
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
-from ups.eval.rollout import flatten_points, rollout_scores
 from ups.models import MODELS
+from ups.rollout import flatten_points, rollout_scores
 from ups.training.stage import STAGES, Stage, StageConfig
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from ups.config import Strict
 from ups.data.metadata import DatasetMetadata
 from ups.eval.metrics import nrmse_per_sample
-from ups.eval.rollout import flatten_points
+from ups.rollout import flatten_points
 from ups.models.corrector import AdaLNBlock, timestep_embedding
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import freeze, load_frozen_surrogate, surrogate_meta

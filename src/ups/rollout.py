@@ -9,7 +9,8 @@ Two modes, both differentiable (the operator stage trains through them) and both
 
 Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
 reconstruction of the encoded input; later frames chain the decoder's increments at those points.
-Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
+The one place for rollouts: stage validation, ``ups eval``, TTC, the Simulator and every benchmark call
+these functions. Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
 """
 
 from __future__ import annotations
