@@ -16,9 +16,9 @@ import torch
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.errors import CheckpointError, UPSError
-from ups.rollout import rollout
 from ups.models import MODELS
 from ups.models.layers import lattice
+from ups.rollout import rollout
 from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 
 CHECKPOINT_ORDER = ("best", "ema", "last")
@@ -184,7 +184,7 @@ class Simulator:
         u0: [B, N, C] physical at ``coords`` (default: the regular grid) -> [B, Q, C] physical at
         ``query_points`` (default: the input points).
         """
-        from ups.training.stages.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
+        from ups.models.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
 
         stem = Path(self.run_dir or ".") / "checkpoints" / "steady_prior_best"
         if not checkpoint_exists(stem):

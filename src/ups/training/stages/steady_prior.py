@@ -26,22 +26,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ups.config import Strict
 from ups.data.metadata import DatasetMetadata
 from ups.eval.metrics import nrmse_per_sample
+from ups.models.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
 from ups.rollout import flatten_points
-from ups.models.corrector import AdaLNBlock, timestep_embedding
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import freeze, load_frozen_surrogate, surrogate_meta
-
-
-class SteadyPriorNetConfig(Strict):
-    num_steps: int = Field(4, ge=1, le=16)
-    width: int = Field(64, ge=4)
-    depth: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    mlp_ratio: float = Field(2.0, gt=0)
-    attention: bool = True
 
 
 class SteadyPriorConfig(StageConfig):
@@ -52,49 +42,6 @@ class SteadyPriorConfig(StageConfig):
     inputs_per_item: int = Field(4, ge=1)  # random input frames per trajectory and batch
     lambda_decoded: float = Field(1.0, ge=0)
     operator_checkpoint: str = "operator_best"
-
-
-class SteadyPrior(nn.Module):
-    """``S`` residual drift steps in latent space. z: [B, L, D]; params: [B, P] -> [B, L, D]."""
-
-    def __init__(self, *, latent_dim: int, n_params: int, config: SteadyPriorNetConfig | None = None):
-        super().__init__()
-        cfg = config or SteadyPriorNetConfig()
-        self.config, self.latent_dim, self.n_params = cfg, latent_dim, n_params
-        w = cfg.width
-        self.inp = nn.Linear(latent_dim, w)
-        self.step_mlp = nn.Sequential(nn.Linear(32, w), nn.SiLU(), nn.Linear(w, w))
-        self.param_mlp = nn.Sequential(nn.Linear(n_params, w), nn.SiLU(), nn.Linear(w, w)) if n_params else None
-        self.blocks = nn.ModuleList(AdaLNBlock(width=w, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                                               attention=cfg.attention) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(w, elementwise_affine=False)
-        self.out = nn.Linear(w, latent_dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def drift(self, z: torch.Tensor, k: int, params: torch.Tensor | None) -> torch.Tensor:
-        """g(z | k, params). z: [B, L, D]; params: [B, P] -> [B, L, D]."""
-        kk = torch.full((z.shape[0],), k / self.config.num_steps, device=z.device)
-        c = self.step_mlp(timestep_embedding(kk, 32).to(z.dtype))
-        if self.param_mlp is not None and params is not None:
-            c = c + self.param_mlp(params.to(z.dtype))
-        h = self.inp(z)
-        for block in self.blocks:
-            h = block(h, c)
-        return self.out(self.norm(h))
-
-    def forward(self, z: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
-        for k in range(self.config.num_steps):
-            z = z + self.drift(z, k, params)
-        return z
-
-
-def steady_state(model: nn.Module, prior: SteadyPrior, u0: torch.Tensor, coords: torch.Tensor,
-                 params: torch.Tensor | None = None, coords_q: torch.Tensor | None = None) -> torch.Tensor:
-    """The prior's steady state of ``u0`` [B, N, C] (normalised) at ``coords`` [B, N, d], decoded at
-    ``coords_q`` [B, Q, d] (default: ``coords``); params [B, P] -> [B, Q, C] (normalised)."""
-    z = prior(model.encode(u0, coords), params)
-    return model.decode(z, coords if coords_q is None else coords_q)
 
 
 @STAGES.register("steady_prior")
