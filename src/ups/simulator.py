@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ups.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.errors import CheckpointError, UPSError
 from ups.models import MODELS
 from ups.models.layers import lattice
 from ups.rollout import rollout
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 
 CHECKPOINT_ORDER = ("best", "ema", "last")
 CORRECTOR_CHECKPOINTS = {"multi": "diff_residual_best", "distilled": "consistency_distill_best"}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ups.checkpoint import checkpoint_exists
 from ups.config import DataConfig, ExperimentConfig, load_config
 from ups.data.datasets import make_loader
 from ups.data.prepare import prepare_data
@@ -26,7 +27,6 @@ from ups.eval.evaluate import RolloutFn, evaluate_split, model_rollout_fn
 from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json
 from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
-from ups.training.checkpoint import checkpoint_exists
 
 
 def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ups.checkpoint import checkpoint_exists
 from ups.config import ExperimentConfig, load_config
 from ups.data.datasets import make_loader
 from ups.data.normalization import Normalizer
 from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
 from ups.errors import CheckpointError, ConfigError
 from ups.io_utils import atomic_write_json
-from ups.training.checkpoint import checkpoint_exists
 from ups.training.runs import RunDir, file_fingerprint, finish_wandb
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer

@@ -36,10 +36,10 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ups.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import LatentScores, freeze, latent_pair, surrogate_meta
 

@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ups.checkpoint import checkpoint_exists, load_checkpoint
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.eval.metrics import nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
 from ups.rollout import flatten_points
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
