@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ups.errors import UPSError
 
@@ -59,3 +61,16 @@ def check_free_disk(path: str | Path, needed_bytes: int, what: str) -> None:
             f"not enough free disk for {what} at {path}: need {needed_bytes / 2**20:.1f} MiB, "
             f"have {free / 2**20:.1f} MiB (free space or choose another directory)"
         )
+
+
+def file_fingerprint(path: str | Path, *, chunk: int = 2**20) -> dict[str, Any]:
+    """Size and sha256 of the first and last ``chunk`` bytes (cheap for multi-GB HDF5 files)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        digest.update(fh.read(chunk))
+        if size > chunk:
+            fh.seek(max(chunk, size - chunk))
+            digest.update(fh.read(chunk))
+    return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}

@@ -146,7 +146,7 @@ def _stages(run_dir: Path) -> dict:
 
 
 def _fingerprints(src) -> list[dict]:
-    from ups.training.runs import file_fingerprint
+    from ups.io_utils import file_fingerprint
 
     return [file_fingerprint(p.file.path) for p in src.parts]
 

@@ -22,8 +22,8 @@ from ups.data.datasets import make_loader
 from ups.data.normalization import Normalizer
 from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
 from ups.errors import CheckpointError, ConfigError
-from ups.io_utils import atomic_write_json
-from ups.training.runs import RunDir, file_fingerprint, finish_wandb
+from ups.io_utils import atomic_write_json, file_fingerprint
+from ups.training.runs import RunDir, finish_wandb
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 

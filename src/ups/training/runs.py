@@ -9,7 +9,6 @@ package versions, torch threads and device, config hash, data fingerprints, star
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import signal
 import subprocess
@@ -69,19 +68,6 @@ def package_versions() -> dict[str, str | None]:
         except _metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def file_fingerprint(path: str | Path, *, chunk: int = 2**20) -> dict[str, Any]:
-    """Size and sha256 of the first and last ``chunk`` bytes (cheap for multi-GB HDF5 files)."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        digest.update(fh.read(chunk))
-        if size > chunk:
-            fh.seek(max(chunk, size - chunk))
-            digest.update(fh.read(chunk))
-    return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}
 
 
 def environment_meta() -> dict[str, Any]:
