@@ -15,29 +15,17 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from ups.checkpoint import checkpoint_exists
 from ups.config import DataConfig, ExperimentConfig, load_config
 from ups.data.datasets import make_loader
 from ups.data.prepare import prepare_data
 from ups.data.reader import TrajectoryFile
 from ups.errors import UPSError
-from ups.eval.evaluate import RolloutFn, evaluate_split, model_rollout_fn
+from ups.eval.evaluate import evaluate_split
 from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json
+from ups.rollout import RolloutFn, rollout_fn
 from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
-
-
-def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:
-    """The Simulator's rollout (latent or re-encoding) as a rollout function without frame 0."""
-    from ups.rollout import rollout
-
-    @torch.inference_mode()
-    def fn(u0, coords, params, dt, n):
-        return rollout(model, u0, coords, params, dt, n, mode=mode, max_principle=max_principle)[:, 1:]
-
-    return fn
 
 
 def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str]:
@@ -52,13 +40,13 @@ def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[D
 
 def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
     """Rollout functions of the operator alone and with each corrector the run holds."""
+    fns = {"none": rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
     if not hasattr(sim.model, "encode"):
-        return {"none": model_rollout_fn(sim.model)}
-    fns = {"none": surrogate_rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
+        return fns
     for kind in CORRECTOR_CHECKPOINTS:
         if checkpoint_exists(run_dir / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]):
-            fns[kind] = surrogate_rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
-                                             max_principle=sim.max_principle)
+            fns[kind] = rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
+                                   max_principle=sim.max_principle)
     return fns
 
 
