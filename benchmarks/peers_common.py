@@ -1,8 +1,8 @@
 """What the accuracy, inference and training benchmarks share: configs, data, training, evaluation.
 
 Every model is trained by the one trainer on the same files, with the same train-split normaliser, and
-evaluated the same way: an autoregressive rollout of ``predict_next`` over whole test trajectories
-from frame 0, scored in physical space by ``ups.eval.metrics.evaluate_rollout``.
+evaluated the same way, by the code of ``ups eval`` (``ups.eval.evaluate.evaluate_split`` over the one
+rollout of ``ups.rollout``): whole test trajectories from frame 0, scored in physical space.
 
 ``quick=True`` swaps the data section for a tiny generated data set in a temporary directory so each
 benchmark finishes in seconds (used by ``tests/test_benchmarks.py``); the numbers are then meaningless.
@@ -25,9 +25,9 @@ from ups.data.normalization import Normalizer
 from ups.data.pdes import has_maximum_principle
 from ups.data.reader import SplitSource, open_split
 from ups.errors import UPSError
-from ups.eval.metrics import evaluate_rollout
+from ups.eval.evaluate import evaluate_split
+from ups.rollout import rollout_fn
 from ups.training.stage import STAGES, Stage
-from ups.training.stages.baseline import flatten_batch, one_step_grid, rollout_grid
 from ups.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,36 +230,16 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@torch.no_grad()
-def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -> dict[str, torch.Tensor]:
-    """Autoregressive rollouts of ``model.predict_next`` over whole trajectories of ``split``.
-
-    Returns de-normalised ``pred``, ``one_step``, ``true`` [S, T-1, *spatial, C] and ``u0`` [S, *spatial, C].
-    Every model's rollout obeys the PDE's maximum principle when it has one (the same rule as ``ups eval``).
-    """
-    model = one_step_model(model).eval()
+def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode: str = "reencode",
+             max_principle: bool | None = None) -> dict[str, Any]:
+    """Physical-space metrics of the rollout over whole trajectories of ``split``, by the code and rules of
+    ``ups eval`` (``ups.eval.evaluate.evaluate_split``; ``mode`` for latent surrogates; by default every
+    model's rollout obeys the PDE's maximum principle when it has one); without the per-step lists but
+    ``nrmse_per_step``."""
+    mp = has_maximum_principle(bench.meta.pde) if max_principle is None else max_principle
     loader = make_loader(bench.dataset(split, None), batch_size=bench.cfg.eval.batch_size, shuffle=False, seed=0)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    parts: dict[str, list[torch.Tensor]] = {"pred": [], "one_step": [], "true": [], "u0": []}
-    for batch in loader:
-        u, coords, params, dt = flatten_batch(batch, device)
-        shape = batch["u"].shape  # [B, T, *spatial, C]
-        steps = u.shape[1] - 1
-        out = {"pred": rollout_grid(model, u[:, 0], coords, params, dt, steps,
-                                    max_principle=has_maximum_principle(bench.meta.pde)),
-               "one_step": one_step_grid(model, u, coords, params, dt), "true": u[:, 1:]}
-        for key, value in out.items():
-            parts[key].append(bench.normalizer.denormalize(value.reshape(shape[0], steps, *shape[2:]).cpu()))
-        parts["u0"].append(bench.normalizer.denormalize(batch["u"][:, 0]))
-    return {key: torch.cat(value) for key, value in parts.items()}
-
-
-def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test") -> dict[str, Any]:
-    """Physical-space metrics of the test rollout (``evaluate_rollout``), without the per-step lists."""
-    r = rollout_test(model, bench, split=split)
-    ev = bench.cfg.eval
-    metrics = evaluate_rollout(r["pred"], r["true"], pred_one_step=r["one_step"], u0=r["u0"],
-                               boundary=bench.meta.boundary, corr_threshold=ev.corr_threshold,
-                               valid_threshold=ev.valid_threshold)
+    result, _ = evaluate_split(rollout_fn(model.eval(), mode=mode, max_principle=mp), loader, bench.normalizer,
+                               bench.meta, bench.cfg.eval)
+    metrics = result["metrics"]
     return {k: v for k, v in metrics.items() if not isinstance(v, list)} | {
         "nrmse_per_step": [round(x, 6) for x in metrics["nrmse_per_step"]]}
