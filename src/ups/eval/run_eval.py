@@ -11,11 +11,9 @@ evaluated too, with its evaluation count and cost ratio.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from ups.checkpoint import checkpoint_exists
 from ups.config import DataConfig, ExperimentConfig, load_config
 from ups.data.datasets import make_loader
 from ups.data.prepare import prepare_data
@@ -25,7 +23,7 @@ from ups.eval.evaluate import evaluate_split
 from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json
 from ups.rollout import RolloutFn, rollout_fn
-from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
+from ups.rundir import CORRECTOR_CHECKPOINTS, RunFiles, load_corrector, with_corrector
 
 
 def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str]:
@@ -44,7 +42,7 @@ def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
     if not hasattr(sim.model, "encode"):
         return fns
     for kind in CORRECTOR_CHECKPOINTS:
-        if checkpoint_exists(run_dir / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]):
+        if RunFiles(run_dir).has(CORRECTOR_CHECKPOINTS[kind]):
             fns[kind] = rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
                                    max_principle=sim.max_principle)
     return fns
@@ -55,8 +53,7 @@ def _selected(run_dir: Path, corrector: str, available: dict) -> str:
         if corrector not in available:
             raise UPSError(f"corrector '{corrector}' is not in this run (available: {', '.join(available)})")
         return corrector
-    sel = run_dir / "selection.json"
-    choice = json.loads(sel.read_text()).get("corrector") if sel.is_file() else "none"
+    choice = RunFiles(run_dir).selected_corrector() or "none"
     return choice if choice in available else "none"
 
 
@@ -67,7 +64,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     from ups.simulator import Simulator
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(RunFiles(run_dir).config_path, overrides)
     split = split or cfg.eval.split
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir))
     dcfg, split = _data_config(cfg, data, split)
@@ -93,7 +90,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     result["run"] = {"dir": str(run_dir), "stages": _stages(run_dir), "corrector": chosen,
                      "rollout_mode": sim.rollout_mode}
     if write:
-        atomic_write_json(Path(out) if out else run_dir / f"eval_{split}.json", result)
+        atomic_write_json(Path(out) if out else RunFiles(run_dir).eval_path(split), result)
     result["_fields"] = got  # for plots; never written
     return result
 
@@ -111,16 +108,17 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
         curves["model + TTC"] = result["ttc"]["metrics"]["nrmse_per_step"]
     for name, metrics in (peers or {}).items():
         curves[name] = metrics["nrmse_per_step"]
-    cfg = load_config(run_dir / "config.yaml")
-    plots = evaluation_plots(run_dir / "plots", pred=got.pred, true=got.true, curves=curves,
+    run = RunFiles(run_dir)
+    cfg = load_config(run.config_path)
+    plots = evaluation_plots(run.plots_dir, pred=got.pred, true=got.true, curves=curves,
                              samples=cfg.eval.plot_samples)
     clean = {k: v for k, v in result.items() if not k.startswith("_")}
-    return write_report(run_dir, eval_json=clean, config_yaml=(run_dir / "config.yaml").read_text(), plots=plots)
+    return write_report(run_dir, eval_json=clean, config_yaml=run.config_path.read_text(), plots=plots)
 
 
 def _model_stage(run_dir: Path) -> str:
     """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers)."""
-    return "operator" if checkpoint_exists(run_dir / "checkpoints" / "operator_best") else "baseline"
+    return "operator" if RunFiles(run_dir).has("operator_best") else "baseline"
 
 
 def _summary(metrics: dict, timing: dict) -> dict:
@@ -129,8 +127,7 @@ def _summary(metrics: dict, timing: dict) -> dict:
 
 
 def _stages(run_dir: Path) -> dict:
-    path = run_dir / "stages_done.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return RunFiles(run_dir).stages_done()
 
 
 def _fingerprints(src) -> list[dict]:
