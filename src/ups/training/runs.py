@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ups.errors import UPSError
 from ups.io_utils import atomic_write_json, atomic_write_text
+from ups.rundir import RunFiles
 
 RESUME_HINT = "ups train CONFIG --resume RUN_DIR"
 _PACKAGES = ("ups", "torch", "numpy", "h5py", "safetensors", "pydantic", "pyyaml", "tqdm", "wandb")
@@ -80,27 +80,8 @@ def environment_meta() -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class RunDir:
-    """Paths of one run directory."""
-
-    path: Path
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / "train_log.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+class RunDir(RunFiles):
+    """Paths of one run directory (named in ``ups.rundir.RunFiles``), created or opened for training."""
 
     @classmethod
     def create(cls, out_dir: str | Path, name: str | None, cfg: Any, *,

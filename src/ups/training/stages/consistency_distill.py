@@ -36,10 +36,11 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ups.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
+from ups.checkpoint import read_checkpoint_meta
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
+from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import LatentScores, freeze, latent_pair, surrogate_meta
 
@@ -64,20 +65,16 @@ def load_teacher(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint_na
     """The frozen surrogate and multi-step corrector of ``checkpoint_name`` and its metadata."""
     from ups.models import MODELS
 
-    stem = Path(run_dir or ".") / "checkpoints" / checkpoint_name
-    if run_dir is None or not checkpoint_exists(stem):
-        raise CheckpointError(
-            f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage "
-            "'diff_residual' into this run directory first (ups train CONFIG --stage diff_residual)"
-        )
+    stem = require_checkpoint(None if run_dir is None else RunFiles(run_dir), checkpoint_name, stage=stage,
+                              needs="diff_residual")
     info = read_checkpoint_meta(stem)
     if "corrector" not in info:
         raise CheckpointError(f"checkpoint {stem}.json holds no corrector: it was not written by diff_residual")
     model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
     teacher = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
                         config=CorrectorConfig(**info["corrector"]))
-    load_checkpoint(stem, {"model": model, "corrector": teacher})
-    return freeze(model), freeze(teacher), info
+    load_frozen(stem, {"model": model, "corrector": teacher})
+    return model, teacher, info
 
 
 @STAGES.register("consistency_distill")

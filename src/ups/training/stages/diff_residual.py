@@ -36,13 +36,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ups.checkpoint import checkpoint_exists, load_checkpoint
 from ups.data.metadata import DatasetMetadata
-from ups.errors import CheckpointError
 from ups.eval.metrics import nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
 from ups.rollout import flatten_points
+from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -88,15 +87,10 @@ def load_frozen_surrogate(cfg, meta: DatasetMetadata, run_dir: Path | None, chec
 
     A missing checkpoint is a one-line :class:`CheckpointError` naming the stage to run first.
     """
-    stem = Path(run_dir or ".") / "checkpoints" / checkpoint
-    if run_dir is None or not checkpoint_exists(stem):
-        raise CheckpointError(
-            f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage '{needs}' "
-            "into this run directory first (ups train CONFIG --stage " + needs + ")"
-        )
+    stem = require_checkpoint(None if run_dir is None else RunFiles(run_dir), checkpoint, stage=stage, needs=needs)
     model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
-    load_checkpoint(stem, {"model": model}, strict=False)
-    return freeze(model)
+    load_frozen(stem, {"model": model}, strict=False)
+    return model
 
 
 def freeze(module: nn.Module) -> nn.Module:
