@@ -20,6 +20,7 @@ from ups.config import load_config
 from ups.data.reader import TrajectoryFile
 from ups.errors import DataError, UPSError
 from ups.io_utils import atomic_write_with, check_free_disk
+from ups.rundir import RunFiles
 
 
 def _query_points(points: str | None, dims: int) -> np.ndarray | None:
@@ -46,7 +47,7 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     if steps < 1:
         raise UPSError(f"--steps {steps}: roll out at least one step")
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunFiles(run_dir).config_path)
     sim = Simulator.from_run(run_dir, batch_size=batch_size)
     src = TrajectoryFile(input, params=dict(cfg.data.params) or None)
     if start >= src.n_frames:
