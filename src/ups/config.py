@@ -32,6 +32,7 @@ from ups.schema import Strict, format_validation_error, run_checks, validate_sec
 __all__ = ["Strict", "format_validation_error"]  # re-exported: configs and tests name them from here
 
 Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")  # the one list of splits, in this order
 
 
 # ----------------------------------------------------------------------------------------- data

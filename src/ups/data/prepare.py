@@ -11,14 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ups.config import DataConfig, Split
+from ups.config import SPLITS, DataConfig, Split
 from ups.data.datasets import WindowDataset, build_metadata
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.data.reader import SplitSource, open_split
 from ups.errors import DataError
-
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
 @dataclass
