@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from ups.config import DataConfig, ExperimentConfig, load_config
-from ups.data.datasets import make_loader
-from ups.data.prepare import prepare_data
+from ups.data.prepare import prepare_data, trajectory_loader
 from ups.data.reader import TrajectoryFile
 from ups.errors import UPSError
 from ups.eval.evaluate import evaluate_split
@@ -72,8 +71,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     if cap:
         dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
     bundle = prepare_data(dcfg, splits=(split,), generate=False)
-    ds = bundle.windows(split, window=None, normalizer=sim.normalizer, start=cfg.eval.rollout_start)
-    loader = make_loader(ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
+    loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
     fns = _variants(run_dir, sim)
     chosen = _selected(run_dir, corrector, fns)
     result, got = evaluate_split(fns[chosen], loader, sim.normalizer, sim.meta, cfg.eval)

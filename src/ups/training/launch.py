@@ -18,9 +18,8 @@ from pathlib import Path
 
 from ups.checkpoint import checkpoint_exists
 from ups.config import ExperimentConfig, load_config
-from ups.data.datasets import make_loader
 from ups.data.normalization import Normalizer
-from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
+from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loaders
 from ups.errors import CheckpointError, ConfigError
 from ups.io_utils import atomic_write_json, file_fingerprint
 from ups.training.runs import RunDir, finish_wandb
@@ -58,15 +57,8 @@ def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle,
     cls: type[Stage] = STAGES.get(name)
     stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
     tcfg = cfg.stage_training(name)
-    train_ds = bundle.windows("train", window=cls.train_window(cfg), normalizer=norm, train=True, seed=tcfg.seed)
-    val_window = cls.val_window(cfg)
-    val_ds = bundle.windows("val", window=val_window, normalizer=norm,
-                            start=cfg.eval.rollout_start if val_window is None else 0)
-    batch = cfg.data.batch_size
-    train_loader = make_loader(train_ds, batch_size=batch, shuffle=True, seed=tcfg.seed,
-                               num_workers=cfg.data.num_workers, drop_last=len(train_ds) > batch,
-                               early_oversample=cfg.data.early_oversample, early_frames=cfg.data.early_frames)
-    val_loader = make_loader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
+    train_loader, val_loader = stage_loaders(bundle, cfg, normalizer=norm, train_window=cls.train_window(cfg),
+                                             val_window=cls.val_window(cfg), seed=tcfg.seed)
     resume = run.state_path(name).is_file()
     trainer = Trainer(stage=stage, config=tcfg, run_dir=run.path, resume=resume, log_prefix=name)
     summary = trainer.fit(train_loader, val_loader)
