@@ -43,7 +43,6 @@ def test_benchmark_and_ups_eval_give_identical_metrics(tmp_path, which):
                                           extra=["model.params={width: 4, depth: 2}"] + short), "baseline"
     else:
         cfg, stage = pc.load_bench_config("burgers1d", quick=True, work=tmp_path, extra=short), "operator"
-    pc.ensure_data(cfg)
     run = train(cfg, stage=stage, run_dir=tmp_path / "run", progress=False)
 
     assert main(["eval", str(run)]) == 0
