@@ -14,6 +14,12 @@ trained and *how it is scored*:
 - ``validate(loader)``: a dict of floats that contains ``val_metric`` (lower is better). Model
   selection, early stopping and the plateau scheduler use it, never the training loss.
 - ``checkpoint_meta()``: JSON that lets a later stage or ``Simulator.from_run`` rebuild the modules.
+- classmethods ``build(cfg=, meta=, normalizer=, run_dir=)`` (the stage from an experiment config),
+  ``train_window(cfg)`` and ``val_window(cfg)`` (frames per training / validation item; ``None``: whole
+  trajectories from ``eval.rollout_start``). ``stage_config(cfg)`` is the stage's typed section.
+
+The trainer puts every module in eval mode (and back) around ``validate``; stages do no train-mode
+bookkeeping of their own.
 
 Batches (from ``ups.data.datasets.collate``, the one collate function) are dicts::
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +60,27 @@ class Stage(ABC):
     config_class: ClassVar[type[StageConfig]] = StageConfig
     requires: ClassVar[tuple[str, ...]] = ()  # checkpoints (stage names) this stage loads first
     val_metric: ClassVar[str] = "val_loss"
+
+    @classmethod
+    def stage_config(cls, cfg: Any) -> StageConfig:
+        """The typed ``stages.<name>`` section of experiment config ``cfg`` (defaults when absent)."""
+        return cls.config_class.model_validate(cfg.stages.get(cls.name) or {})
+
+    @classmethod
+    @abstractmethod
+    def build(cls, *, cfg: Any, meta: Any, normalizer: Any, run_dir: Path | None = None) -> Stage:
+        """The stage for experiment config ``cfg``, data metadata ``meta``, the run's normaliser, and the
+        run directory holding the checkpoints it ``requires``."""
+
+    @classmethod
+    @abstractmethod
+    def train_window(cls, cfg: Any) -> int | None:
+        """Frames per training item (2: one step; K + 1: a K-step rollout loss; None: whole trajectories)."""
+
+    @classmethod
+    @abstractmethod
+    def val_window(cls, cfg: Any) -> int | None:
+        """Frames per validation item (None: whole trajectories from ``eval.rollout_start``)."""
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]: ...

@@ -62,10 +62,6 @@ class BaselineStage(Stage):
         self.model_params = dict(model_params or {})
 
     @classmethod
-    def stage_config(cls, cfg: ExperimentConfig) -> BaselineStageConfig:
-        return BaselineStageConfig.model_validate(cfg.stages.get(cls.name) or {})
-
-    @classmethod
     def build(cls, *, cfg: ExperimentConfig, meta: DatasetMetadata, normalizer: Any, run_dir: Path) -> BaselineStage:
         model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
         return cls(model=model, config=cls.stage_config(cfg), normalizer=normalizer, model_name=cfg.model.name,
@@ -116,12 +112,7 @@ class BaselineStage(Stage):
         return out
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            sums = self._validation_sums(loader)
-        finally:
-            self.model.train(was_training)
+        sums = self._validation_sums(loader)
         if sums["samples"] == 0:
             raise ValueError("baseline stage: the validation loader yielded no samples")
         n = sums.pop("samples")

@@ -102,17 +102,17 @@ class ConsistencyDistillStage(Stage):
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> ConsistencyDistillStage:
-        stage_cfg = ConsistencyDistillConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         model, teacher, info = load_teacher(cfg, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
         return cls(model=model, teacher=teacher, stage_cfg=stage_cfg, teacher_steps=int(info["refine_steps"]),
                    normalizer=normalizer, meta_info=surrogate_meta(cfg, meta, normalizer), run_dir=run_dir)
 
-    @staticmethod
-    def train_window(cfg) -> int:
+    @classmethod
+    def train_window(cls, cfg) -> int:
         return 2
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
         return 2
 
     def modules(self) -> dict[str, nn.Module]:
@@ -178,12 +178,7 @@ class ConsistencyDistillStage(Stage):
                 "val_norm_ratio": (sq["student"] / teacher_sq) ** 0.5, **scores.result()}
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            out = self.compare(loader)
-        finally:
-            self.student.train(was_training)
+        out = self.compare(loader)
         out["val_metric"] = out["val_distill_rel_err"]
         return out
 

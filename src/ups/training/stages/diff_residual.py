@@ -169,19 +169,19 @@ class DiffResidualStage(Stage):
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> DiffResidualStage:
-        stage_cfg = DiffResidualConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
         return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
                    meta_info=surrogate_meta(cfg, meta, normalizer))
 
-    @staticmethod
-    def train_window(cfg) -> int:
+    @classmethod
+    def train_window(cls, cfg) -> int:
         return 2
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
         return 2
 
     def modules(self) -> dict[str, nn.Module]:
@@ -215,16 +215,11 @@ class DiffResidualStage(Stage):
     @torch.no_grad()
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         device = self.corrector.res_mean.device
-        was_training = self.corrector.training
-        self.corrector.eval()
         scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
-        try:
-            for batch in loader:
-                pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
-                z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.cfg.val_steps)
-                scores.add(self.model, pair, z_corr)
-        finally:
-            self.corrector.train(was_training)
+        for batch in loader:
+            pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
+            z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.cfg.val_steps)
+            scores.add(self.model, pair, z_corr)
         out = scores.result()
         out["val_metric"] = out.get("val_one_step_ratio", out["val_latent_rel_err"])
         return out

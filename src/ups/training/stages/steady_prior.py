@@ -60,20 +60,20 @@ class SteadyPriorStage(Stage):
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> SteadyPriorStage:
-        stage_cfg = SteadyPriorConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         prior = SteadyPrior(latent_dim=model.latent_dim, n_params=meta.n_params, config=stage_cfg.prior)
         return cls(model=model, prior=prior, stage_cfg=stage_cfg, normalizer=normalizer,
                    meta_info=surrogate_meta(cfg, meta, normalizer))
 
-    @staticmethod
-    def train_window(cfg) -> int | None:
-        return SteadyPriorConfig(**(cfg.stages.get("steady_prior") or {})).window
+    @classmethod
+    def train_window(cls, cfg) -> int | None:
+        return cls.stage_config(cfg).window
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
-        return SteadyPriorConfig(**(cfg.stages.get("steady_prior") or {})).window
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
+        return cls.stage_config(cfg).window
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "prior": self.prior}
@@ -104,17 +104,12 @@ class SteadyPriorStage(Stage):
         device = next(self.prior.parameters()).device
         denorm = self.normalizer.denormalize if self.normalizer is not None else (lambda v: v)
         prior_err, init_err = [], []
-        was_training = self.prior.training
-        self.prior.eval()
-        try:
-            for batch in loader:
-                u, x = flatten_points(batch["u"].to(device), batch["coords"].to(device))
-                true = denorm(u[:, -1]).unsqueeze(1)
-                pred = steady_state(self.model, self.prior, u[:, 0], x, batch["params"].to(device))
-                prior_err.append(nrmse_per_sample(denorm(pred).unsqueeze(1), true))
-                init_err.append(nrmse_per_sample(denorm(u[:, :1]), true))
-        finally:
-            self.prior.train(was_training)
+        for batch in loader:
+            u, x = flatten_points(batch["u"].to(device), batch["coords"].to(device))
+            true = denorm(u[:, -1]).unsqueeze(1)
+            pred = steady_state(self.model, self.prior, u[:, 0], x, batch["params"].to(device))
+            prior_err.append(nrmse_per_sample(denorm(pred).unsqueeze(1), true))
+            init_err.append(nrmse_per_sample(denorm(u[:, :1]), true))
         err = float(torch.cat(prior_err).mean())
         return {"val_metric": err, "val_steady_nrmse": err, "val_initial_nrmse": float(torch.cat(init_err).mean())}
 
