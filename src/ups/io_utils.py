@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ups.errors import UPSError
 
@@ -96,3 +97,16 @@ def file_sha256(path: str | Path, *, chunk: int = 2**22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_fingerprint(path: str | Path, *, chunk: int = 2**20) -> dict[str, Any]:
+    """Size and sha256 of the first and last ``chunk`` bytes (cheap for multi-GB HDF5 files)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        digest.update(fh.read(chunk))
+        if size > chunk:
+            fh.seek(max(chunk, size - chunk))
+            digest.update(fh.read(chunk))
+    return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}

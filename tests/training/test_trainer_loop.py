@@ -5,8 +5,8 @@ import pytest
 import torch
 import toy_training as toy
 
+from ups import checkpoint as ckpt
 from ups.errors import ConfigError, UPSError
-from ups.training import checkpoint as ckpt
 from ups.training.ema import EMA
 from ups.training.optim import warmup_cosine_factor
 from ups.training.runs import JsonlLog

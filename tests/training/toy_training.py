@@ -80,6 +80,18 @@ class ToyStage(Stage):
         self.validations = 0
         self.trainable = ["encoder", "head", "decoder"]
 
+    @classmethod
+    def build(cls, *, cfg, meta=None, normalizer=None, run_dir=None) -> ToyStage:
+        return cls(seed=cfg.training.seed)
+
+    @classmethod
+    def train_window(cls, cfg) -> None:
+        return None  # items are (x, y) pairs, not frames
+
+    @classmethod
+    def val_window(cls, cfg) -> None:
+        return None
+
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "head": self.head, "decoder": self.decoder, "teacher": self.teacher}
 

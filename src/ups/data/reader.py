@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ups.config import SPLITS
 from ups.errors import DataError
 
 EXPECTED_KEYS = "tensor [N, T, X(, C)], x-coordinate [X], t-coordinate [T]"
@@ -361,7 +362,6 @@ def check_finite(file: TrajectoryFile | str | Path, *, chunk: int | None = None)
 
 
 # ------------------------------------------------------------------------------------ splits
-SPLITS = ("train", "val", "test")
 PDEBENCH_TEST_FRACTION = 0.1  # PDEBench's baselines: test = the first 10 % of the samples
 
 

@@ -19,7 +19,7 @@ from ups import __version__
 from ups.data.reader import TrajectoryFile
 from ups.errors import DataError, UPSError
 from ups.io_utils import atomic_write_with, check_free_disk
-from ups.training.runs import load_run_config
+from ups.rundir import load_run_config
 
 
 def _query_points(points: str | None, dims: int) -> np.ndarray | None:

@@ -11,34 +11,18 @@ evaluated too, with its evaluation count and cost ratio.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import torch
-
 from ups.config import DataConfig, ExperimentConfig
-from ups.data.datasets import make_loader
-from ups.data.prepare import prepare_data
+from ups.data.prepare import prepare_data, trajectory_loader
 from ups.data.reader import TrajectoryFile
 from ups.errors import UPSError
-from ups.eval.evaluate import RolloutFn, evaluate_split, model_rollout_fn
+from ups.eval.evaluate import evaluate_split
 from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json, file_sha256
-from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
-from ups.training.checkpoint import checkpoint_exists
-from ups.training.runs import load_run_config
-
-
-def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:
-    """The Simulator's rollout (latent or re-encoding) as a rollout function without frame 0."""
-    from ups.eval.rollout import rollout
-
-    @torch.inference_mode()
-    def fn(u0, coords, params, dt, n):
-        return rollout(model, u0, coords, params, dt, n, mode=mode, max_principle=max_principle)[:, 1:]
-
-    return fn
+from ups.rollout import RolloutFn, rollout_fn
+from ups.rundir import CORRECTOR_CHECKPOINTS, RunFiles, load_corrector, load_run_config, with_corrector
 
 
 def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str, str]:
@@ -83,13 +67,13 @@ def eval_out_dir(run_dir: str | Path, *, data: str | None, split: str, out: str 
 
 def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
     """Rollout functions of the operator alone and with each corrector the run holds."""
+    fns = {"none": rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
     if not hasattr(sim.model, "encode"):
-        return {"none": model_rollout_fn(sim.model)}
-    fns = {"none": surrogate_rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
+        return fns
     for kind in CORRECTOR_CHECKPOINTS:
-        if checkpoint_exists(run_dir / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]):
-            fns[kind] = surrogate_rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
-                                             max_principle=sim.max_principle)
+        if RunFiles(run_dir).has(CORRECTOR_CHECKPOINTS[kind]):
+            fns[kind] = rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
+                                   max_principle=sim.max_principle)
     return fns
 
 
@@ -98,8 +82,7 @@ def _selected(run_dir: Path, corrector: str, available: dict) -> str:
         if corrector not in available:
             raise UPSError(f"corrector '{corrector}' is not in this run (available: {', '.join(available)})")
         return corrector
-    sel = run_dir / "selection.json"
-    choice = json.loads(sel.read_text()).get("corrector") if sel.is_file() else "none"
+    choice = RunFiles(run_dir).selected_corrector() or "none"
     return choice if choice in available else "none"
 
 
@@ -120,8 +103,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     if cap:
         dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
     bundle = prepare_data(dcfg, splits=(split,), generate=False)
-    ds = bundle.windows(split, window=None, normalizer=sim.normalizer, start=cfg.eval.rollout_start)
-    loader = make_loader(ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
+    loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
     fns = _variants(run_dir, sim)
     chosen = _selected(run_dir, corrector, fns)
     result, got = evaluate_split(fns[chosen], loader, sim.normalizer, sim.meta, cfg.eval)
@@ -164,7 +146,7 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
     clean = {k: v for k, v in result.items() if not k.startswith("_")}
     title = f"UPS evaluation: {run_dir} on {result['data']['file']} ({result['data']['split']})" \
         if target != run_dir else None
-    return write_report(run_dir, eval_json=clean, config_yaml=(run_dir / "config.yaml").read_text(), plots=plots,
+    return write_report(run_dir, eval_json=clean, config_yaml=RunFiles(run_dir).config_path.read_text(), plots=plots,
                         out=target / "report.html", title=title)
 
 
@@ -172,9 +154,9 @@ def _model_stage(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
     """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers), as the run's config
     says (so a run whose checkpoints are missing is told which stage to train); else by its checkpoints."""
     stages = set(cfg.stages) if cfg is not None else set()
-    if "operator" in stages or "baseline" not in stages and checkpoint_exists(run_dir / "checkpoints/operator_best"):
+    if "operator" in stages or "baseline" not in stages and RunFiles(run_dir).has("operator_best"):
         return "operator"
-    return "baseline" if "baseline" in stages or checkpoint_exists(run_dir / "checkpoints/baseline_best") \
+    return "baseline" if "baseline" in stages or RunFiles(run_dir).has("baseline_best") \
         else "operator"
 
 
@@ -184,8 +166,7 @@ def _summary(metrics: dict, timing: dict) -> dict:
 
 
 def _stages(run_dir: Path) -> dict:
-    path = run_dir / "stages_done.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return RunFiles(run_dir).stages_done()
 
 
 def _data_info(src, *, split: str, rule: str, cap: int | None) -> dict:

@@ -9,13 +9,11 @@ package versions, torch threads and device, config hash, data fingerprints, star
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ups.errors import UPSError
 from ups.io_utils import atomic_write_json, atomic_write_text
+from ups.rundir import RunFiles
 
 RESUME_HINT = "ups train CONFIG --resume RUN_DIR"
 _PACKAGES = ("ups", "torch", "numpy", "h5py", "safetensors", "pydantic", "pyyaml", "tqdm", "wandb")
@@ -71,19 +70,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def file_fingerprint(path: str | Path, *, chunk: int = 2**20) -> dict[str, Any]:
-    """Size and sha256 of the first and last ``chunk`` bytes (cheap for multi-GB HDF5 files)."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        digest.update(fh.read(chunk))
-        if size > chunk:
-            fh.seek(max(chunk, size - chunk))
-            digest.update(fh.read(chunk))
-    return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}
-
-
 def environment_meta() -> dict[str, Any]:
     return {
         "git_commit": git_commit(),
@@ -94,27 +80,8 @@ def environment_meta() -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class RunDir:
-    """Paths of one run directory."""
-
-    path: Path
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / "train_log.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+class RunDir(RunFiles):
+    """Paths of one run directory (named in ``ups.rundir.RunFiles``), created or opened for training."""
 
     @classmethod
     def create(cls, out_dir: str | Path, name: str | None, cfg: Any, *,
@@ -143,52 +110,6 @@ class RunDir:
         if not run.config_path.is_file():
             raise UPSError(f"{path} is not a run directory (no config.yaml); pass the directory a run created")
         return run
-
-
-DATA_PATH_KEYS = ("train", "val", "test", "pdebench_file")
-
-
-def load_run_config(run_dir: str | Path, overrides: list[str] | None = None, *, need: tuple[str, ...] = ()):
-    """The run's config with its data paths usable from any working directory.
-
-    Relative data paths in ``config.yaml`` are resolved against the working directory the run was
-    created in (``meta.json`` ``cwd``; runs without it: the current one); ``overrides`` are applied after
-    that, so paths given on the command line are relative to the current directory. For each key in
-    ``need`` (``train``/``val``/``test``/``pdebench_file``) a file that is not there is one line naming
-    the recorded path, where it was looked for, and what to do.
-    """
-    from ups.config import apply_overrides, read_yaml_with_includes, validate_config
-    from ups.errors import DataError
-
-    run = RunDir.open(run_dir)
-    raw = read_yaml_with_includes(run.config_path)
-    base = _recorded_cwd(run)
-    data = raw.setdefault("data", {}) or {}
-    recorded = {k: data.get(k) for k in DATA_PATH_KEYS if data.get(k)}
-    for key, value in recorded.items():
-        data[key] = [str(base / v) for v in value] if isinstance(value, list) else str(base / value)
-    cfg = validate_config(apply_overrides(raw, overrides or []))
-    for key in need:
-        value = getattr(cfg.data, key)
-        if value is None or value != data.get(key):
-            continue  # unset, or replaced by an override (checked where it is opened)
-        for rec, path in zip(_as_list(recorded[key]), _as_list(value)):
-            if not Path(path).is_file():
-                raise DataError(f"data.{key} of run {run.path}: '{rec}' is not at {path} (recorded relative to "
-                                f"{base}); move it back, or give its new path: data.{key}=NEW_PATH")
-    return cfg
-
-
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _recorded_cwd(run: RunDir) -> Path:
-    try:
-        cwd = json.loads(run.meta_path.read_text()).get("cwd")
-    except (OSError, ValueError):
-        cwd = None
-    return Path(cwd) if cwd else Path.cwd()
 
 
 # ------------------------------------------------------------------------------------ the log

@@ -43,10 +43,10 @@ from typing import Any
 
 import torch
 
+from ups import checkpoint as ckpt
 from ups.config import TrainingConfig
 from ups.errors import ConfigError, UPSError
 from ups.io_utils import check_free_disk
-from ups.training import checkpoint as ckpt
 from ups.training.ema import EMA
 from ups.training.health import HealthMonitor
 from ups.training.optim import Precision, build_optimizer, build_scheduler, clip_gradients
