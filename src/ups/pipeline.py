@@ -70,13 +70,21 @@ def pipeline(cfg: ExperimentConfig, *, run_dir: str | Path | None = None) -> dic
     if not passed:
         raise UPSError(f"gate failed for {run}: {'; '.join(reasons)} (the run, its checkpoints and gate.json are "
                        "kept; nothing was added to the leaderboard)")
-    result = evaluate_run(run, split="test", ttc=cfg.eval.ttc.enabled)
+    result = evaluate_run(run, split="test", ttc=cfg.eval.ttc.enabled, peers=cfg.peers)
     result["report"] = str(write_outputs(run, result))
     result["gate"] = {"passed": passed, "reasons": reasons}
     row = row_from_eval(result, run=str(run), status="passed", wall_time_s=time.perf_counter() - start)
     board.append(row)
+    for peer_row in peer_rows(result):
+        board.append(peer_row)
     board.promote(str(run))
     return result
+
+
+def peer_rows(result: dict) -> list[dict]:
+    """Leaderboard rows (status ``peer``, never champions) of the peers an evaluation scored beside the model."""
+    return [row_from_eval({"metrics": result["baselines"][name], "data": result["data"]}, run=peer, status="peer")
+            for name, peer in result.get("peers", {}).items()]
 
 
 def demo_config(overrides: list[str] | None = None) -> ExperimentConfig:
@@ -93,6 +101,7 @@ def format_summary(result: dict) -> str:
     if "metrics" in result.get("ttc", {}):
         rows.append(("model + TTC", result["ttc"]["metrics"]))
     rows.append(("persistence", result["baselines"]["persistence"]))
+    rows += [(f"peer {name}", m) for name, m in result["baselines"].items() if name != "persistence"]
     lines = [f"{'':24s}" + "".join(f"{k:>18s}" for k in keys)]
     for name, m in rows:
         lines.append(f"{name:24s}" + "".join(f"{_fmt(m.get(k)):>18s}" for k in keys))
