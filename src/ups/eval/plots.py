@@ -91,6 +91,8 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
         ax.plot(steps, v, marker="o" if v.size <= 20 else None, markersize=3, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("time" if dt is not None else "rollout step")
+    if dt is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
