@@ -7,33 +7,18 @@ import base64
 import io
 import json
 import math
-import shutil
-import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
+from helpers import CHROMIUM, browser_shows_every_image, parse_report  # noqa: E402
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 SHORT = ["training.epochs=1", "training.max_steps=3", "training.ema_decay=null"]
-
-
-class _Report(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.imgs, self.cells, self._cell = [], [], False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.imgs.append(dict(attrs))
-        self._cell = tag in ("td", "th")
-
-    def handle_data(self, data):
-        if self._cell:
-            self.cells.append(data)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +59,7 @@ def test_peer_in_json_table_plot_and_summary(runs, capsys):
         assert math.isclose(result["baselines"]["unet_run"][key], alone[key], rel_tol=1e-9, abs_tol=1e-12), key
     assert result["baselines"]["unet_run"]["samples"] == result["metrics"]["samples"]
 
-    report = _Report()
-    report.feed((run / "report.html").read_text())
+    report = parse_report(run / "report.html")
     assert {"model", "persistence", "unet_run"} <= set(report.cells)
     assert [i["alt"] for i in report.imgs][:2] == ["training curves", "nRMSE per rollout step"]
     prefix = "data:image/png;base64,"
@@ -86,20 +70,13 @@ def test_peer_in_json_table_plot_and_summary(runs, capsys):
             assert im.size[0] > 100 and im.size[1] > 100
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium")
 def test_headless_browser_shows_every_image_of_a_peer_report(runs, tmp_path):
     from ups.cli import main
 
     run, peer = runs
     assert main(["eval", str(run), "--peer", str(peer)]) == 0
-    probe = tmp_path / "probe.html"
-    probe.write_text((run / "report.html").read_text().replace(
-        "</body>", "<script>window.onload=()=>{document.title=[...document.images].every("
-        "i=>i.complete&&i.naturalWidth>0)?'ALL_OK':'BROKEN'}</script></body>"))
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    dom = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=60).stdout
-    assert "<title>ALL_OK</title>" in dom
+    assert browser_shows_every_image(run / "report.html", tmp_path)
 
 
 def test_a_peer_that_is_no_run_is_one_line(runs, tmp_path, capsys):
