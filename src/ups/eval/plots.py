@@ -174,23 +174,30 @@ def _draw_series(ax, series: dict[str, list[float]], title: str) -> None:
     _outside_legend(ax)
 
 
-def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str = "training") -> Path:
-    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) per epoch record of a
-    train_log.jsonl: one row of two panels per stage (each stage its own scales), legends beside the panels.
-    Missing fields leave gaps; with no epoch records the figure says so instead of failing, so a report
-    can still be written."""
-    stages = _by_stage(read_epoch_records(train_log))
+def training_figure(records: list[dict], *, title: str = "training", source: str = "the log") -> Figure:
+    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) of epoch records: one row
+    of two panels per stage (each stage its own scales), legends beside the panels. ``val_metric`` is left
+    out where it only repeats a named metric. With no records the figure says so."""
+    stages = _by_stage(records)
     fig = Figure(figsize=(12, 3.2 * max(1, len(stages))), layout="constrained")
     if not stages:
         ax = fig.add_subplot(1, 1, 1)
         ax.axis("off")
-        ax.text(0.5, 0.5, f"no epoch records in {Path(train_log).name}", ha="center", va="center")
-    for row, (stage, records) in enumerate(stages.items()):
-        losses, vals = training_series(records)
+        ax.text(0.5, 0.5, f"no epoch records in {source}", ha="center", va="center")
+    for row, (stage, recs) in enumerate(stages.items()):
+        losses, vals = training_series(recs)
+        if any(k != "val_metric" and v == vals.get("val_metric") for k, v in vals.items()):
+            del vals["val_metric"]  # an alias of the stage's metric: its line would hide the named one
         _draw_series(fig.add_subplot(len(stages), 2, 2 * row + 1), losses, f"{stage}: training losses")
         _draw_series(fig.add_subplot(len(stages), 2, 2 * row + 2), vals, f"{stage}: validation metrics")
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
+
+
+def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str = "training") -> Path:
+    """:func:`training_figure` of a train_log.jsonl's epoch records, as a PNG. Missing fields leave gaps;
+    with no epoch records the figure says so instead of failing, so a report can still be written."""
+    return _save(training_figure(read_epoch_records(train_log), title=title, source=Path(train_log).name), path)
 
 
 def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Sequence[float]], samples: int = 3,
