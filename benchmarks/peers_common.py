@@ -136,8 +136,9 @@ def ensure_data(cfg: ExperimentConfig) -> None:
         if gen is None:
             raise UPSError(f"data.{split}={path} does not exist and the config has no data.generate section")
         generate_dataset(pde=d.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split],
-                         out=path, resolution=gen.resolution, frames=gen.frames, t_end=gen.t_end,
-                         batch_size=gen.batch_size, progress=False)
+                         out=path, resolution=gen.resolution, frames=gen.frames_for(split),
+                         t_end=gen.t_end_for(split), batch_size=gen.batch_size, progress=False,
+                         solver=dict(gen.solver))
 
 
 @dataclass

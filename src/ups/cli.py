@@ -93,9 +93,10 @@ def _add_data_generate(data_sub) -> None:
     p.add_argument("--samples", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output .hdf5 file (written atomically)")
-    p.add_argument("--resolution", type=int, default=1024, help="cells on [0, 1) (default 1024)")
-    p.add_argument("--frames", type=int, default=201, help="saved frames including t=0 (default 201)")
-    p.add_argument("--t-end", type=float, default=2.0, help="final time (default 2.0)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="points per axis (default: the PDE's own, e.g. burgers1d 1024, ks1d 256, ns2d 64)")
+    p.add_argument("--frames", type=int, default=None, help="saved frames including t=0 (default: the PDE's)")
+    p.add_argument("--t-end", type=float, default=None, help="final time (default: the PDE's, burgers1d 2.0)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_generate)
