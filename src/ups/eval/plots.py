@@ -196,7 +196,8 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
     """The standard plots of one evaluation, as {caption: PNG path} ready for :func:`ups.eval.report.write_report`.
 
     pred, true: [B, T, X, C] de-normalised rollouts (space-time images of ``channel`` for the first
-    ``samples`` samples; skipped for 2D/3D fields); curves: {name: nRMSE per step} (model, persistence,
+    ``samples`` samples; for [B, T, X, Y, C] snapshots and a GIF per sample, see :mod:`ups.eval.plots2d`;
+    skipped for 3D fields); curves: {name: nRMSE per step} (model, persistence,
     peers) -> ``nrmse_per_step.png``. x: [X], t: [T] coordinates for the image axes.
     """
     out_dir = Path(out_dir)
@@ -208,4 +209,13 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
             plots[f"sample {i}: truth, prediction, error"] = plot_spacetime(
                 true[i, ..., channel], pred[i, ..., channel], out_dir / f"spacetime_{i}.png",
                 title=f"test sample {i}", x=x, t=t)
+    elif getattr(true, "ndim", 0) == 5:  # 2D: snapshots at a few times and an animation per sample
+        from ups.eval.plots2d import animate_2d, plot_snapshots_2d
+
+        for i in range(min(samples, true.shape[0])):
+            y, p = true[i, ..., channel], pred[i, ..., channel]
+            plots[f"sample {i}: truth, prediction, error snapshots"] = plot_snapshots_2d(
+                y, p, out_dir / f"snapshots_{i}.png", times=t, title=f"test sample {i}")
+            plots[f"sample {i}: animation"] = animate_2d(y, p, out_dir / f"animation_{i}.gif",
+                                                         title=f"sample {i}")
     return plots
