@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from ups.errors import UPSError
 from ups.eval.plots import _save
@@ -84,12 +84,12 @@ def animate_2d(truth, pred, path: str | Path, *, fps: int = 5, title: str = "") 
     y, p = _pair(truth, pred)
     lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
     emax = float(np.abs(p - y).max()) or 1.0
+    field_kw = {"vmin": lo, "vmax": hi, "cmap": "RdBu_r"}
     fig = Figure(figsize=(9.0, 3.2))
     axes = fig.subplots(1, 3)
     images = []
     for ax, img, kw, name in zip(axes, (y[0], p[0], p[0] - y[0]),
-                                 ({"vmin": lo, "vmax": hi, "cmap": "RdBu_r"}, {"vmin": lo, "vmax": hi, "cmap": "RdBu_r"},
-                                  {"vmin": -emax, "vmax": emax, "cmap": "coolwarm"}),
+                                 (field_kw, field_kw, {"vmin": -emax, "vmax": emax, "cmap": "coolwarm"}),
                                  ("truth", "prediction", "error")):
         images.append(ax.imshow(img.T, origin="lower", **kw))
         ax.set_title(name)

@@ -120,7 +120,8 @@ def _embed(name: str, path: Path) -> str:
         data = Path(path).read_bytes()
     except OSError:
         return f'<p class="note">plot "{label}" is missing ({html.escape(str(path))})</p>'
-    mime = "image/png" if data.startswith(PNG_SIGNATURE) else "image/gif" if data[:6] in (b"GIF87a", b"GIF89a") else None
+    is_gif = data[:6] in (b"GIF87a", b"GIF89a")
+    mime = "image/png" if data.startswith(PNG_SIGNATURE) else "image/gif" if is_gif else None
     if mime is None:
         return f'<p class="note">plot "{label}" is not a PNG or GIF ({html.escape(str(path))})</p>'
     uri = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
