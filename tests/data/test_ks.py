@@ -85,3 +85,16 @@ def test_generate_config_gives_per_split_frames_at_a_fixed_frame_interval():
         GenerateConfig(frames={"train": 140}).frames_for("val")
     with pytest.raises(ValueError, match="at least 2 frames"):
         GenerateConfig(frames={"train": 1})
+
+
+def test_cli_generates_ks_frames_at_a_given_interval(tmp_path, capsys):
+    from ups.cli import main
+
+    out = tmp_path / "ks.h5"
+    assert main(["data", "generate", "--pde", "ks1d", "--param", "length=60", "--samples", "1", "--seed", "1",
+                 "--frames", "6", "--dt", "0.2", "--out", str(out), "--quiet"]) == 0
+    with h5py.File(out) as f:
+        assert f["tensor"].shape == (1, 6, 256) and f.attrs["dt"] == pytest.approx(0.2)
+    assert main(["data", "generate", "--pde", "ks1d", "--samples", "1", "--seed", "1", "--dt", "0.2",
+                 "--out", str(tmp_path / "x.h5"), "--quiet"]) == 2
+    assert "--dt needs --frames" in capsys.readouterr().err
