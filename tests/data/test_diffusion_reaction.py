@@ -58,3 +58,9 @@ def test_splitting_converges_and_stays_in_the_unit_interval():
     assert err < 1e-5
     assert float((runs[2] - runs[8]).norm() / runs[8].norm()) / err > 4.0  # better than second order
     assert runs[4].min() > -1e-9 and runs[4].max() < 1 + 1e-9
+
+
+def test_initial_values_outside_the_unit_interval_are_refused():
+    p = DiffusionReactionParams(resolution=64, frames=3, t_end=0.1)
+    with pytest.raises(ConfigError, match=r"u0 in \[0, 1\]"):
+        DiffusionReaction1D().solve(torch.full((1, 64), -0.5, dtype=torch.float64), params=p)

@@ -118,6 +118,9 @@ class DiffusionReaction1D(PDE):
     def solve(self, u0: torch.Tensor, *, params: DiffusionReactionParams) -> torch.Tensor:
         """Solve from ``u0 [B, X]`` (values in [0, 1]).  # -> [B, T, X] float64"""
         u0 = self.check_input(u0, params)
+        if params.rho > 0 and (u0.min() < -1e-12 or u0.max() > 1 + 1e-12):
+            raise ConfigError(f"initial values span [{float(u0.min()):.3g}, {float(u0.max()):.3g}]: the logistic "
+                              "reaction needs u0 in [0, 1] (outside it the solution blows up in finite time)")
         m = torch.arange(params.resolution // 2 + 1, dtype=torch.float64)
         k2 = (2.0 * math.pi * m / params.length) ** 2
         n = self.steps_per_frame
