@@ -67,6 +67,8 @@ class NSParams(Params2D):
         super().__post_init__()
         if not (math.isfinite(self.nu) and self.nu > 0):
             raise ConfigError(f"nu={self.nu}: the viscosity must be a positive number")
+        if self.length != 1.0:
+            raise ConfigError(f"length={self.length}: ns2d is defined on the unit torus (length 1)")
         if not math.isfinite(self.forcing_amp):
             raise ConfigError(f"forcing_amp={self.forcing_amp}: must be a finite number")
 
