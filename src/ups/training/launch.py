@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ups.config import ExperimentConfig, load_config
-from ups.data.datasets import make_loader
+from ups.checkpoint import checkpoint_exists, seed_everything
+from ups.config import ExperimentConfig
 from ups.data.normalization import Normalizer
-from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
+from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loaders
 from ups.errors import CheckpointError, ConfigError
-from ups.io_utils import atomic_write_json
-from ups.training.checkpoint import checkpoint_exists
-from ups.training.runs import RunDir, file_fingerprint, finish_wandb
+from ups.io_utils import atomic_write_json, file_fingerprint
+from ups.rundir import load_run_config
+from ups.training.runs import RunDir, finish_wandb
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 
@@ -45,41 +45,26 @@ def stages_to_run(cfg: ExperimentConfig, stage: str) -> list[str]:
 def check_prerequisites(run: RunDir, stage: str) -> None:
     """Fail with one line when a stage's required checkpoints are not in the run directory."""
     for req in STAGES.get(stage).requires:
-        if not checkpoint_exists(run.checkpoints / f"{req}_best"):
+        if not checkpoint_exists(run.stage_stem(req)):
             raise CheckpointError(
-                f"stage '{stage}' needs the '{req}' checkpoint ({run.checkpoints / (req + '_best')}.safetensors), "
+                f"stage '{stage}' needs the '{req}' checkpoint ({run.stage_stem(req)}.safetensors), "
                 f"which is missing: run `ups train CONFIG --stage {req}` first, or `--stage all`"
             )
-
-
-def _stage_done(run: RunDir) -> dict:
-    import json
-
-    path = run.path / "stages_done.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle, norm: Normalizer) -> dict:
     """Build one stage, its loaders and the trainer, and fit it; returns the trainer's summary."""
     check_prerequisites(run, name)
     cls: type[Stage] = STAGES.get(name)
-    stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
     tcfg = cfg.stage_training(name)
-    train_ds = bundle.windows("train", window=cls.train_window(cfg), normalizer=norm, train=True, seed=tcfg.seed)
-    val_window = cls.val_window(cfg)
-    val_ds = bundle.windows("val", window=val_window, normalizer=norm,
-                            start=cfg.eval.rollout_start if val_window is None else 0)
-    batch = cfg.data.batch_size
-    train_loader = make_loader(train_ds, batch_size=batch, shuffle=True, seed=tcfg.seed,
-                               num_workers=cfg.data.num_workers, drop_last=len(train_ds) > batch,
-                               early_oversample=cfg.data.early_oversample, early_frames=cfg.data.early_frames)
-    val_loader = make_loader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
-    resume = (run.checkpoints / f"{name}_state.pt").is_file()
+    seed_everything(tcfg.seed)  # the stage's initial weights depend on the config only, not on what ran before
+    stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
+    train_loader, val_loader = stage_loaders(bundle, cfg, normalizer=norm, train_window=cls.train_window(cfg),
+                                             val_window=cls.val_window(cfg), seed=tcfg.seed)
+    resume = run.state_path(name).is_file()
     trainer = Trainer(stage=stage, config=tcfg, run_dir=run.path, resume=resume, log_prefix=name)
     summary = trainer.fit(train_loader, val_loader)
-    done = _stage_done(run)
-    done[name] = {k: summary.get(k) for k in ("status", "epochs", "step", "best_metric", "elapsed_s")}
-    atomic_write_json(run.path / "stages_done.json", done)
+    run.mark_stage_done(name, summary)
     return summary
 
 
@@ -88,15 +73,15 @@ def open_or_create_run(cfg: ExperimentConfig, bundle: DataBundle, *, resume: str
     """A new run directory (with normaliser and metadata), or the one being resumed."""
     if resume is not None:
         run = RunDir.open(resume)
-        return run, Normalizer.from_json(run.path / "normalizer.json")
+        return run, Normalizer.from_json(run.normalizer_path)
     fingerprints = {s: [file_fingerprint(p.file.path) for p in src.parts] for s, src in bundle.splits.items()}
     if run_dir is not None:
         run = RunDir.create(Path(run_dir).parent, Path(run_dir).name, cfg, data_fingerprints=fingerprints)
     else:
         run = RunDir.create(cfg.run.out_dir, cfg.run.name, cfg, data_fingerprints=fingerprints)
     norm = fit_normalizer(bundle)
-    norm.to_json(run.path / "normalizer.json")
-    atomic_write_json(run.path / "data_meta.json", bundle.meta.to_dict())
+    norm.to_json(run.normalizer_path)
+    atomic_write_json(run.data_meta_path, bundle.meta.to_dict())
     return run, norm
 
 
@@ -104,7 +89,9 @@ def train(cfg: ExperimentConfig, *, stage: str = "all", resume: str | Path | Non
           run_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Train the requested stages; returns the run directory."""
     if resume is not None:
-        cfg = load_config(RunDir.open(resume).config_path)  # the run's own resolved config
+        cfg = load_run_config(resume)  # the run's own resolved config, its data paths as recorded
+        if cfg.data.generate is None:
+            load_run_config(resume, need=("train", "val", "pdebench_file"))
     names = stages_to_run(cfg, stage)
     reqs = STAGES.get(stage).requires if stage != "all" else ()
     if resume is None and reqs:  # a new run directory cannot hold the prerequisite yet
@@ -114,7 +101,7 @@ def train(cfg: ExperimentConfig, *, stage: str = "all", resume: str | Path | Non
         raise ConfigError("config error: no stage to train (every stage under stages: has epochs 0)")
     bundle = prepare_data(cfg.data, splits=("train", "val"), progress=progress)
     run, norm = open_or_create_run(cfg, bundle, resume=resume, run_dir=run_dir)
-    done = _stage_done(run) if resume is not None else {}
+    done = run.stages_done() if resume is not None else {}
     print(f"run directory: {run.path}")
     try:
         for name in names:
