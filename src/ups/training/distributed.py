@@ -253,6 +253,22 @@ def decorrelate_rngs(stage: Any, *, seed: int, step: int) -> None:
         g.manual_seed(base + 104_729 * (i + 1))
 
 
+def weight_spread(modules: Iterable[nn.Module]) -> float:
+    """Largest difference over the ranks of per-tensor float64 sums and sums of squares of the modules'
+    state (0.0 when every rank holds the same weights; 0.0 in one process)."""
+    if not is_active():
+        return 0.0
+    stats = [v for m in modules for t in m.state_dict().values() if t.is_floating_point()
+             for v in (t.double().sum(), t.double().pow(2).sum())]
+    if not stats:
+        return 0.0
+    hi = torch.stack(stats).to(_device())
+    lo = hi.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).max())
+
+
 # ---------------------------------------------------------------------------------- gradients
 def batch_length(batch: Any) -> int:
     """Samples in a batch: the leading size of its first tensor (dicts, lists, tensors)."""

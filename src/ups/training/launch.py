@@ -14,6 +14,7 @@ and runs each requested stage on the one :class:`~ups.training.trainer.Trainer`:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ups.config import ExperimentConfig, load_config
@@ -81,9 +82,15 @@ def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle,
     resume = (run.checkpoints / f"{name}_state.pt").is_file()
     trainer = Trainer(stage=stage, config=tcfg, run_dir=run.path, resume=resume, log_prefix=name)
     summary = trainer.fit(train_loader, val_loader)
+    spread = distributed.weight_spread(stage.modules().values())  # the ranks must end with the same weights
     if distributed.is_main():
         done = _stage_done(run)
         done[name] = {k: summary.get(k) for k in ("status", "epochs", "step", "best_metric", "elapsed_s")}
+        if distributed.is_active():
+            done[name].update(processes=distributed.world_size(), rank_weight_spread=spread)
+            if spread > 0:
+                print(f"warning: stage {name}: the {distributed.world_size()} processes ended with different "
+                      f"weights (spread {spread:.3g}); please report this", file=sys.stderr)
         atomic_write_json(run.path / "stages_done.json", done)
     distributed.barrier()  # the next stage (and the caller) reads what rank 0 wrote
     return summary
