@@ -18,6 +18,10 @@ TINY_UPT = ["model.name=upt", "model.params.latent_dim=8", "model.params.num_sup
 # up to float summation order (a permutation of the query points changes only that order)
 OPERATOR = ["stages.operator.rollout_steps=1", "stages.operator.random_shift=false",
             "stages.operator.query_fraction=1.0", *TINY_UPT]
+# the corrector stages, tiny (diff_residual's running statistics are broadcast from rank 0)
+CORRECTORS = ["stages.diff_residual.corrector={width: 8, depth: 1, heads: 2}", "stages.diff_residual.stats_batches=2",
+              "stages.diff_residual.residual_iters=2", "stages.consistency_distill={distill_num_taus: 1}",
+              "stages.steady_prior.prior={width: 8, depth: 1, heads: 2}"]
 BASELINE = ["model.name=unet1d", "model.params.width=4", "model.params.depth=1", "stages.baseline={}"]
 
 
