@@ -43,7 +43,9 @@ Random augmentation: each rank > 0 reseeds its global RNGs and the stage's ``tor
 attributes from ``(seed, rank, step)`` at the start of ``fit`` (:func:`decorrelate_rngs`), so
 shards do not share noise draws; rank 0 keeps the single-process streams. A stage whose loss draws
 random numbers is therefore the same optimisation in distribution at another world size, and
-bitwise only when it draws none (the equality tests use such settings).
+bitwise only when it draws none (the equality tests use such settings). The training state holds rank
+0's RNG states only: after a mid-epoch resume the trainer restores them on every rank, so for the rest
+of that epoch ranks > 0 share rank 0's global stream (the stage generators stay decorrelated).
 """
 
 from __future__ import annotations
