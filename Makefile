@@ -12,10 +12,11 @@ PYTEST_ARGS ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first (the local CPU build of 2.13.0), then the package with the extras tests need.
-$(STAMP): $(PY) pyproject.toml
+# torch first (the local CPU build of 2.13.0), then the package with the extras tests need (wandb: the
+# offline W&B test; it does not depend on torch, so it cannot pull in another one).
+$(STAMP): $(PY) pyproject.toml Makefile
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[dev,baselines]"
+	$(PIP) install -e ".[dev,baselines,wandb]"
 	@touch $(STAMP)
 
 install: $(STAMP)

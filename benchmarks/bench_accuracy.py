@@ -40,7 +40,9 @@ def _train_and_score(bench: Bench, cfg: ExperimentConfig, stage: str, work: Path
     same_data(bench.cfg, cfg)
     trained, summary = train_for_budget(bench, cfg, stage, work / "runs" / cfg.name, budget)
     model = stage_model(trained)
-    metrics = evaluate(model, bench)
+    info = trained.checkpoint_meta()  # the rollout rules ups eval reads from the checkpoint
+    metrics = evaluate(model, bench, mode=info.get("rollout_mode", "reencode"),
+                       max_principle=bool(info.get("max_principle", False)))
     return {"model": cfg.model.name, "params": n_params(model), "steps": summary["step"],
             "epochs": summary["epochs"], "train_wall_s": round(summary["wall_s"], 2),
             "status": summary["status"], "best_val_rollout_nrmse": summary["best_metric"],

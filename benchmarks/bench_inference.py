@@ -25,7 +25,7 @@ from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
 from ups.models import MODELS  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
-from ups.training.stages.baseline import flatten_batch, rollout_grid  # noqa: E402
+from ups.rollout import flatten_points, rollout_grid  # noqa: E402
 from ups.training.stages.consistency_distill import ConsistencyDistillConfig  # noqa: E402
 from ups.training.stages.diff_residual import DiffResidualConfig  # noqa: E402
 
@@ -46,8 +46,9 @@ def _test_set(bench: Bench) -> dict[str, torch.Tensor]:
     from ups.data.datasets import collate
 
     ds = bench.dataset("test", None)
-    u, coords, params, dt = flatten_batch(collate([ds[i] for i in range(len(ds))]), torch.device("cpu"))
-    return {"u": u, "coords": coords, "params": params, "dt": dt}
+    batch = collate([ds[i] for i in range(len(ds))])
+    u, coords = flatten_points(batch["u"], batch["coords"])
+    return {"u": u, "coords": coords, "params": batch["params"], "dt": batch["dt"]}
 
 
 @torch.inference_mode()

@@ -1,8 +1,8 @@
 """What the accuracy, inference and training benchmarks share: configs, data, training, evaluation.
 
 Every model is trained by the one trainer on the same files, with the same train-split normaliser, and
-evaluated the same way: an autoregressive rollout of ``predict_next`` over whole test trajectories
-from frame 0, scored in physical space by ``ups.eval.metrics.evaluate_rollout``.
+evaluated the same way, by the code of ``ups eval`` (``ups.eval.evaluate.evaluate_split`` over the one
+rollout of ``ups.rollout``): whole test trajectories from frame 0, scored in physical space.
 
 ``quick=True`` swaps the data section for a tiny generated data set in a temporary directory so each
 benchmark finishes in seconds (used by ``tests/test_benchmarks.py``); the numbers are then meaningless.
@@ -18,23 +18,21 @@ from typing import Any
 
 import torch
 
-from ups.config import ExperimentConfig, load_config
-from ups.data.datasets import WindowDataset, build_metadata, make_loader
-from ups.data.metadata import DatasetMetadata
+from ups.config import SPLITS, ExperimentConfig, load_config
+from ups.data.datasets import WindowDataset
 from ups.data.normalization import Normalizer
 from ups.data.pdes import has_maximum_principle
-from ups.data.reader import SplitSource, open_split
+from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loaders, trajectory_loader
 from ups.errors import UPSError
-from ups.eval.metrics import evaluate_rollout
+from ups.eval.evaluate import evaluate_split
+from ups.rollout import rollout_fn
 from ups.training.stage import STAGES, Stage
-from ups.training.stages.baseline import flatten_batch, one_step_grid, rollout_grid
 from ups.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DEFAULT_BUDGET_S = 900.0
 QUICK_BUDGET_S = 2.0
-SPLITS = ("train", "val", "test")
 
 # A tiny Burgers data set for quick mode (nu=0.1: few solver steps): 32 points, 5 frames after the strides.
 QUICK_GENERATE = {"params": "{nu: 0.1}", "resolution": 128, "frames": 21, "t_end": 0.2,
@@ -124,48 +122,29 @@ def ups_config(*, quick: bool, work: Path) -> tuple[ExperimentConfig, str]:
     return cfg, "operator"
 
 
-def ensure_data(cfg: ExperimentConfig) -> None:
-    """Generate the split files of ``cfg.data`` from ``cfg.data.generate`` when any is missing."""
-    from ups.data.generate import generate_dataset
-
-    d, gen = cfg.data, cfg.data.generate
-    for split in SPLITS:
-        path = getattr(d, split)
-        if not path or Path(path).exists():
-            continue
-        if gen is None:
-            raise UPSError(f"data.{split}={path} does not exist and the config has no data.generate section")
-        generate_dataset(pde=d.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split],
-                         out=path, resolution=gen.resolution, frames=gen.frames, t_end=gen.t_end,
-                         batch_size=gen.batch_size, progress=False)
-
-
 @dataclass
 class Bench:
-    """The data of one benchmark: splits, normaliser (train split only) and metadata."""
+    """The data of one benchmark: the splits (``ups.data.prepare.DataBundle``, missing files generated), the
+    train-split normaliser and the metadata, as ``ups train`` prepares them."""
 
     cfg: ExperimentConfig
-    train: SplitSource
-    val: SplitSource
-    test: SplitSource
+    bundle: DataBundle
     normalizer: Normalizer
-    meta: DatasetMetadata
 
     @classmethod
     def open(cls, cfg: ExperimentConfig) -> Bench:
-        ensure_data(cfg)
-        d = cfg.data
-        train = open_split(d, "train")
-        normalizer = Normalizer.fit(train, spatial_stride=d.spatial_stride, temporal_stride=d.temporal_stride)
-        return cls(cfg=cfg, train=train, val=open_split(d, "val"), test=open_split(d, "test"),
-                   normalizer=normalizer, meta=build_metadata(train, d))
+        bundle = prepare_data(cfg.data, splits=SPLITS, progress=False)
+        return cls(cfg=cfg, bundle=bundle, normalizer=fit_normalizer(bundle))
 
-    def dataset(self, split: str, window: int | None, *, random_offset: bool = False) -> WindowDataset:
-        d = self.cfg.data
+    meta = property(lambda self: self.bundle.meta)
+    train = property(lambda self: self.bundle.splits["train"])
+    val = property(lambda self: self.bundle.splits["val"])
+    test = property(lambda self: self.bundle.splits["test"])
+
+    def dataset(self, split: str, window: int | None) -> WindowDataset:
+        """Windows of ``window`` frames, or whole trajectories from ``eval.rollout_start`` (``None``)."""
         start = self.cfg.eval.rollout_start if window is None else 0
-        return WindowDataset(getattr(self, split), window=window, normalizer=self.normalizer,
-                             temporal_stride=d.temporal_stride, spatial_stride=d.spatial_stride,
-                             random_offset=random_offset, start=start, seed=self.cfg.training.seed)
+        return self.bundle.windows(split, window=window, normalizer=self.normalizer, start=start)
 
 
 def build_stage(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: Path) -> Stage:
@@ -173,11 +152,9 @@ def build_stage(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: P
 
 
 def loaders(bench: Bench, cfg: ExperimentConfig, stage: Stage) -> tuple[Any, Any]:
-    """Training windows (shuffled) and whole validation trajectories for ``stage``."""
-    train = bench.dataset("train", type(stage).train_window(cfg), random_offset=cfg.data.random_offset)
-    val = bench.dataset("val", type(stage).val_window(cfg))
-    return (make_loader(train, batch_size=cfg.data.batch_size, shuffle=True, seed=cfg.training.seed, drop_last=True),
-            make_loader(val, batch_size=cfg.eval.batch_size, shuffle=False, seed=0))
+    """Training windows and whole validation trajectories for ``stage``: the loaders ``ups train`` builds."""
+    return stage_loaders(bench.bundle, cfg, normalizer=bench.normalizer, train_window=type(stage).train_window(cfg),
+                         val_window=type(stage).val_window(cfg), seed=cfg.training.seed)
 
 
 def train_for_budget(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: Path,
@@ -230,36 +207,16 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@torch.no_grad()
-def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -> dict[str, torch.Tensor]:
-    """Autoregressive rollouts of ``model.predict_next`` over whole trajectories of ``split``.
-
-    Returns de-normalised ``pred``, ``one_step``, ``true`` [S, T-1, *spatial, C] and ``u0`` [S, *spatial, C].
-    Every model's rollout obeys the PDE's maximum principle when it has one (the same rule as ``ups eval``).
-    """
-    model = one_step_model(model).eval()
-    loader = make_loader(bench.dataset(split, None), batch_size=bench.cfg.eval.batch_size, shuffle=False, seed=0)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    parts: dict[str, list[torch.Tensor]] = {"pred": [], "one_step": [], "true": [], "u0": []}
-    for batch in loader:
-        u, coords, params, dt = flatten_batch(batch, device)
-        shape = batch["u"].shape  # [B, T, *spatial, C]
-        steps = u.shape[1] - 1
-        out = {"pred": rollout_grid(model, u[:, 0], coords, params, dt, steps,
-                                    max_principle=has_maximum_principle(bench.meta.pde)),
-               "one_step": one_step_grid(model, u, coords, params, dt), "true": u[:, 1:]}
-        for key, value in out.items():
-            parts[key].append(bench.normalizer.denormalize(value.reshape(shape[0], steps, *shape[2:]).cpu()))
-        parts["u0"].append(bench.normalizer.denormalize(batch["u"][:, 0]))
-    return {key: torch.cat(value) for key, value in parts.items()}
-
-
-def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test") -> dict[str, Any]:
-    """Physical-space metrics of the test rollout (``evaluate_rollout``), without the per-step lists."""
-    r = rollout_test(model, bench, split=split)
-    ev = bench.cfg.eval
-    metrics = evaluate_rollout(r["pred"], r["true"], pred_one_step=r["one_step"], u0=r["u0"],
-                               boundary=bench.meta.boundary, corr_threshold=ev.corr_threshold,
-                               valid_threshold=ev.valid_threshold)
+def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode: str = "reencode",
+             max_principle: bool | None = None) -> dict[str, Any]:
+    """Physical-space metrics of the rollout over whole trajectories of ``split``, by the code and rules of
+    ``ups eval`` (``ups.eval.evaluate.evaluate_split``; ``mode`` for latent surrogates; by default every
+    model's rollout obeys the PDE's maximum principle when it has one); without the per-step lists but
+    ``nrmse_per_step``."""
+    mp = has_maximum_principle(bench.meta.pde) if max_principle is None else max_principle
+    loader = trajectory_loader(bench.bundle, bench.cfg, split, normalizer=bench.normalizer)
+    result, _ = evaluate_split(rollout_fn(model.eval(), mode=mode, max_principle=mp), loader, bench.normalizer,
+                               bench.meta, bench.cfg.eval)
+    metrics = result["metrics"]
     return {k: v for k, v in metrics.items() if not isinstance(v, list)} | {
         "nrmse_per_step": [round(x, 6) for x in metrics["nrmse_per_step"]]}

@@ -29,7 +29,7 @@ def test_include_and_override(tmp_path):
     base = _write(tmp_path / "base.yaml", {"training": {"lr": 0.01, "epochs": 3}, "name": "base"})
     child = _write(tmp_path / "child.yaml", {"include": "base.yaml", "training": {"epochs": 5}})
     cfg = load_config(child, M + ["data.batch_size=8", "data.spatial_stride=4"])
-    assert cfg.training.lr == 0.01  # from the include
+    assert cfg.training.lr == 0.01  # exact: the YAML literal read back; from the include
     assert cfg.training.epochs == 5  # the including file wins
     assert cfg.data.batch_size == 8 and cfg.data.spatial_stride == 4
     assert cfg.name == "base"

@@ -1,6 +1,7 @@
 """The pipeline end to end on a tiny generated Burgers set: every stage, gate, eval JSON, report, leaderboard."""
 
 import base64
+import hashlib
 import json
 import re
 
@@ -67,12 +68,24 @@ def test_failed_gate_stops_and_keeps_the_leaderboard(first_run):
 def test_eval_cli_on_another_file_and_variants(first_run, capsys):
     root, cfg, _ = first_run
     run = root / "runs" / sorted(p.name for p in (root / "runs").iterdir())[0]
-    out = root / "other.json"
-    assert main(["eval", str(run), "--data", str(root / "data" / "val.h5"), "--corrector", "none",
-                 "--out", str(out)]) == 0
-    saved = json.loads(out.read_text())
+    out = root / "other"
+    report_before = (run / "report.html").read_bytes()
+    val = root / "data" / "val.h5"
+    assert main(["eval", str(run), "--data", str(val), "--corrector", "none", "--out", str(out)]) == 0
+    saved = json.loads((out / "eval_test.json").read_text())
     assert saved["run"]["corrector"] == "none" and saved["data"]["samples"] == 8
+    assert (out / "report.html").is_file() and list((out / "plots").glob("*.png"))
     assert "persistence" in capsys.readouterr().out
+    # the default folder is RUN/eval_<stem>_<split>/; the run's own report is never overwritten
+    assert main(["eval", str(run), "--data", str(val), "--corrector", "none", "--split", "all"]) == 0
+    default = run / "eval_val_all"
+    saved = json.loads((default / "eval_all.json").read_text())
+    assert (run / "report.html").read_bytes() == report_before
+    assert saved["data"]["file"] == str(val.resolve()) and saved["data"]["split"] == "all"
+    assert saved["data"]["sha256"] == hashlib.sha256(val.read_bytes()).hexdigest()
+    assert saved["data"]["samples"] == 8 and "every sample" in saved["data"]["samples_why"]
+    html = (default / "report.html").read_text()
+    assert str(val.resolve()) in html and saved["data"]["sha256"] in html and "8 of the file" in html
     with pytest.raises(UPSError, match="not in this run"):
         evaluate_run(run, corrector="nonsense", write=False)
     # any-point: the same run evaluated on every cell (twice its training resolution) without retraining

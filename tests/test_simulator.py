@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ups.errors import CheckpointError, UPSError
-from ups.eval.rollout import rollout
+from ups.rollout import rollout
 from ups.simulator import Simulator
 from ups.training.trainer import Trainer
 
@@ -35,7 +35,7 @@ def test_from_run_matches_the_trained_model_in_physical_units(trained_run):
     assert out.shape == (u0.shape[0], 6, 16, 1)
     assert torch.allclose(out[:, 0], u0, atol=1e-5)  # frame 0 is the input, in physical units
     # the same numbers as the best checkpoint's weights rolled out by hand
-    from ups.training.checkpoint import load_checkpoint
+    from ups.checkpoint import load_checkpoint
 
     load_checkpoint(run / "checkpoints" / "operator_best", {"model": st.model})
     st.model.eval()

@@ -24,10 +24,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_data_info(args: argparse.Namespace) -> int:
     import json
 
-    from ups.data.info import file_info, format_info
+    from ups.data.info import file_info, format_info, refusal
+    from ups.errors import DataError
 
     info = file_info(args.file)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if args.strict and info["nonfinite"]["samples"]:
+        raise DataError(refusal(info))
     return 0
 
 
@@ -129,6 +132,7 @@ def _add_data_parser(sub) -> argparse._SubParsersAction:
     p = data_sub.add_parser("info", help="shapes, attributes, coordinates, value range and NaN/inf of a file")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when the file holds NaN/inf")
     p.set_defaults(func=_cmd_data_info)
     return data_sub
 
@@ -174,8 +178,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_pipeline(args, demo_config(args.overrides))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one ``error:`` line naming the command's ``--help`` (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ups", description="Universal Physics Stack")
+    parser = OneLineParser(prog="ups", description="Universal Physics Stack")
     parser.add_argument("--version", action="version", version=f"ups {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -199,11 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="overrides of the run's config, e.g. data.spatial_stride=1")
     p.add_argument("--data", default=None, help="another HDF5 file (ours, or PDEBench's: its split is used)")
-    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
+                   help="default: eval.split; 'all': every sample of --data FILE")
     p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")
     p.add_argument("--corrector", default="auto", choices=["auto", "none", "multi", "distilled"])
     p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--out", default=None, help="JSON path (default RUN_DIR/eval_<split>.json)")
+    p.add_argument("--out", default=None, help="folder for the JSON, plots and report (default: with --data, "
+                   "RUN_DIR/eval_<file stem>_<split>/; else RUN_DIR)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("infer", help="roll out from the initial frames of an HDF5 file, write the same layout")
@@ -233,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # dotted key=value overrides are accepted anywhere on the line, also after options
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UPSError as err:

@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ups.errors import ConfigError
+from ups.schema import Strict, format_validation_error, run_checks, validate_section
+
+__all__ = ["Strict", "format_validation_error"]  # re-exported: configs and tests name them from here
 
 Split = Literal["train", "val", "test"]
-
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+SPLITS: tuple[Split, ...] = ("train", "val", "test")  # the one list of splits, in this order
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -91,23 +89,15 @@ class DataConfig(Strict):
 
 # ---------------------------------------------------------------------------------------- model
 class ModelConfig(Strict):
-    """A registered model (``ups.models.MODELS``) and its parameters, validated by its own config."""
+    """A registered model (``ups.models.MODELS``) and its parameters, validated by its own config
+    (the check ``ups.models`` registers for section ``model``)."""
 
     name: str = "upt"
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _validate_params(self) -> ModelConfig:
-        from ups.models import MODELS  # registry filled on import
-
-        if self.name not in MODELS:
-            raise ValueError(
-                f"model.name='{self.name}' is not a registered model (allowed: {', '.join(MODELS.names())})"
-            )
-        cls = MODELS.get(self.name)
-        cfg_cls = getattr(cls, "config_class", None)
-        if cfg_cls is not None:
-            self.__dict__["params"] = _validate_nested(cfg_cls, self.params, "model.params").model_dump()
+        run_checks("model", self)
         return self
 
 
@@ -125,10 +115,12 @@ class LRSpike(Strict):
 
 
 class FaultConfig(Strict):
-    """Fault injection for tests: NaN loss at global batch k, inf gradients at step j, LR spikes."""
+    """Fault injection for tests: NaN loss at global batch k, inf gradients at step j, LR spikes, a real
+    SIGTERM sent to the training process itself after global batch k (interrupt/resume tests)."""
 
     nan_loss_at_batch: list[int] = Field(default_factory=list)
     nan_loss_rank: int | None = Field(None, ge=0)  # inject the NaN loss only on this rank (None: every rank)
+    sigterm_at_batch: int | None = Field(None, ge=0)
     inf_grad_at_step: list[int] = Field(default_factory=list)
     lr_spike: LRSpike | None = None
 
@@ -228,25 +220,7 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _validate_stages(self) -> ExperimentConfig:
-        import ups.training  # noqa: F401  (fills the stage registry)
-        from ups.training.stage import STAGES
-
-        for name, params in list(self.stages.items()):
-            if name not in STAGES:
-                raise ValueError(f"unknown stage 'stages.{name}' (allowed: {', '.join(STAGES.names()) or 'none'})")
-            cls = STAGES.get(name)
-            cfg = _validate_nested(cls.config_class, params or {}, f"stages.{name}")
-            self.stages[name] = cfg.model_dump()
-            overrides = self.stages[name].get("training") or {}
-            _validate_nested(TrainingConfig, {**self.training.model_dump(), **overrides},
-                             f"stages.{name}.training")
-            width = self.stages[name].get("latent_dim")
-            model_width = self.model.params.get("latent_dim")
-            if width is not None and model_width is not None and width != model_width:
-                raise ValueError(
-                    f"stages.{name}.latent_dim={width} disagrees with model.params.latent_dim="
-                    f"{model_width} (they must be equal; drop one of them)"
-                )
+        run_checks("experiment", self)  # stages: validated by ups.training, which owns the stage registry
         return self
 
     def stage_training(self, stage: str) -> TrainingConfig:
@@ -263,44 +237,6 @@ class ExperimentConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------ loading
-def _validate_nested(cls: type[BaseModel], data: Any, prefix: str) -> BaseModel:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, cls, prefix)) from None
-
-
-def _allowed_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the model that holds the last element of ``loc``."""
-    current: Any = cls
-    for part in loc[:-1]:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        ann = fields[part].annotation
-        sub = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not sub:
-            return []
-        current = sub[0]
-    return sorted(getattr(current, "model_fields", {}))
-
-
-def format_validation_error(err: ValidationError, cls: type[BaseModel], prefix: str = "") -> str:
-    """One line for the first error: key, value, what is allowed."""
-    e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or prefix or "config"
-    if e["type"] == "extra_forbidden":
-        allowed = _allowed_keys(cls, loc)
-        return f"config error: unknown key '{key}' (allowed: {', '.join(allowed) or 'none'})"
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"].startswith("value_error"):
-        return f"config error: {key}: {msg}"
-    value = e.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
-    return f"config error: {key}={shown}: {msg}"
-
-
 def _deep_merge(base: dict, top: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in top.items():
@@ -351,8 +287,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load, compose, override and validate an experiment config (``path=None``: defaults)."""
     data = read_yaml_with_includes(path) if path is not None else {}
-    data = apply_overrides(data, overrides or [])
-    return _validate_nested(ExperimentConfig, data, "")  # type: ignore[return-value]
+    return validate_config(apply_overrides(data, overrides or []))
+
+
+def validate_config(data: dict) -> ExperimentConfig:
+    """Validate a config mapping (one-line :class:`ConfigError` for the first problem)."""
+    return validate_section(ExperimentConfig, data, "")  # type: ignore[return-value]
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:

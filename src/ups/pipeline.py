@@ -23,6 +23,7 @@ from ups.errors import UPSError
 from ups.eval.leaderboard import Leaderboard, gate, row_from_eval
 from ups.eval.run_eval import evaluate_run, write_outputs
 from ups.io_utils import atomic_write_json
+from ups.rundir import RunFiles
 from ups.training import distributed
 from ups.training.launch import train
 
@@ -33,8 +34,8 @@ def _select_variant(run: Path, small: dict) -> str:
     """The corrector variant with the lowest validation rollout nRMSE; recorded in selection.json."""
     variants = small["variants"]
     best = min(variants, key=lambda k: variants[k]["nrmse"])
-    atomic_write_json(run / "selection.json", {"corrector": best, "split": "val",
-                                               "nrmse": {k: v["nrmse"] for k, v in variants.items()}})
+    atomic_write_json(RunFiles(run).selection_path, {"corrector": best, "split": "val",
+                                                     "nrmse": {k: v["nrmse"] for k, v in variants.items()}})
     return best
 
 
@@ -44,14 +45,14 @@ def _champion_val(board: Leaderboard, cfg: ExperimentConfig, samples: int) -> di
     champ = board.champion()
     if champ is None:
         return None
-    run = Path(str(champ["run"]))
-    if not (run / "config.yaml").is_file():
-        raise UPSError(f"the leaderboard's champion run {run} is missing; restore it or start a new leaderboard "
+    run = RunFiles(Path(str(champ["run"])))
+    if not run.config_path.is_file():
+        raise UPSError(f"the leaderboard's champion run {run.path} is missing; restore it or start a new leaderboard "
                        f"(run.leaderboard)")
-    if load_config(run / "config.yaml").data != cfg.data:
-        print(f"champion {run} was trained on other data: gating against persistence instead")
+    if load_config(run.config_path).data != cfg.data:
+        print(f"champion {run.path} was trained on other data: gating against persistence instead")
         return None
-    return evaluate_run(run, split="val", max_samples=samples, write=False)["metrics"]
+    return evaluate_run(run.path, split="val", max_samples=samples, write=False)["metrics"]
 
 
 def pipeline(cfg: ExperimentConfig, *, run_dir: str | Path | None = None) -> dict | None:
@@ -71,8 +72,8 @@ def pipeline(cfg: ExperimentConfig, *, run_dir: str | Path | None = None) -> dic
     board = Leaderboard(cfg.run.leaderboard)
     champion = _champion_val(board, cfg, SMALL_EVAL_SAMPLES)
     passed, reasons = gate(candidate, champion, small["baselines"]["persistence"], **cfg.eval.gate.model_dump())
-    atomic_write_json(run / "gate.json", {"passed": passed, "reasons": reasons, "candidate": candidate,
-                                          "champion": champion, "corrector": chosen})
+    atomic_write_json(RunFiles(run).gate_path, {"passed": passed, "reasons": reasons, "candidate": candidate,
+                                                "champion": champion, "corrector": chosen})
     if not passed:
         raise UPSError(f"gate failed for {run}: {'; '.join(reasons)} (the run, its checkpoints and gate.json are "
                        "kept; nothing was added to the leaderboard)")

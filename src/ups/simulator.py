@@ -15,49 +15,11 @@ import torch
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
-from ups.errors import CheckpointError, UPSError
-from ups.eval.rollout import rollout
-from ups.models import MODELS
+from ups.errors import UPSError
 from ups.models.layers import lattice
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
-
-CHECKPOINT_ORDER = ("best", "ema", "last")
-CORRECTOR_CHECKPOINTS = {"multi": "diff_residual_best", "distilled": "consistency_distill_best"}
-
-
-def load_corrector(run_dir: str | Path, kind: str):
-    """(corrector, refine steps) of kind ``multi``/``distilled`` from a run, or None if not trained."""
-    from ups.models.corrector import Corrector, CorrectorConfig
-
-    if kind not in CORRECTOR_CHECKPOINTS:
-        raise UPSError(f"unknown corrector '{kind}' (allowed: none, auto, {', '.join(CORRECTOR_CHECKPOINTS)})")
-    stem = Path(run_dir) / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]
-    if not checkpoint_exists(stem):
-        return None
-    info = read_checkpoint_meta(stem)
-    corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
-                     config=CorrectorConfig(**info["corrector"]))
-    load_checkpoint(stem, {"corrector": corr}, strict=False)
-    return corr.eval(), int(info.get("refine_steps") or corr.config.steps)
-
-
-def with_corrector(model: torch.nn.Module, run_dir: str | Path, kind: str, *,
-                   generator: torch.Generator | None = None) -> torch.nn.Module:
-    """``model`` refined every step by the run's ``kind`` corrector ("none": the model itself;
-    "auto": distilled, else multi, else none). A named corrector the run lacks is a one-line error."""
-    from ups.models.corrector import CorrectedSurrogate
-
-    if kind == "none":
-        return model
-    kinds = ("distilled", "multi") if kind == "auto" else (kind,)
-    for k in kinds:
-        loaded = load_corrector(run_dir, k)
-        if loaded is not None:
-            return CorrectedSurrogate(model=model, corrector=loaded[0], steps=loaded[1], generator=generator)
-    if kind == "auto":
-        return model
-    raise CheckpointError(f"this run has no '{kind}' corrector ({CORRECTOR_CHECKPOINTS[kind]} is missing in "
-                          f"{Path(run_dir) / 'checkpoints'}): train it with ups train CONFIG --stage all")
+from ups.models.steady_prior import steady_state
+from ups.rollout import rollout
+from ups.rundir import RunFiles, load_prior, load_run_model, model_stem, with_corrector
 
 
 class Simulator:
@@ -80,23 +42,9 @@ class Simulator:
         corrector: "none", "multi" (diff_residual), "distilled" (consistency_distill) or "auto" (the
         distilled one when trained, else multi, else none): every step is then refined by it.
         """
-        folder = Path(run_dir) / "checkpoints"
-        kinds = (checkpoint,) if checkpoint else CHECKPOINT_ORDER
-        stems = [folder / f"{stage}_{kind}" for kind in kinds]
-        stem = next((s for s in stems if checkpoint_exists(s)), None)
-        if stem is None:
-            raise CheckpointError(f"no checkpoint {' or '.join(s.name for s in stems)} in {folder} "
-                                  f"(train stage '{stage}' first or pass the run directory it wrote)")
-        info = read_checkpoint_meta(stem)
-        missing = [k for k in ("model", "model_params", "data_meta", "normalizer") if k not in info]
-        if missing:
-            raise CheckpointError(f"checkpoint {stem}.json lacks {', '.join(missing)}: it was not written by a stage "
-                                  "that a Simulator can rebuild (use the operator stage's checkpoints)")
-        meta = DatasetMetadata.from_dict(info["data_meta"])
-        model = MODELS.get(info["model"]).from_config(meta, info["model_params"])
-        load_checkpoint(stem, {"model": model})
+        model, normalizer, meta, info = load_run_model(model_stem(RunFiles(Path(run_dir)), stage, checkpoint))
         model = with_corrector(model, run_dir, corrector)
-        sim = cls(model=model, normalizer=Normalizer.from_dict(info["normalizer"]), meta=meta,
+        sim = cls(model=model, normalizer=normalizer, meta=meta,
                    rollout_mode=info.get("rollout_mode", "reencode"), batch_size=batch_size, device=device)
         sim.run_dir = Path(run_dir)
         sim.max_principle = bool(info.get("max_principle", False))
@@ -184,16 +132,7 @@ class Simulator:
         u0: [B, N, C] physical at ``coords`` (default: the regular grid) -> [B, Q, C] physical at
         ``query_points`` (default: the input points).
         """
-        from ups.training.stages.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
-
-        stem = Path(self.run_dir or ".") / "checkpoints" / "steady_prior_best"
-        if not checkpoint_exists(stem):
-            raise CheckpointError(f"no steady prior in this run ({stem}.safetensors is missing): train the "
-                                  "steady_prior stage (e.g. configs/steady_forced_diffusion.yaml)")
-        info = read_checkpoint_meta(stem)
-        prior = SteadyPrior(latent_dim=int(info["latent_dim"]), n_params=int(info["n_params"]),
-                            config=SteadyPriorNetConfig(**info["prior"]))
-        load_checkpoint(stem, {"prior": prior}, strict=False)
+        prior = load_prior(self.run_dir or ".")
         u0 = torch.as_tensor(u0, dtype=torch.float32)
         b = u0.shape[0]
         u0 = u0.reshape(b, -1, self.meta.n_channels)
@@ -201,5 +140,5 @@ class Simulator:
         xq = self._points(query_points, b, "query_points", self.meta.spatial_dims)
         base = getattr(self.model, "model", self.model)  # the surrogate without its corrector
         with torch.inference_mode():
-            out = steady_state(base, prior.eval(), self.normalizer.normalize(u0), x, self._params(params, b), xq)
+            out = steady_state(base, prior, self.normalizer.normalize(u0), x, self._params(params, b), xq)
         return self.normalizer.denormalize(out)

@@ -29,7 +29,7 @@ def test_pdebench_layout_test_split_is_first_ten_percent(pdebench):
         assert j == i
         np.testing.assert_array_equal(file.read(j)[..., 0], u[i])
     file = test.ref
-    assert file.params == {"nu": 0.01} and file.pde == "burgers1d"
+    assert file.params == {"nu": 0.01} and file.pde == "burgers1d"  # exact: the attribute written is read back
     np.testing.assert_allclose(file.x, cell_centres(16, -1.0, 1.0), rtol=1e-6)  # read from the file, not [0, 1)
     assert file.x.min() > -1 and file.x.max() < 1
     assert file.t.shape == (11,)  # the file's t-coordinate has 12 entries
@@ -88,13 +88,17 @@ def test_multichannel_1d_and_2d_layouts(tmp_path):
 def test_parameters_from_attributes_argument_and_name(tmp_path):
     u = indexed_array(2, 3, 4)
     ours = TrajectoryFile(write_ups_file(tmp_path / "ours.hdf5", u, params={"nu": 0.1}))
-    assert ours.params == {"nu": 0.1} and ours.param_names == ("nu",)  # seed, solver_*, versions are not params
+    # exact: the attribute written is read back; seed, solver_*, versions are not params
+    assert ours.params == {"nu": 0.1} and ours.param_names == ("nu",)
     with h5py.File(tmp_path / "bare.hdf5", "w") as f:
         f["tensor"], f["x-coordinate"], f["t-coordinate"] = u, cell_centres(4), np.arange(3.0)
     assert TrajectoryFile(tmp_path / "bare.hdf5", params={"nu": 0.5}).params == {"nu": 0.5}
+    # exact: the file name's decimal text parsed
     assert params_from_name("1D_Burgers_Sols_Nu0.001.hdf5") == {"nu": 0.001}
     assert params_from_name("1D_ReacDiff_Nu0.5_Rho1.0.hdf5") == {"nu": 0.5, "rho": 1.0}
+    # exact: the file name's decimal text parsed
     assert params_from_name("1D_CFD_Rand_Eta1.e-8_Zeta1.e-8_periodic_Train.hdf5") == {"eta": 1e-8, "zeta": 1e-8}
+    # exact: the file name's decimal text parsed
     assert TrajectoryFile(write_pdebench_file(tmp_path, u, name="1D_Advection_Sols_beta0.4.hdf5")).params == {
         "beta": 0.4}
 
@@ -173,6 +177,7 @@ def test_data_info_cli_reports_shapes_ranges_and_bad_samples(tmp_path, capsys):
     path = write_ups_file(tmp_path / "i.hdf5", u, params={"nu": 0.1})
     assert main(["data", "info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
+    # exact: the attribute written is read back
     assert info["shape"] == [6, 3, 4] and info["n_channels"] == 1 and info["params"] == {"nu": 0.1}
     assert info["attrs"]["pde"] == "burgers1d"
     assert info["nonfinite"] == {"values": 1, "samples": 1, "first_samples": [4]}

@@ -19,6 +19,7 @@ def test_append_rows_round_trip_typed(tmp_path):
     stored = board.append(row_from_eval(EVAL, run="runs/a", status="passed", wall_time_s=12.5))
     rows = board.rows()
     assert rows == [stored]
+    # exact: the CSV text round-trips the float
     assert rows[0]["nrmse"] == 0.02 and rows[0]["wall_time_s"] == 12.5 and rows[0]["champion"] is False
     assert rows[0]["data"] == "data/burgers_test.hdf5" and rows[0]["split"] == "test" and rows[0]["timestamp"]
     board.append({"run": "runs/b", "nrmse": float("nan"), "status": "failed"})
@@ -52,7 +53,7 @@ def test_champion_and_promote_keep_exactly_one(tmp_path):
     board.append({"run": "a", "nrmse": 0.4})  # a second evaluation of run a
     promoted = board.promote("a")
     flags = [r["champion"] for r in board.rows()]
-    assert flags == [False, False, True] and promoted["nrmse"] == 0.4
+    assert flags == [False, False, True] and promoted["nrmse"] == 0.4  # exact: the CSV text round-trips the float
     board.append({"run": "c", "nrmse": 0.1, "champion": True})
     assert [r["champion"] for r in board.rows()] == [False, False, False, True]
     assert board.champion()["run"] == "c"

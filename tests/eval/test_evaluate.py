@@ -56,7 +56,7 @@ def test_persistence_model_equals_persistence_baseline(tmp_path):
 
 
 def test_grid_rollout_obeys_the_maximum_principle_when_asked():
-    from ups.eval.rollout import rollout_grid
+    from ups.rollout import rollout_grid
 
     class Doubler:
         def predict_next(self, u, coords, params, dt):  # [B, N, C] -> [B, N, C]: blows up geometrically

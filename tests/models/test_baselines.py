@@ -181,7 +181,7 @@ def test_import_ups_does_not_import_neuralop():
 
 @pytest.mark.parametrize("name", ["fno", "unet1d"])
 def test_checkpoint_round_trip_restores_predictions(name, tmp_path):
-    from ups.training.checkpoint import load_checkpoint, save_checkpoint
+    from ups.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(3)
     meta = _meta()

@@ -7,13 +7,13 @@ import pytest
 import torch
 from tests.helpers import write_ups_file
 
+from ups.checkpoint import load_checkpoint, read_checkpoint_meta
 from ups.config import ExperimentConfig
 from ups.data.datasets import WindowDataset, build_metadata, make_loader
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.data.reader import open_split
 from ups.models import MODELS
-from ups.training.checkpoint import load_checkpoint, read_checkpoint_meta
 from ups.training.stages.baseline import BaselineStage
 from ups.training.trainer import Trainer
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from ups.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from ups.config import Strict, load_config
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes.forced_diffusion import ForcedDiffusion
 from ups.errors import CheckpointError
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from ups.training.stage import STAGES
 from ups.training.stages.consistency_distill import ConsistencyDistillConfig, ConsistencyDistillStage
 from ups.training.stages.diff_residual import DiffResidualStage

@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from ups.config import load_config
-from ups.data.datasets import WindowDataset, build_metadata, make_loader
-from ups.data.normalization import Normalizer
-from ups.data.reader import open_split
+from ups.data.prepare import fit_normalizer, prepare_data, stage_loaders
 from ups.training.curriculum import inverse_loss_weight
 from ups.training.runs import JsonlLog
 from ups.training.stage import STAGES
@@ -44,17 +42,13 @@ def build(tmp_path, **stage):
                  "data.batch_size=4", "training.epochs=3", "training.progress=none", "training.health_every=1",
                  "training.ema_decay=null", f"model.params={MODEL}", "training.lr=3e-3"]
     cfg = load_config(None, overrides + [f"stages.operator.{k}={v}" for k, v in stage.items()])
-    train = open_split(cfg.data, "train")
-    norm = Normalizer.fit(train, spatial_stride=2)
-    meta = build_metadata(train, cfg.data)
+    bundle = prepare_data(cfg.data, splits=("train", "val"), generate=False)
+    norm = fit_normalizer(bundle)
     stage_cls = STAGES.get("operator")
-    st = stage_cls.build(cfg=cfg, meta=meta, normalizer=norm, run_dir=tmp_path / "run")
-    tr = WindowDataset(train, window=stage_cls.train_window(cfg), normalizer=norm, spatial_stride=2,
-                       random_offset=True)
-    va = WindowDataset(open_split(cfg.data, "val"), window=stage_cls.val_window(cfg), normalizer=norm,
-                       spatial_stride=2)
-    return cfg, st, make_loader(tr, batch_size=4, shuffle=True, seed=0), make_loader(va, batch_size=4, shuffle=False,
-                                                                                     seed=0)
+    st = stage_cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=tmp_path / "run")
+    train_loader, val_loader = stage_loaders(bundle, cfg, normalizer=norm, train_window=stage_cls.train_window(cfg),
+                                             val_window=stage_cls.val_window(cfg), seed=0)
+    return cfg, st, train_loader, val_loader
 
 
 def test_every_parameter_gets_a_gradient(tmp_path):

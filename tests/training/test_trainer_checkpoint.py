@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from ups import checkpoint as ckpt
 from ups.errors import CheckpointError, UPSError
-from ups.training import checkpoint as ckpt
 
 
 def _modules(width: int = 8, seed: int = 0) -> dict[str, nn.Module]:

@@ -5,8 +5,8 @@ import pytest
 import torch
 import toy_training as toy
 
+from ups import checkpoint as ckpt
 from ups.errors import ConfigError, UPSError
-from ups.training import checkpoint as ckpt
 from ups.training.ema import EMA
 from ups.training.optim import warmup_cosine_factor
 from ups.training.runs import JsonlLog
@@ -63,8 +63,10 @@ def test_max_steps_and_time_budget_stop_cleanly(tmp_path):
     assert (s["status"], s["step"], s["epochs"]) == ("max_steps", 10, 2)
     assert s["last_val"] is not None  # the partial epoch is validated and checkpointed
     assert ckpt.read_checkpoint_meta(tmp_path / "steps" / "checkpoints" / "toy_last")["step"] == 10
-    _, s = toy.run_toy(tmp_path / "time", epochs=100, time_budget_s=0.4, stage_kw={"sleep_s": 0.01})
-    assert s["status"] == "time_budget" and 0.4 <= s["elapsed_s"] < 3.0 and s["epochs"] < 100
+    # an injected clock that advances 0.125 s per batch: the 1.0 s budget is spent by step 8 (8 batches/epoch)
+    _, s = toy.run_toy(tmp_path / "time", epochs=100, time_budget_s=1.0, clock=toy.FakeClock(tick=0.125))
+    assert (s["status"], s["step"], s["epochs"]) == ("time_budget", 8, 1)
+    assert s["elapsed_s"] == pytest.approx(1.0)
 
 
 def test_frozen_modules_do_not_change_and_stay_in_eval_mode(tmp_path):
@@ -119,12 +121,16 @@ def test_cosine_anneals_on_the_wall_clock_when_the_budget_binds(tmp_path):
     assert warmup_cosine_factor(54, warmup=4, total=104, min_ratio=0.1, clock=lambda: 0.0) == pytest.approx(0.55)
     assert warmup_cosine_factor(5, warmup=4, total=104, min_ratio=0.1, clock=lambda: 3.0) == pytest.approx(0.1)
     # a budget far shorter than the step horizon: the last logged LR is already near the floor
+    # (an injected clock: 1/64 s per batch, so the 0.5 s budget ends at step 32 whatever the machine's load)
     kw = {"epochs": 1000, "lr": 1e-3, "min_lr_ratio": 0.1, "time_budget_s": 0.5, "health_every": 1,
-          "warmup_steps": 0, "stage_kw": {"sleep_s": 0.01}}
-    _, s = toy.run_toy(tmp_path / "t", **kw)
+          "warmup_steps": 0}
+    _, s = toy.run_toy(tmp_path / "t", clock=toy.FakeClock(tick=1 / 64), **kw)
     lrs = [r["lr"] for r in JsonlLog.read(tmp_path / "t" / "train_log.jsonl") if r["kind"] == "health"]
-    assert s["status"] == "time_budget" and lrs[0] > 9e-4 and lrs[-1] < 1.5e-4
-    _, s = toy.run_toy(tmp_path / "off", anneal_on_time_budget=False, **kw)
+    assert (s["status"], s["step"]) == ("time_budget", 32)
+    expected = [1e-3 * warmup_cosine_factor(k, warmup=0, total=8000, min_ratio=0.1, clock=lambda k=k: k / 32)
+                for k in range(32)]
+    assert lrs == pytest.approx(expected) and lrs[0] > 9e-4 and lrs[-1] < 1.5e-4
+    _, s = toy.run_toy(tmp_path / "off", anneal_on_time_budget=False, clock=toy.FakeClock(tick=1 / 64), **kw)
     lrs = [r["lr"] for r in JsonlLog.read(tmp_path / "off" / "train_log.jsonl") if r["kind"] == "health"]
     assert lrs[-1] > 9e-4  # steps alone: 1000 epochs are far away
 
@@ -149,7 +155,7 @@ def test_ema_follows_the_formula_and_swaps_back():
     assert float(ema.shadow["m.weight"]) == pytest.approx(2 / 11 * 0.9 + 9 / 11)
     with ema.applied():
         assert lin.weight.item() == pytest.approx(ema.shadow["m.weight"].item())
-    assert lin.weight.item() == 1.0
+    assert lin.weight.item() == 1.0  # exact: fill_(1.0) set it and the swap restores the same tensor
     other = EMA({"m": torch.nn.Linear(1, 1, bias=False)}, decay=0.5)
     other.load_state_dict(ema.state_dict())
     assert other.num_updates == 2 and torch.equal(other.shadow["m.weight"], ema.shadow["m.weight"])

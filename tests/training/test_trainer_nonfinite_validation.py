@@ -5,7 +5,7 @@ import math
 
 from tests.training.toy_training import run_toy
 
-from ups.training.checkpoint import checkpoint_exists
+from ups.checkpoint import checkpoint_exists
 
 
 def test_nan_validation_keeps_a_best_checkpoint_until_a_finite_one(tmp_path):

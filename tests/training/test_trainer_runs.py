@@ -11,7 +11,8 @@ import ups.training.runs as runs
 import ups.training.trainer as trainer_mod
 from ups.config import ExperimentConfig, load_config
 from ups.errors import UPSError
-from ups.training.runs import JsonlLog, RunDir, SignalFlag, file_fingerprint, is_main_process
+from ups.io_utils import file_fingerprint
+from ups.training.runs import JsonlLog, RunDir, SignalFlag, is_main_process
 
 
 def _cfg() -> ExperimentConfig:

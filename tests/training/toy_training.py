@@ -51,21 +51,46 @@ def loaders(n_train: int = 64, n_val: int = 64, batch_size: int = 8, shuffle: bo
     return train, val
 
 
+class FakeClock:
+    """A clock for the trainer that only moves when told (each toy loss advances it by ``tick`` seconds)."""
+
+    def __init__(self, start: float = 0.0, *, tick: float = 0.0):
+        self.now, self.tick = float(start), float(tick)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self) -> None:
+        self.now += self.tick
+
+
 class ToyStage(Stage):
     name = "toy"
 
     def __init__(self, *, seed: int = 0, width: int = 16, inv_base: float = 0.1, inv_warmup: int = 1,
                  inv_max: float = 1.0, val_script: list[float] | None = None, sleep_s: float = 0.0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, clock: FakeClock | None = None):
         torch.manual_seed(seed)
         self.encoder = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Dropout(dropout))
         self.head = nn.Linear(width, 1)
         self.decoder = nn.Linear(width, 4)
         self.teacher = nn.Linear(4, 1)
         self.inv = {"base": inv_base, "warmup": inv_warmup, "max_weight": inv_max}
-        self.val_script, self.sleep_s = val_script, sleep_s
+        self.val_script, self.sleep_s, self.clock = val_script, sleep_s, clock
         self.validations = 0
         self.trainable = ["encoder", "head", "decoder"]
+
+    @classmethod
+    def build(cls, *, cfg, meta=None, normalizer=None, run_dir=None) -> ToyStage:
+        return cls(seed=cfg.training.seed)
+
+    @classmethod
+    def train_window(cls, cfg) -> None:
+        return None  # items are (x, y) pairs, not frames
+
+    @classmethod
+    def val_window(cls, cfg) -> None:
+        return None
 
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "head": self.head, "decoder": self.decoder, "teacher": self.teacher}
@@ -76,6 +101,8 @@ class ToyStage(Stage):
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
         if self.sleep_s:
             time.sleep(self.sleep_s)
+        if self.clock is not None:
+            self.clock.advance()
         z = self.encoder(batch["x"])
         self.autocast_dtype = z.dtype  # bf16/fp16 under autocast
         self.teacher_training = self.teacher.training
@@ -116,13 +143,15 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 
 def run_toy(run_dir: Path, *, resume: bool = False, stage_kw: dict | None = None, data_kw: dict | None = None,
-            log_prefix: str | None = None,
+            log_prefix: str | None = None, clock: FakeClock | None = None,
             **cfg) -> tuple[ToyStage, dict]:
-    """Train a fresh toy stage (seeded) and return it with the trainer's summary."""
+    """Train a fresh toy stage (seeded) and return it with the trainer's summary (``clock``: the trainer's
+    clock, advanced by the stage's loss)."""
     torch.manual_seed(0)
-    stage = ToyStage(**(stage_kw or {}))
+    stage = ToyStage(**(stage_kw or {}), clock=clock)
     train, val = loaders(**(data_kw or {}))
-    trainer = Trainer(stage=stage, config=toy_config(**cfg), run_dir=run_dir, resume=resume, log_prefix=log_prefix)
+    trainer = Trainer(stage=stage, config=toy_config(**cfg), run_dir=run_dir, resume=resume, log_prefix=log_prefix,
+                      clock=clock)
     summary = trainer.fit(train, val)
     return stage, summary
 

@@ -60,4 +60,13 @@ def format_info(info: dict) -> str:
         lines.append("NaN/inf     none")
     for key, value in info["attrs"].items():
         lines.append(f"attr        {key} = {value}")
+    if bad["samples"]:
+        lines.append(refusal(info))
     return "\n".join(lines)
+
+
+def refusal(info: dict) -> str:
+    """The verdict on a file with NaN/inf: training refuses it (naming the first bad sample)."""
+    bad = info["nonfinite"]
+    return (f"refused: ups train stops at sample {bad['first_samples'][0]} of {info['path']} ({bad['samples']} "
+            "samples hold NaN/inf); regenerate the file or drop those samples")

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ups.config import DataConfig, Split
-from ups.data.datasets import WindowDataset, build_metadata
+from torch.utils.data import DataLoader
+
+from ups.config import SPLITS, DataConfig, ExperimentConfig, Split
+from ups.data.datasets import WindowDataset, build_metadata, make_loader
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.data.reader import SplitSource, open_split
 from ups.errors import DataError
-
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
 @dataclass
@@ -96,3 +96,33 @@ def fit_normalizer(bundle: DataBundle) -> Normalizer:
         raise DataError("normalisation statistics come from the train split; open it first")
     return Normalizer.fit(bundle.splits["train"], spatial_stride=bundle.cfg.spatial_stride,
                           temporal_stride=bundle.cfg.temporal_stride)
+
+
+# ------------------------------------------------------------------------------------ loaders
+# The one place loaders are built from a config: ``ups train``, ``ups eval``, the benchmarks and tests.
+def training_loader(bundle: DataBundle, exp: ExperimentConfig, *, normalizer: Normalizer, window: int | None,
+                    seed: int) -> DataLoader:
+    """Shuffled training windows of ``window`` frames (random sub-cell offsets and early-frame oversampling
+    as ``exp.data`` says), the order seeded by ``seed``. ``data.batch_size`` is the global batch: under
+    ``torch.distributed`` each process loads its shard of every one (the same order at any process count)."""
+    ds = bundle.windows("train", window=window, normalizer=normalizer, train=True, seed=seed)
+    d = exp.data
+    return make_loader(ds, batch_size=d.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers,
+                       drop_last=len(ds) > d.batch_size, early_oversample=d.early_oversample,
+                       early_frames=d.early_frames, distributed=True)
+
+
+def trajectory_loader(bundle: DataBundle, exp: ExperimentConfig, split: str, *, normalizer: Normalizer,
+                      window: int | None = None) -> DataLoader:
+    """``split`` in order, ``eval.batch_size`` per batch: whole trajectories from ``eval.rollout_start``
+    (``window=None``, what validation rollouts and evaluation score) or windows of ``window`` frames."""
+    ds = bundle.windows(split, window=window, normalizer=normalizer,
+                        start=exp.eval.rollout_start if window is None else 0)
+    return make_loader(ds, batch_size=exp.eval.batch_size, shuffle=False, seed=0)
+
+
+def stage_loaders(bundle: DataBundle, exp: ExperimentConfig, *, normalizer: Normalizer, train_window: int | None,
+                  val_window: int | None, seed: int) -> tuple[DataLoader, DataLoader]:
+    """(training loader, validation loader) of one stage, from its ``train_window``/``val_window``."""
+    return (training_loader(bundle, exp, normalizer=normalizer, window=train_window, seed=seed),
+            trajectory_loader(bundle, exp, "val", normalizer=normalizer, window=val_window))

@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ups.config import SPLITS
 from ups.errors import DataError
 
 EXPECTED_KEYS = "tensor [N, T, X(, C)], x-coordinate [X], t-coordinate [T]"
@@ -203,7 +204,17 @@ class TrajectoryFile:
         """The parameters in the order ``names`` (default: the file's own).  # [P] float32"""
         params = self.params
         names = self.param_names if names is None else names
-        return np.asarray([params[n] for n in names], dtype=np.float32)
+        return np.asarray([self._param(params, n) for n in names], dtype=np.float32)
+
+    def _param(self, params: dict[str, float], name: str) -> float:
+        """``params[name]``, matching case as PDEBench's attributes need (``Nu`` is ``nu``); one line if absent."""
+        if name in params:
+            return params[name]
+        folded = {k.lower(): v for k, v in params.items()}
+        if name.lower() in folded:
+            return folded[name.lower()]
+        raise DataError(f"{self.path} has no PDE parameter '{name}' (it has: {', '.join(params) or 'none'}): add the "
+                        f"attribute {name} to the file or put it in the file name like _{name.capitalize()}0.01")
 
     def coords(self, *, spatial_stride: int | tuple[int, ...] = 1,
                offset: int | tuple[int, ...] = 0) -> np.ndarray:
@@ -351,7 +362,6 @@ def check_finite(file: TrajectoryFile | str | Path, *, chunk: int | None = None)
 
 
 # ------------------------------------------------------------------------------------ splits
-SPLITS = ("train", "val", "test")
 PDEBENCH_TEST_FRACTION = 0.1  # PDEBench's baselines: test = the first 10 % of the samples
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from ups import __version__
-from ups.config import load_config
 from ups.data.reader import TrajectoryFile
 from ups.errors import DataError, UPSError
 from ups.io_utils import atomic_write_with, check_free_disk
+from ups.rundir import load_run_config
 
 
 def _query_points(points: str | None, dims: int) -> np.ndarray | None:
@@ -46,8 +46,10 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     if steps < 1:
         raise UPSError(f"--steps {steps}: roll out at least one step")
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    sim = Simulator.from_run(run_dir, batch_size=batch_size)
+    cfg = load_run_config(run_dir)
+    from ups.eval.run_eval import _model_stage
+
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg), batch_size=batch_size)
     src = TrajectoryFile(input, params=dict(cfg.data.params) or None)
     if start >= src.n_frames:
         raise DataError(f"--start {start} is past the {src.n_frames} frames of {input}")
@@ -67,19 +69,30 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     pred = np.concatenate(preds)  # [N, steps + 1, Q, C]
     t = src.t[start] + sim.meta.dt * np.arange(steps + 1)
     x = (coords.numpy() if xq is None else xq)
-    return _write(Path(out), pred, x, t, src, run_dir)
+    attrs = output_attributes(sim.meta, params=params[0].tolist(), points=x.shape[0], t=t)
+    attrs.update({"ups_version": __version__, "generator": "ups infer", "ups_run": str(run_dir.resolve()),
+                  "source_file": str(src.path.resolve()), "source_start_frame": int(start)})
+    return _write(Path(out), pred, x, t, attrs)
 
 
-def _write(out: Path, pred: np.ndarray, x: np.ndarray, t: np.ndarray, src: TrajectoryFile, run_dir: Path) -> Path:
+def output_attributes(meta, *, params: list[float], points: int, t: np.ndarray) -> dict:
+    """Attributes that describe the written prediction (not its source): PDE, parameters, points, frames,
+    time step and span. params: the values used, in the order ``meta.param_names``; t: [frames]."""
+    attrs = {"pde": meta.pde, **{n: float(v) for n, v in zip(meta.param_names, params)},
+             "resolution": int(points), "frames": int(len(t)), "dt": float(meta.dt),
+             "t_start": float(t[0]), "t_end": float(t[-1]), "boundary": meta.boundary}
+    if meta.n_channels > 1:
+        attrs["field_names"] = list(meta.field_names)
+    return attrs
+
+
+def _write(out: Path, pred: np.ndarray, x: np.ndarray, t: np.ndarray, attrs: dict) -> Path:
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("tensor", data=pred[..., 0] if pred.shape[-1] == 1 else pred, dtype="float32")
             f.create_dataset("x-coordinate", data=x[:, 0] if x.shape[1] == 1 else x)
             f.create_dataset("t-coordinate", data=t)
-            for key, value in src.attrs.items():
-                f.attrs[key] = value
-            f.attrs.update({"ups_version": __version__, "generator": "ups infer", "ups_run": str(run_dir),
-                            "source_file": str(src.path)})
+            f.attrs.update(attrs)
 
     atomic_write_with(out, writer)
     return out

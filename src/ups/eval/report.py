@@ -22,9 +22,10 @@ from pathlib import Path
 import yaml
 
 from ups.io_utils import atomic_write_text
+from ups.rundir import RunFiles
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TRAIN_LOG = "train_log.jsonl"
+
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -129,11 +130,12 @@ def _embed(name: str, path: Path) -> str:
 def _with_training_curves(run_dir: Path, plots: Mapping[str, Path]) -> dict[str, Path]:
     """The plots, with training curves drawn from the run's train_log.jsonl first when none was given."""
     plots = dict(plots)
-    log = run_dir / TRAIN_LOG
+    run = RunFiles(run_dir)
+    log = run.log_path
     if not any(name.startswith("training") for name in plots) and log.is_file():
         from ups.eval.plots import plot_training_curves
 
-        plots = {"training curves": plot_training_curves(log, run_dir / "plots" / "training_curves.png"), **plots}
+        plots = {"training curves": plot_training_curves(log, run.plots_dir / "training_curves.png"), **plots}
     return plots
 
 
@@ -145,8 +147,8 @@ def _ttc_section(ttc: Mapping | None) -> str:
 
 
 def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, plots: Mapping[str, Path],
-                 ttc: Mapping | None = None, title: str | None = None) -> Path:
-    """Write ``run_dir/report.html`` (atomically) and return its path.
+                 ttc: Mapping | None = None, title: str | None = None, out: str | Path | None = None) -> Path:
+    """Write ``out`` (default ``run_dir/report.html``) atomically and return its path.
 
     eval_json: the ``ups eval`` dict (see the module doc); config_yaml: the run's resolved config;
     plots: {caption: PNG path}, embedded in order (a missing file becomes a visible note, never a broken
@@ -171,6 +173,6 @@ def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, p
         *(_embed(name, path) for name, path in _with_training_curves(run_dir, plots).items()),
         "</body></html>\n",
     ]
-    out = run_dir / "report.html"
+    out = Path(out) if out is not None else RunFiles(run_dir).report_path
     atomic_write_text(out, "\n".join(p for p in parts if p))
     return out

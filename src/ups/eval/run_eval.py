@@ -11,54 +11,69 @@ evaluated too, with its evaluation count and cost ratio.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import torch
-
-from ups.config import DataConfig, ExperimentConfig, load_config
-from ups.data.datasets import make_loader
-from ups.data.prepare import prepare_data
+from ups.config import DataConfig, ExperimentConfig
+from ups.data.prepare import prepare_data, trajectory_loader
 from ups.data.reader import TrajectoryFile
 from ups.errors import UPSError
-from ups.eval.evaluate import RolloutFn, evaluate_split, model_rollout_fn
+from ups.eval.evaluate import evaluate_split
 from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
-from ups.io_utils import atomic_write_json
-from ups.simulator import CORRECTOR_CHECKPOINTS, load_corrector, with_corrector
-from ups.training.checkpoint import checkpoint_exists
+from ups.io_utils import atomic_write_json, file_sha256
+from ups.rollout import RolloutFn, rollout_fn
+from ups.rundir import CORRECTOR_CHECKPOINTS, RunFiles, load_corrector, load_run_config, with_corrector
 
 
-def surrogate_rollout_fn(model, *, mode: str, max_principle: bool = False) -> RolloutFn:
-    """The Simulator's rollout (latent or re-encoding) as a rollout function without frame 0."""
-    from ups.eval.rollout import rollout
+def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str, str]:
+    """The data config to evaluate, the split to read from it and why that split holds its samples.
 
-    @torch.inference_mode()
-    def fn(u0, coords, params, dt, n):
-        return rollout(model, u0, coords, params, dt, n, mode=mode, max_principle=max_principle)[:, 1:]
-
-    return fn
-
-
-def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str]:
-    """The run's data config, or one for ``--data FILE`` (ours: the whole file; PDEBench's: its split)."""
+    The run's own data (``data=None``): its config's split. ``--data FILE``: a file we wrote, or any file
+    with ``split="all"``, is evaluated whole; a PDEBench file is split as PDEBench does."""
     if data is None:
-        return cfg.data, split
+        if split == "all":
+            raise UPSError("--split all needs --data FILE (the run's own data has train, val and test splits)")
+        where = cfg.data.pdebench_file or getattr(cfg.data, split)
+        rule = _pdebench_rule(split, cfg.data.val_fraction) if cfg.data.pdebench_file else \
+            f"data.{split} of the run's config, every sample of it"
+        return cfg.data, split, f"{rule} ({where})"
     fields = cfg.data.model_dump(exclude={"train", "val", "test", "pdebench_file", "generate", "max_samples"})
-    if TrajectoryFile(data).pde is not None:  # a file we wrote: every sample is evaluated
-        return DataConfig(**fields, test=data), "test"
-    return DataConfig(**fields, pdebench_file=data), split
+    if split == "all":
+        return DataConfig(**fields, test=data), "test", "--split all: every sample of the file"
+    if "pde" in TrajectoryFile(data).attrs:  # a file we wrote (PDEBench files carry no attributes): all of it
+        return DataConfig(**fields, test=data), "test", "a file written by ups: every sample of the file"
+    return DataConfig(**fields, pdebench_file=data), split, _pdebench_rule(split, cfg.data.val_fraction)
+
+
+def _pdebench_rule(split: str, val_fraction: float) -> str:
+    from ups.data.reader import PDEBENCH_TEST_FRACTION
+
+    test = f"{PDEBENCH_TEST_FRACTION:.0%}"
+    return {"test": f"PDEBench split: test = the first {test} of the file's samples",
+            "val": f"PDEBench split: val = the {val_fraction:.0%} after the first {test} (data.val_fraction)",
+            "train": f"PDEBench split: train = the samples after the first {test} and the "
+                     f"{val_fraction:.0%} of val"}[split]
+
+
+def eval_out_dir(run_dir: str | Path, *, data: str | None, split: str, out: str | Path | None) -> Path:
+    """Where ``ups eval`` writes JSON, plots and report: ``out``; else ``RUN/eval_<file stem>_<split>/``
+    for ``--data FILE`` (never over the run's own report); else the run directory itself."""
+    if out is not None:
+        return Path(out)
+    if data is not None:
+        return Path(run_dir) / f"eval_{Path(data).stem}_{split}"
+    return Path(run_dir)
 
 
 def _variants(run_dir: Path, sim) -> dict[str, RolloutFn]:
     """Rollout functions of the operator alone and with each corrector the run holds."""
+    fns = {"none": rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
     if not hasattr(sim.model, "encode"):
-        return {"none": model_rollout_fn(sim.model)}
-    fns = {"none": surrogate_rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)}
+        return fns
     for kind in CORRECTOR_CHECKPOINTS:
-        if checkpoint_exists(run_dir / "checkpoints" / CORRECTOR_CHECKPOINTS[kind]):
-            fns[kind] = surrogate_rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
-                                             max_principle=sim.max_principle)
+        if RunFiles(run_dir).has(CORRECTOR_CHECKPOINTS[kind]):
+            fns[kind] = rollout_fn(with_corrector(sim.model, run_dir, kind), mode=sim.rollout_mode,
+                                   max_principle=sim.max_principle)
     return fns
 
 
@@ -67,8 +82,7 @@ def _selected(run_dir: Path, corrector: str, available: dict) -> str:
         if corrector not in available:
             raise UPSError(f"corrector '{corrector}' is not in this run (available: {', '.join(available)})")
         return corrector
-    sel = run_dir / "selection.json"
-    choice = json.loads(sel.read_text()).get("corrector") if sel.is_file() else "none"
+    choice = RunFiles(run_dir).selected_corrector() or "none"
     return choice if choice in available else "none"
 
 
@@ -79,16 +93,16 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     from ups.simulator import Simulator
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    split = split or cfg.eval.split
-    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir))
-    dcfg, split = _data_config(cfg, data, split)
+    asked = split or load_run_config(run_dir).eval.split
+    cfg = load_run_config(run_dir, overrides, need=() if data is not None else (asked, "pdebench_file"))
+    split = asked
+    dcfg, split, rule = _data_config(cfg, data, split)
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg))
     cap = max_samples or cfg.eval.max_samples
     if cap:
         dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
     bundle = prepare_data(dcfg, splits=(split,), generate=False)
-    ds = bundle.windows(split, window=None, normalizer=sim.normalizer, start=cfg.eval.rollout_start)
-    loader = make_loader(ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
+    loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
     fns = _variants(run_dir, sim)
     chosen = _selected(run_dir, corrector, fns)
     result, got = evaluate_split(fns[chosen], loader, sim.normalizer, sim.meta, cfg.eval)
@@ -100,12 +114,13 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     if ttc:
         result["ttc"] = _ttc(run_dir, sim, cfg, loader, result)
     src = bundle.splits[split]
-    result["data"] = {"file": [str(p.file.path) for p in src.parts], "split": split, "samples": len(src),
-                      "fingerprint": _fingerprints(src)}
+    result["data"] = _data_info(src, split=asked, rule=rule, cap=cap)
     result["run"] = {"dir": str(run_dir), "stages": _stages(run_dir), "corrector": chosen,
                      "rollout_mode": sim.rollout_mode}
+    target = eval_out_dir(run_dir, data=data, split=asked, out=out)
+    result["out_dir"] = str(target)
     if write:
-        atomic_write_json(Path(out) if out else run_dir / f"eval_{split}.json", result)
+        atomic_write_json(target / f"eval_{asked}.json", result)
     result["_fields"] = got  # for plots; never written
     return result
 
@@ -116,6 +131,7 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
     from ups.eval.report import write_report
 
     run_dir = Path(run_dir)
+    target = Path(result.get("out_dir") or run_dir)
     got = result["_fields"]
     curves = {"model": result["metrics"]["nrmse_per_step"],
               "persistence": result["baselines"]["persistence"]["nrmse_per_step"]}
@@ -123,16 +139,24 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
         curves["model + TTC"] = result["ttc"]["metrics"]["nrmse_per_step"]
     for name, metrics in (peers or {}).items():
         curves[name] = metrics["nrmse_per_step"]
-    cfg = load_config(run_dir / "config.yaml")
-    plots = evaluation_plots(run_dir / "plots", pred=got.pred, true=got.true, curves=curves,
+    cfg = load_run_config(run_dir)
+    plots = evaluation_plots(target / "plots", pred=got.pred, true=got.true, curves=curves,
                              samples=cfg.eval.plot_samples)
     clean = {k: v for k, v in result.items() if not k.startswith("_")}
-    return write_report(run_dir, eval_json=clean, config_yaml=(run_dir / "config.yaml").read_text(), plots=plots)
+    title = f"UPS evaluation: {run_dir} on {result['data']['file']} ({result['data']['split']})" \
+        if target != run_dir else None
+    return write_report(run_dir, eval_json=clean, config_yaml=RunFiles(run_dir).config_path.read_text(), plots=plots,
+                        out=target / "report.html", title=title)
 
 
-def _model_stage(run_dir: Path) -> str:
-    """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers)."""
-    return "operator" if checkpoint_exists(run_dir / "checkpoints" / "operator_best") else "baseline"
+def _model_stage(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
+    """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers), as the run's config
+    says (so a run whose checkpoints are missing is told which stage to train); else by its checkpoints."""
+    stages = set(cfg.stages) if cfg is not None else set()
+    if "operator" in stages or "baseline" not in stages and RunFiles(run_dir).has("operator_best"):
+        return "operator"
+    return "baseline" if "baseline" in stages or RunFiles(run_dir).has("baseline_best") \
+        else "operator"
 
 
 def _summary(metrics: dict, timing: dict) -> dict:
@@ -141,14 +165,17 @@ def _summary(metrics: dict, timing: dict) -> dict:
 
 
 def _stages(run_dir: Path) -> dict:
-    path = run_dir / "stages_done.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return RunFiles(run_dir).stages_done()
 
 
-def _fingerprints(src) -> list[dict]:
-    from ups.training.runs import file_fingerprint
-
-    return [file_fingerprint(p.file.path) for p in src.parts]
+def _data_info(src, *, split: str, rule: str, cap: int | None) -> dict:
+    """What the report says about the evaluated data: file(s), sha256, split, sample count and why."""
+    files = list(dict.fromkeys(str(p.file.path.resolve()) for p in src.parts))
+    total = sum(p.file.n_samples for p in src.parts)
+    why = f"{rule}; capped at {cap} by max_samples" if cap and len(src) >= cap else rule
+    return {"file": files[0] if len(files) == 1 else ", ".join(files), "sha256": ", ".join(map(file_sha256, files)),
+            "split": split, "samples": len(src), "file_samples": total,
+            "samples_why": f"{len(src)} of the file's {total} samples: {why}"}
 
 
 def _ttc(run_dir: Path, sim, cfg: ExperimentConfig, loader, base: dict) -> dict:

@@ -114,8 +114,8 @@ class TTCStepper:
 def ttc_rollout_fn(model, corrector, normalizer: Normalizer, reward: PhysicsReward, cfg: TTCConfig,
                    *, seed: int = 0, max_principle: bool = False):
     """A rollout function (see ``ups.eval.evaluate``) with best-of-K TTC; ``.stepper.evaluations`` counts."""
-    from ups.eval.rollout import clamp_to_bounds, initial_bounds
     from ups.models.corrector import condition_vector
+    from ups.rollout import clamp_to_bounds, initial_bounds
 
     stepper = TTCStepper(model=model, corrector=corrector, normalizer=normalizer, reward=reward, cfg=cfg,
                          generator=torch.Generator().manual_seed(seed))

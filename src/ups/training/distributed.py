@@ -247,7 +247,7 @@ def decorrelate_rngs(stage: Any, *, seed: int, step: int) -> None:
     """Ranks > 0: fresh global RNG and stage ``torch.Generator`` streams from ``(seed, rank, step)``."""
     if not is_active() or is_main():
         return
-    from ups.training.checkpoint import seed_everything
+    from ups.checkpoint import seed_everything
 
     base = (int(seed) * 1_000_003 + rank() * 7_919 + int(step)) % 2**62
     seed_everything(base)

@@ -17,15 +17,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ups.config import ExperimentConfig, load_config
-from ups.data.datasets import make_loader
+from ups.checkpoint import checkpoint_exists, seed_everything
+from ups.config import ExperimentConfig
 from ups.data.normalization import Normalizer
-from ups.data.prepare import DataBundle, fit_normalizer, prepare_data
+from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loaders
 from ups.errors import CheckpointError, ConfigError
-from ups.io_utils import atomic_write_json
+from ups.io_utils import atomic_write_json, file_fingerprint
+from ups.rundir import load_run_config
 from ups.training import distributed
-from ups.training.checkpoint import checkpoint_exists, seed_everything
-from ups.training.runs import RunDir, file_fingerprint, finish_wandb
+from ups.training.runs import RunDir, finish_wandb
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 
@@ -47,51 +47,33 @@ def stages_to_run(cfg: ExperimentConfig, stage: str) -> list[str]:
 def check_prerequisites(run: RunDir, stage: str) -> None:
     """Fail with one line when a stage's required checkpoints are not in the run directory."""
     for req in STAGES.get(stage).requires:
-        if not checkpoint_exists(run.checkpoints / f"{req}_best"):
+        if not checkpoint_exists(run.stage_stem(req)):
             raise CheckpointError(
-                f"stage '{stage}' needs the '{req}' checkpoint ({run.checkpoints / (req + '_best')}.safetensors), "
+                f"stage '{stage}' needs the '{req}' checkpoint ({run.stage_stem(req)}.safetensors), "
                 f"which is missing: run `ups train CONFIG --stage {req}` first, or `--stage all`"
             )
-
-
-def _stage_done(run: RunDir) -> dict:
-    import json
-
-    path = run.path / "stages_done.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle, norm: Normalizer) -> dict:
     """Build one stage, its loaders and the trainer, and fit it; returns the trainer's summary."""
     check_prerequisites(run, name)
     cls: type[Stage] = STAGES.get(name)
-    seed_everything(cfg.stage_training(name).seed)  # the same initial weights in every process and run
-    stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
     tcfg = cfg.stage_training(name)
-    train_ds = bundle.windows("train", window=cls.train_window(cfg), normalizer=norm, train=True, seed=tcfg.seed)
-    val_window = cls.val_window(cfg)
-    val_ds = bundle.windows("val", window=val_window, normalizer=norm,
-                            start=cfg.eval.rollout_start if val_window is None else 0)
-    batch = cfg.data.batch_size  # the global batch; each rank loads its shard of every one
-    distributed.local_batch_size(batch, distributed.world_size())  # one-line error when it does not divide
-    train_loader = make_loader(train_ds, batch_size=batch, shuffle=True, seed=tcfg.seed,
-                               num_workers=cfg.data.num_workers, drop_last=len(train_ds) > batch,
-                               early_oversample=cfg.data.early_oversample, early_frames=cfg.data.early_frames,
-                               distributed=True)
-    val_loader = make_loader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, seed=0)
-    resume = (run.checkpoints / f"{name}_state.pt").is_file()
+    seed_everything(tcfg.seed)  # the stage's initial weights depend on the config only, not on what ran before
+    stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
+    distributed.local_batch_size(cfg.data.batch_size, distributed.world_size())  # the global batch must divide
+    train_loader, val_loader = stage_loaders(bundle, cfg, normalizer=norm, train_window=cls.train_window(cfg),
+                                             val_window=cls.val_window(cfg), seed=tcfg.seed)
+    resume = run.state_path(name).is_file()
     trainer = Trainer(stage=stage, config=tcfg, run_dir=run.path, resume=resume, log_prefix=name)
     summary = trainer.fit(train_loader, val_loader)
     spread = distributed.weight_spread(stage.modules().values())  # the ranks must end with the same weights
     if distributed.is_main():
-        done = _stage_done(run)
-        done[name] = {k: summary.get(k) for k in ("status", "epochs", "step", "best_metric", "elapsed_s")}
-        if distributed.is_active():
-            done[name].update(processes=distributed.world_size(), rank_weight_spread=spread)
-            if spread > 0:
-                print(f"warning: stage {name}: the {distributed.world_size()} processes ended with different "
-                      f"weights (spread {spread:.3g}); please report this", file=sys.stderr)
-        atomic_write_json(run.path / "stages_done.json", done)
+        extra = {"processes": distributed.world_size(), "rank_weight_spread": spread} if distributed.is_active() else {}
+        run.mark_stage_done(name, summary, **extra)
+        if spread > 0:
+            print(f"warning: stage {name}: the {distributed.world_size()} processes ended with different weights "
+                  f"(spread {spread:.3g}); please report this", file=sys.stderr)
     distributed.barrier()  # the next stage (and the caller) reads what rank 0 wrote
     return summary
 
@@ -101,7 +83,7 @@ def open_or_create_run(cfg: ExperimentConfig, bundle: DataBundle, *, resume: str
     """A new run directory (with normaliser and metadata), or the one being resumed."""
     if resume is not None:
         run = RunDir.open(resume)
-        return run, Normalizer.from_json(run.path / "normalizer.json")
+        return run, Normalizer.from_json(run.normalizer_path)
     fingerprints = {s: [file_fingerprint(p.file.path) for p in src.parts] for s, src in bundle.splits.items()}
     if not distributed.is_main():  # rank 0 picks (and creates) the directory; the others use the same one
         run = RunDir(Path(distributed.broadcast_object(None)))
@@ -113,8 +95,8 @@ def open_or_create_run(cfg: ExperimentConfig, bundle: DataBundle, *, resume: str
         distributed.broadcast_object(str(run.path))
     norm = fit_normalizer(bundle)
     if distributed.is_main():
-        norm.to_json(run.path / "normalizer.json")
-        atomic_write_json(run.path / "data_meta.json", bundle.meta.to_dict())
+        norm.to_json(run.normalizer_path)
+        atomic_write_json(run.data_meta_path, bundle.meta.to_dict())
     return run, norm
 
 
@@ -122,7 +104,9 @@ def train(cfg: ExperimentConfig, *, stage: str = "all", resume: str | Path | Non
           run_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Train the requested stages; returns the run directory."""
     if resume is not None:
-        cfg = load_config(RunDir.open(resume).config_path)  # the run's own resolved config
+        cfg = load_run_config(resume)  # the run's own resolved config, its data paths as recorded
+        if cfg.data.generate is None:
+            load_run_config(resume, need=("train", "val", "pdebench_file"))
     names = stages_to_run(cfg, stage)
     reqs = STAGES.get(stage).requires if stage != "all" else ()
     if resume is None and reqs:  # a new run directory cannot hold the prerequisite yet
@@ -133,7 +117,7 @@ def train(cfg: ExperimentConfig, *, stage: str = "all", resume: str | Path | Non
     with distributed.session(cfg.training.distributed):  # a process group when launched by torchrun
         bundle = _prepare(cfg, progress)
         run, norm = open_or_create_run(cfg, bundle, resume=resume, run_dir=run_dir)
-        done = _stage_done(run) if resume is not None else {}
+        done = run.stages_done() if resume is not None else {}
         say = print if distributed.is_main() else (lambda *a, **k: None)
         say(f"run directory: {run.path}" + (f" ({distributed.world_size()} processes)"
                                             if distributed.is_active() else ""))

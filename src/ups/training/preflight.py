@@ -19,12 +19,13 @@ for checkpoints is checked by the trainer (:func:`ups.io_utils.check_free_disk`)
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ups import checkpoint as ckpt
 from ups.errors import UPSError
-from ups.training import checkpoint as ckpt
 from ups.training import distributed
 
 GIB = 2**30
@@ -66,10 +67,9 @@ def _dry_batch(loader: Any) -> Any | None:
     return collate_fn([dataset[i] for i in range(min(size, len(dataset)))])
 
 
-def measure_peak_growth(trainer: Any, batch: Any) -> int:
-    """Bytes one training batch adds at its peak (activations + gradients), measured; state restored."""
-    from ups.training.trainer import to_device
-
+def measure_peak_growth(trainer: Any, batch: Any, move: Callable[[Any, torch.device], Any]) -> int:
+    """Bytes one training batch adds at its peak (activations + gradients), measured; state restored.
+    ``move(batch, device)`` puts a batch on the device (the trainer's ``to_device``)."""
     device = trainer.device
     rng = ckpt.capture_rng()
     gens = [(g, g.get_state()) for g in vars(trainer.stage).values() if isinstance(g, torch.Generator)]
@@ -83,7 +83,7 @@ def measure_peak_growth(trainer: Any, batch: Any) -> int:
         before = _rss_bytes()
     try:
         with trainer.precision.autocast():
-            out = trainer.stage.loss(to_device(batch, device), epoch=trainer.epoch, step=trainer.step)
+            out = trainer.stage.loss(move(batch, device), epoch=trainer.epoch, step=trainer.step)
         out["loss"].float().backward()
         peak = (torch.cuda.max_memory_allocated(device) if cuda
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -98,12 +98,12 @@ def measure_peak_growth(trainer: Any, batch: Any) -> int:
     return max(0, peak - before)
 
 
-def check_memory(trainer: Any, loader: Any) -> None:
+def check_memory(trainer: Any, loader: Any, *, move: Callable[[Any, torch.device], Any]) -> None:
     """Fail in one line, on every rank, when the measured peak per rank will not fit."""
     batch = _dry_batch(loader)
     message = None
     if batch is not None:
-        need = measure_peak_growth(trainer, batch) + _optimizer_state_bytes(trainer)
+        need = measure_peak_growth(trainer, batch, move) + _optimizer_state_bytes(trainer)
         frac = trainer.cfg.distributed.memory_fraction
         if trainer.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(trainer.device)

@@ -9,14 +9,12 @@ package versions, torch threads and device, config hash, data fingerprints, star
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ups.errors import UPSError
 from ups.io_utils import atomic_write_json, atomic_write_text
+from ups.rundir import RunFiles
 
 RESUME_HINT = "ups train CONFIG --resume RUN_DIR"
 _PACKAGES = ("ups", "torch", "numpy", "h5py", "safetensors", "pydantic", "pyyaml", "tqdm", "wandb")
@@ -72,19 +71,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def file_fingerprint(path: str | Path, *, chunk: int = 2**20) -> dict[str, Any]:
-    """Size and sha256 of the first and last ``chunk`` bytes (cheap for multi-GB HDF5 files)."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        digest.update(fh.read(chunk))
-        if size > chunk:
-            fh.seek(max(chunk, size - chunk))
-            digest.update(fh.read(chunk))
-    return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}
-
-
 def environment_meta() -> dict[str, Any]:
     return {
         "git_commit": git_commit(),
@@ -95,27 +81,8 @@ def environment_meta() -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class RunDir:
-    """Paths of one run directory."""
-
-    path: Path
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / "train_log.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+class RunDir(RunFiles):
+    """Paths of one run directory (named in ``ups.rundir.RunFiles``), created or opened for training."""
 
     @classmethod
     def create(cls, out_dir: str | Path, name: str | None, cfg: Any, *,
@@ -132,6 +99,7 @@ class RunDir:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.config_path, cfg.to_yaml())
             meta = {"name": path.name, "start_time": _dt.datetime.now().astimezone().isoformat(),
+                    "cwd": str(Path.cwd()),  # relative data paths of config.yaml are relative to it
                     "config_hash": cfg.config_hash(), "data": data_fingerprints or {}, **environment_meta()}
             atomic_write_json(run.meta_path, meta)
         return run

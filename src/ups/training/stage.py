@@ -14,6 +14,15 @@ trained and *how it is scored*:
 - ``validate(loader)``: a dict of floats that contains ``val_metric`` (lower is better). Model
   selection, early stopping and the plateau scheduler use it, never the training loss.
 - ``checkpoint_meta()``: JSON that lets a later stage or ``Simulator.from_run`` rebuild the modules.
+- ``rng_state()`` / ``load_rng_state(state)``: a stage that draws from its own ``torch.Generator``
+  (rather than the global RNG, which the trainer saves itself) returns and restores its states here,
+  as tensors and plain values, so that ``--resume`` is exact; the trainer keeps them in the training state.
+- classmethods ``build(cfg=, meta=, normalizer=, run_dir=)`` (the stage from an experiment config),
+  ``train_window(cfg)`` and ``val_window(cfg)`` (frames per training / validation item; ``None``: whole
+  trajectories from ``eval.rollout_start``). ``stage_config(cfg)`` is the stage's typed section.
+
+The trainer puts every module in eval mode (and back) around ``validate``; stages do no train-mode
+bookkeeping of their own.
 
 Batches (from ``ups.data.datasets.collate``, the one collate function) are dicts::
 
@@ -28,13 +37,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ups.config import Strict
+from ups.config import Strict, TrainingConfig
 from ups.registry import Registry
+from ups.schema import register_check, validate_section
 
 STAGES: Registry = Registry("stage")
 
@@ -53,6 +64,27 @@ class Stage(ABC):
     requires: ClassVar[tuple[str, ...]] = ()  # checkpoints (stage names) this stage loads first
     val_metric: ClassVar[str] = "val_loss"
 
+    @classmethod
+    def stage_config(cls, cfg: Any) -> StageConfig:
+        """The typed ``stages.<name>`` section of experiment config ``cfg`` (defaults when absent)."""
+        return cls.config_class.model_validate(cfg.stages.get(cls.name) or {})
+
+    @classmethod
+    @abstractmethod
+    def build(cls, *, cfg: Any, meta: Any, normalizer: Any, run_dir: Path | None = None) -> Stage:
+        """The stage for experiment config ``cfg``, data metadata ``meta``, the run's normaliser, and the
+        run directory holding the checkpoints it ``requires``."""
+
+    @classmethod
+    @abstractmethod
+    def train_window(cls, cfg: Any) -> int | None:
+        """Frames per training item (2: one step; K + 1: a K-step rollout loss; None: whole trajectories)."""
+
+    @classmethod
+    @abstractmethod
+    def val_window(cls, cfg: Any) -> int | None:
+        """Frames per validation item (None: whole trajectories from ``eval.rollout_start``)."""
+
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]: ...
 
@@ -68,6 +100,13 @@ class Stage(ABC):
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}
 
+    def rng_state(self) -> dict[str, Any]:
+        """States of the stage's own random generators (tensors/plain values); none by default."""
+        return {}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rng_state` returned (an empty dict: a state saved before the stage had any)."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook: called before each training epoch (curricula, schedules of the stage)."""
 
@@ -75,3 +114,24 @@ class Stage(ABC):
         for module in self.modules().values():
             module.to(device)
         return self
+
+
+@register_check("experiment")
+def check_stage_configs(exp) -> None:
+    """Every ``stages.NAME`` is a registered stage whose params validate against its ``config_class``
+    (stored back as the validated dump), with valid ``training`` overrides and a ``latent_dim`` that
+    agrees with the model's. ``exp``: a ``ups.config.ExperimentConfig``."""
+    for name, params in list(exp.stages.items()):
+        if name not in STAGES:
+            raise ValueError(f"unknown stage 'stages.{name}' (allowed: {', '.join(STAGES.names()) or 'none'})")
+        stage_cfg = validate_section(STAGES.get(name).config_class, params or {}, f"stages.{name}")
+        exp.stages[name] = stage_cfg.model_dump()
+        overrides = exp.stages[name].get("training") or {}
+        validate_section(TrainingConfig, {**exp.training.model_dump(), **overrides}, f"stages.{name}.training")
+        width = exp.stages[name].get("latent_dim")
+        model_width = exp.model.params.get("latent_dim")
+        if width is not None and model_width is not None and width != model_width:
+            raise ValueError(
+                f"stages.{name}.latent_dim={width} disagrees with model.params.latent_dim="
+                f"{model_width} (they must be equal; drop one of them)"
+            )

@@ -29,18 +29,20 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ups import checkpoint as ckpt
 from ups.config import TrainingConfig
 from ups.errors import ConfigError, UPSError
 from ups.io_utils import check_free_disk
-from ups.training import checkpoint as ckpt
 from ups.training import distributed
 from ups.training.ema import EMA
 from ups.training.health import HealthMonitor
@@ -48,6 +50,8 @@ from ups.training.optim import Precision, build_optimizer, build_scheduler, clip
 from ups.training.preflight import check_memory
 from ups.training.runs import JsonlLog, Reporter, RunDir, SignalFlag, TrainingInterrupted, WandbLogger, is_main_process
 from ups.training.stage import Stage
+
+default_clock: Callable[[], float] = time.monotonic  # the trainer's clock unless one is passed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,8 +88,9 @@ class Trainer:
     """Trains one stage; see the module docstring. ``fit`` returns the final summary dict."""
 
     def __init__(self, *, stage: Stage, config: TrainingConfig, run_dir: str | Path, resume: bool = False,
-                 log_prefix: str | None = None):
+                 log_prefix: str | None = None, clock: Callable[[], float] | None = None):
         self.stage, self.cfg, self.resume = stage, config, resume
+        self.clock = clock or default_clock  # seconds; injectable so tests can check the budget accounting
         self.name = stage.name
         self.run = RunDir(Path(run_dir))
         self.prefix = log_prefix or stage.name
@@ -122,10 +127,12 @@ class Trainer:
         self._accum = 0
         self._last_lrs: dict[str, float] = {}
         self._epoch_start_rng: dict | None = None
+        self._epoch_start_loader_rng: list[torch.Tensor] = []
+        self._train_loader: Iterable | None = None
         self._signals = SignalFlag()
         self._warned: set[tuple[str, int]] = set()
         self._postfix: dict[str, str] = {}
-        self._t0 = time.monotonic()
+        self._t0 = self.clock()
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None) -> dict[str, Any]:
@@ -134,15 +141,16 @@ class Trainer:
                                          clock=self._budget_fraction if self.cfg.time_budget_s else None)
         if not self.resume:
             ckpt.seed_everything(self.cfg.seed)
-        resume_rng = self._restore() if self.resume else None
+        resume_rng = self._restore(train_loader) if self.resume else None
         check_free_disk(self.run.checkpoints, ckpt.estimate_checkpoint_bytes(self.modules),
                         f"the checkpoints of stage '{self.name}'")
         if self.cfg.distributed.preflight:
-            check_memory(self, train_loader)
+            check_memory(self, train_loader, move=to_device)
         distributed.decorrelate_rngs(self.stage, seed=self.cfg.seed, step=self.step)
         self.wandb = WandbLogger(self.cfg.wandb, prefix=self.prefix, run_dir=self.run.path,
                                  config=self.cfg.model_dump(mode="json"), reporter=self.reporter)
-        self._t0 = time.monotonic() - self.elapsed_s
+        self._t0 = self.clock() - self.elapsed_s
+        self._train_loader = train_loader
         with self._signals:
             while self.epoch < self.cfg.epochs and self.stop_reason is None:
                 self.stage.on_epoch_start(self.epoch)
@@ -157,17 +165,19 @@ class Trainer:
 
     def train_one_epoch(self, loader: Iterable, *, resume_rng: dict | None = None) -> None:
         """One pass over ``loader`` (from batch ``batch_in_epoch`` when resuming mid-epoch)."""
-        for owner in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-            if hasattr(owner, "set_epoch"):
-                owner.set_epoch(self.epoch)
+        for owner in epoch_owners(loader):
+            owner.set_epoch(self.epoch)
         if resume_rng is not None:
             ckpt.restore_rng(resume_rng["epoch_start"])
+            load_loader_rng(loader, resume_rng["loader_epoch_start"])
         self._epoch_start_rng = ckpt.capture_rng()
+        self._epoch_start_loader_rng = loader_rng(loader)
         iterator = iter(loader)
         if resume_rng is not None:
             for _ in range(self.batch_in_epoch):
                 next(iterator)
             ckpt.restore_rng(resume_rng["current"])
+            load_loader_rng(loader, resume_rng["loader_current"])
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         self.reporter.start_epoch(total, f"{self.prefix} {self.epoch + 1}/{self.cfg.epochs}")
         try:
@@ -199,6 +209,8 @@ class Trainer:
         parts["loss"] = float(loss.detach())
         parts, weight = self.sync.reduce_parts(parts, distributed.batch_length(batch))  # global batch's losses
         self.global_batch += 1
+        if self.global_batch - 1 == self.cfg.faults.sigterm_at_batch:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled like a user's: at the next step boundary
         if not math.isfinite(parts["loss"]):
             self.skipped_batches += 1
             self.monitor.add_skipped_batch()
@@ -320,17 +332,23 @@ class Trainer:
             "global_batch": self.global_batch, "skipped_batches": self.skipped_batches,
             "skipped_steps": self.skipped_steps, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
             "bad_validations": self.bad_validations, "stop_reason": self.stop_reason,
-            "elapsed_s": time.monotonic() - self._t0, "last_val": self.last_val,
+            "elapsed_s": self.clock() - self._t0, "last_val": self.last_val,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "precision": self.precision.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "monitor": self.monitor.state_dict(), "rng": ckpt.capture_rng(),
             "epoch_start_rng": self._epoch_start_rng if self.batch_in_epoch else None,
+            "epoch_start_loader_rng": self._epoch_start_loader_rng if self.batch_in_epoch else None,
+            "loader_rng": loader_rng(self._train_loader), "stage_rng": self.stage.rng_state(),
             "last_lrs": self._last_lrs, "training_config": self.cfg.model_dump(mode="json"),
             "modules": ckpt.module_tensors(self.modules),
         }
 
-    def _restore(self) -> dict | None:
-        """Load ``last`` + the state file; returns the RNG states a mid-epoch resume needs (else None)."""
+    def _restore(self, loader: Iterable) -> dict | None:
+        """Load ``last`` + the state file; returns the RNG states a mid-epoch resume needs (else None).
+
+        Restored here: the stage's own generators (``Stage.load_rng_state``) and, at an epoch boundary,
+        the global and loader RNGs; mid-epoch ``train_one_epoch`` restores the epoch-start states,
+        re-reads the consumed batches and then restores the current ones."""
         folder = self.run.checkpoints
         state_path = folder / f"{self.name}_state.pt"
         state = ckpt.load_state(state_path)
@@ -354,10 +372,13 @@ class Trainer:
         self.stop_reason = None
         self.log.truncate_after(self.name, self.step)
         self._event("resumed", f"resumed stage '{self.name}' at epoch {self.epoch} step {self.step}")
+        self.stage.load_rng_state(state.get("stage_rng") or {})
         if not self.batch_in_epoch:
             ckpt.restore_rng(state["rng"])
+            load_loader_rng(loader, state.get("loader_rng"))
             return None
-        return {"epoch_start": state["epoch_start_rng"], "current": state["rng"]}
+        return {"epoch_start": state["epoch_start_rng"], "current": state["rng"],
+                "loader_epoch_start": state.get("epoch_start_loader_rng"), "loader_current": state.get("loader_rng")}
 
     # ------------------------------------------------------------------------------ helpers
     def _check_config(self, saved: dict[str, Any]) -> None:
@@ -375,7 +396,7 @@ class Trainer:
         out = {"stage": self.name, "kind": "summary", "status": status, "epochs": self.epoch, "step": self.step,
                "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
-               "elapsed_s": round(time.monotonic() - self._t0, 3), "last_val": self.last_val,
+               "elapsed_s": round(self.clock() - self._t0, 3), "last_val": self.last_val,
                "run_dir": str(self.run.path)}
         self.log.write(out)
         return out
@@ -386,7 +407,7 @@ class Trainer:
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             self.stop_reason = "max_steps"
         elif self.cfg.time_budget_s is not None and distributed.from_main(
-                time.monotonic() - self._t0 >= self.cfg.time_budget_s):  # rank 0's clock decides
+                self.clock() - self._t0 >= self.cfg.time_budget_s):  # rank 0's clock decides
             self.stop_reason = "time_budget"
         return self.stop_reason is not None
 
@@ -394,7 +415,7 @@ class Trainer:
         """Fraction of ``time_budget_s`` used so far (0 before ``fit`` starts the clock)."""
         if self._t0 is None or not self.cfg.time_budget_s:
             return 0.0
-        return distributed.from_main((time.monotonic() - self._t0) / self.cfg.time_budget_s)
+        return distributed.from_main((self.clock() - self._t0) / self.cfg.time_budget_s)
 
     def _check_interrupt(self) -> None:
         if not distributed.any_rank(self._signals.signum is not None):  # a signal to any rank stops all
@@ -441,7 +462,7 @@ class Trainer:
     def _context(self) -> dict[str, Any]:
         lrs = self._last_lrs or {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         return {"epoch": self.epoch, "step": self.step, "lr": next(iter(lrs.values())), "lrs": lrs,
-                "scaler_scale": self.precision.scale, "elapsed_s": round(time.monotonic() - self._t0, 3)}
+                "scaler_scale": self.precision.scale, "elapsed_s": round(self.clock() - self._t0, 3)}
 
     def _event(self, event: str, message: str, **fields: Any) -> None:
         self.log.write({"stage": self.name, "kind": "event", "event": event, "epoch": self.epoch,
@@ -461,6 +482,47 @@ class Trainer:
             self.wandb.log(record)
         if record["kind"] == "epoch" or self.reporter.mode == "lines":
             self.reporter.line(_format_line(record, self.prefix, self.cfg.epochs))
+
+
+def epoch_owners(loader: Any) -> list[Any]:
+    """Everything in ``loader`` with a ``set_epoch`` (sampler, batch sampler and its sampler, dataset), once
+    each: the trainer calls ``set_epoch(epoch)`` on all of them at the start of every epoch (sampler order
+    under DDP or oversampling, the dataset's random sub-cell offsets)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found: dict[int, Any] = {}
+    for owner in (getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None),
+                  getattr(loader, "dataset", None)):
+        if owner is not None and callable(getattr(owner, "set_epoch", None)):
+            found.setdefault(id(owner), owner)
+    return list(found.values())
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a loader draws from (its own, its sampler's), once each, in a fixed order."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found: dict[int, torch.Generator] = {}
+    for owner in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            found.setdefault(id(gen), gen)
+    return list(found.values())
+
+
+def loader_rng(loader: Any) -> list[torch.Tensor]:
+    """The states of the loader's generators (order and shuffling draws), for the training state."""
+    return [g.get_state() for g in _loader_generators(loader)] if loader is not None else []
+
+
+def load_loader_rng(loader: Any, states: list[torch.Tensor] | None) -> None:
+    """Inverse of :func:`loader_rng`; a different number of generators is a one-line error."""
+    if states is None:
+        return
+    gens = _loader_generators(loader)
+    if len(gens) != len(states):
+        raise ckpt.CheckpointError(f"the training state holds {len(states)} data-loader generator states but this "
+                                   f"loader has {len(gens)}; resume with the run's own config")
+    for gen, state in zip(gens, states):
+        gen.set_state(state)
 
 
 def _format_line(r: dict[str, Any], prefix: str, epochs: int) -> str:

@@ -27,9 +27,10 @@ from torch import nn
 
 from ups.config import ExperimentConfig
 from ups.data.metadata import DatasetMetadata
+from ups.data.pdes import has_maximum_principle
 from ups.eval.metrics import nrmse_per_sample
-from ups.eval.rollout import rollout_grid  # noqa: F401  (used here and by the benchmarks)
 from ups.models import MODELS
+from ups.rollout import flatten_points, iter_rollouts, rollout_fn
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -41,37 +42,6 @@ class BaselineStageConfig(StageConfig):
     detach_between_steps: bool = False
     input_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the (normalised) input
     val_max_steps: int | None = Field(None, ge=1)  # cap on validation rollout length (None: whole)
-
-
-def flatten_batch(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Batch -> (u [B, W, N, C], coords [B, N, d], params [B, P], dt [B]) on ``device``.
-
-    batch["u"]: [B, W, *spatial, C]; batch["coords"]: [B, *spatial, d].
-    """
-    u = batch["u"].to(device)
-    coords = batch["coords"].to(device)
-    b, w, c = u.shape[0], u.shape[1], u.shape[-1]
-    return (u.reshape(b, w, -1, c), coords.reshape(b, -1, coords.shape[-1]),
-            batch["params"].to(device), batch["dt"].to(device))
-
-
-@torch.no_grad()
-def one_step_grid(model: nn.Module, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
-                  dt: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced one-step predictions from every true frame but the last, in one call.
-
-    u [B, T, N, C], coords [B, N, d], params [B, P], dt [B] -> [B, T - 1, N, C] (predictions of frames 1..T-1).
-    """
-    b, t, n, c = u.shape
-    steps = t - 1
-    out = model.predict_next(u[:, :steps].reshape(b * steps, n, c), coords.repeat_interleave(steps, 0),
-                             params.repeat_interleave(steps, 0), dt.repeat_interleave(steps, 0))
-    return out.reshape(b, steps, n, c)
-
-
-def _denormalize(normalizer: Any, u: torch.Tensor) -> torch.Tensor:
-    """u [..., C] normalised -> physical, with the data pipeline's normaliser."""
-    return normalizer.denormalize(u)
 
 
 @STAGES.register("baseline")
@@ -90,10 +60,6 @@ class BaselineStage(Stage):
         self.meta = meta
         self.model_name = model_name
         self.model_params = dict(model_params or {})
-
-    @classmethod
-    def stage_config(cls, cfg: ExperimentConfig) -> BaselineStageConfig:
-        return BaselineStageConfig.model_validate(cfg.stages.get(cls.name) or {})
 
     @classmethod
     def build(cls, *, cfg: ExperimentConfig, meta: DatasetMetadata, normalizer: Any, run_dir: Path) -> BaselineStage:
@@ -120,7 +86,9 @@ class BaselineStage(Stage):
         return next(iter(self.model.parameters()), torch.empty(0)).device
 
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        u, coords, params, dt = flatten_batch(batch, self._device())
+        device = self._device()
+        u, coords = (t.to(device) for t in flatten_points(batch["u"], batch["coords"]))  # [B, W, N, C], [B, N, d]
+        params, dt = batch["params"].to(device), batch["dt"].to(device)
         sc = self.config
         need = sc.pushforward_steps + sc.unroll_steps + 1
         if u.shape[1] < need:
@@ -144,12 +112,7 @@ class BaselineStage(Stage):
         return out
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            sums = self._validation_sums(loader)
-        finally:
-            self.model.train(was_training)
+        sums = self._validation_sums(loader)
         if sums["samples"] == 0:
             raise ValueError("baseline stage: the validation loader yielded no samples")
         n = sums.pop("samples")
@@ -159,20 +122,17 @@ class BaselineStage(Stage):
 
     @torch.no_grad()
     def _validation_sums(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Sums over samples of the rollout and one-step nRMSE (physical) and one-step MSE (normalised),
+        from the one rollout path (``ups.rollout.iter_rollouts``; no clamping, as in training)."""
         sums = {"val_rollout_nrmse": 0.0, "val_one_step_nrmse": 0.0, "val_one_step_mse": 0.0, "samples": 0}
-        for batch in loader:
-            u, coords, params, dt = flatten_batch(batch, self._device())
-            b, t = u.shape[:2]
-            steps = t - 1 if self.config.val_max_steps is None else min(t - 1, self.config.val_max_steps)
-            pred = rollout_grid(self.model, u[:, 0], coords, params, dt, steps)
-            true = _denormalize(self.normalizer, u[:, 1:steps + 1])
-            sums["val_rollout_nrmse"] += float(nrmse_per_sample(_denormalize(self.normalizer, pred), true)
-                                               .mean(dim=(1, 2)).sum())
-            one = one_step_grid(self.model, u[:, :steps + 1], coords, params, dt)
-            sums["val_one_step_mse"] += float((one - u[:, 1:steps + 1]).pow(2).mean(dim=(1, 2, 3)).sum())
-            sums["val_one_step_nrmse"] += float(nrmse_per_sample(_denormalize(self.normalizer, one), true)
-                                                .mean(dim=(1, 2)).sum())
-            sums["samples"] += b
+        denorm = self.normalizer.denormalize
+        for got in iter_rollouts(rollout_fn(self.model), loader, lambda v: v, device=self._device(),
+                                 max_steps=self.config.val_max_steps):
+            true = denorm(got.true)  # [B, T - 1, *spatial, C]
+            sums["val_rollout_nrmse"] += float(nrmse_per_sample(denorm(got.pred), true).mean(dim=(1, 2)).sum())
+            sums["val_one_step_mse"] += float((got.one_step - got.true).pow(2).flatten(1).mean(1).sum())
+            sums["val_one_step_nrmse"] += float(nrmse_per_sample(denorm(got.one_step), true).mean(dim=(1, 2)).sum())
+            sums["samples"] += got.true.shape[0]
         return sums
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -180,4 +140,6 @@ class BaselineStage(Stage):
         return {"model": self.model_name, "model_params": self.model_params,
                 "data_meta": self.meta.to_dict() if self.meta is not None else None,
                 "normalizer": self.normalizer.to_dict() if hasattr(self.normalizer, "to_dict") else None,
-                "stage_config": self.config.model_dump()}
+                "stage_config": self.config.model_dump(),
+                # ups eval and the benchmarks keep this model's rollouts within the initial range, as UPS's
+                "max_principle": self.meta is not None and has_maximum_principle(self.meta.pde)}

@@ -36,10 +36,12 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ups.checkpoint import read_checkpoint_meta
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
+from ups.io_utils import ensure_writable_dir
 from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
+from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import LatentScores, freeze, latent_pair, surrogate_meta
 
@@ -64,20 +66,16 @@ def load_teacher(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint_na
     """The frozen surrogate and multi-step corrector of ``checkpoint_name`` and its metadata."""
     from ups.models import MODELS
 
-    stem = Path(run_dir or ".") / "checkpoints" / checkpoint_name
-    if run_dir is None or not checkpoint_exists(stem):
-        raise CheckpointError(
-            f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage "
-            "'diff_residual' into this run directory first (ups train CONFIG --stage diff_residual)"
-        )
+    stem = require_checkpoint(None if run_dir is None else RunFiles(run_dir), checkpoint_name, stage=stage,
+                              needs="diff_residual")
     info = read_checkpoint_meta(stem)
     if "corrector" not in info:
         raise CheckpointError(f"checkpoint {stem}.json holds no corrector: it was not written by diff_residual")
     model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
     teacher = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
                         config=CorrectorConfig(**info["corrector"]))
-    load_checkpoint(stem, {"model": model, "corrector": teacher})
-    return freeze(model), freeze(teacher), info
+    load_frozen(stem, {"model": model, "corrector": teacher})
+    return model, teacher, info
 
 
 @STAGES.register("consistency_distill")
@@ -98,24 +96,24 @@ class ConsistencyDistillStage(Stage):
         self.normalizer, self.meta_info = normalizer, meta_info or {}
         self._jump: Callable = self.student.clean_estimate
         if stage_cfg.compile:
-            cache = Path(stage_cfg.compile_cache_dir or Path(run_dir or ".") / "compile_cache")
-            cache.mkdir(parents=True, exist_ok=True)
+            cache = ensure_writable_dir(stage_cfg.compile_cache_dir or Path(run_dir or ".") / "compile_cache",
+                                        "the compile cache folder (stages.consistency_distill.compile_cache_dir)")
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache.resolve())
             self._jump = torch.compile(self.student.clean_estimate)
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> ConsistencyDistillStage:
-        stage_cfg = ConsistencyDistillConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         model, teacher, info = load_teacher(cfg, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
         return cls(model=model, teacher=teacher, stage_cfg=stage_cfg, teacher_steps=int(info["refine_steps"]),
                    normalizer=normalizer, meta_info=surrogate_meta(cfg, meta, normalizer), run_dir=run_dir)
 
-    @staticmethod
-    def train_window(cfg) -> int:
+    @classmethod
+    def train_window(cls, cfg) -> int:
         return 2
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
         return 2
 
     def modules(self) -> dict[str, nn.Module]:
@@ -181,12 +179,7 @@ class ConsistencyDistillStage(Stage):
                 "val_norm_ratio": (sq["student"] / teacher_sq) ** 0.5, **scores.result()}
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            out = self.compare(loader)
-        finally:
-            self.student.train(was_training)
+        out = self.compare(loader)
         out["val_metric"] = out["val_distill_rel_err"]
         return out
 

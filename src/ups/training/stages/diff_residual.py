@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ups.checkpoint import read_checkpoint_meta
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.eval.metrics import nrmse_per_sample
-from ups.eval.rollout import flatten_points
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
-from ups.training.checkpoint import checkpoint_exists, load_checkpoint
+from ups.rollout import flatten_points
+from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -88,15 +89,33 @@ def load_frozen_surrogate(cfg, meta: DatasetMetadata, run_dir: Path | None, chec
 
     A missing checkpoint is a one-line :class:`CheckpointError` naming the stage to run first.
     """
-    stem = Path(run_dir or ".") / "checkpoints" / checkpoint
-    if run_dir is None or not checkpoint_exists(stem):
-        raise CheckpointError(
-            f"stage '{stage}' needs the checkpoint {stem}.safetensors, which does not exist: train stage '{needs}' "
-            "into this run directory first (ups train CONFIG --stage " + needs + ")"
-        )
+    stem = require_checkpoint(None if run_dir is None else RunFiles(run_dir), checkpoint, stage=stage, needs=needs)
+    check_checkpoint_source(read_checkpoint_meta(stem), cfg, meta, stem)
     model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
-    load_checkpoint(stem, {"model": model}, strict=False)
-    return freeze(model)
+    load_frozen(stem, {"model": model}, strict=False)
+    return model
+
+
+DATA_FACTS = ("pde", "spatial_dims", "n_channels", "param_names", "boundary")
+
+
+def check_checkpoint_source(info: dict, cfg, meta: DatasetMetadata, stem: Path) -> None:
+    """One line when checkpoint ``stem`` was written for another model or another data set than this run's."""
+    model, params = info.get("model"), info.get("model_params")
+    if model is not None and (model != cfg.model.name or (params is not None and params != cfg.model.params)):
+        raise CheckpointError(f"checkpoint {stem}.json was written for model '{model}' {params} but this run builds "
+                              f"'{cfg.model.name}' {cfg.model.params}: use that checkpoint's own run directory")
+    saved = info.get("data_meta") or {}
+    here = meta.to_dict()
+    differ = [k for k in DATA_FACTS if k in saved and k in here and _plain(saved[k]) != _plain(here[k])]
+    if differ:
+        k = differ[0]
+        raise CheckpointError(f"checkpoint {stem}.json was trained on another data set ({k} {saved[k]} there, "
+                              f"{here[k]} here): train its stage on this data, or use the run that matches it")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -175,19 +194,19 @@ class DiffResidualStage(Stage):
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> DiffResidualStage:
-        stage_cfg = DiffResidualConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
         return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
                    meta_info=surrogate_meta(cfg, meta, normalizer))
 
-    @staticmethod
-    def train_window(cfg) -> int:
+    @classmethod
+    def train_window(cls, cfg) -> int:
         return 2
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
         return 2
 
     def modules(self) -> dict[str, nn.Module]:
@@ -221,16 +240,11 @@ class DiffResidualStage(Stage):
     @torch.no_grad()
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         device = self.corrector.res_mean.device
-        was_training = self.corrector.training
-        self.corrector.eval()
         scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
-        try:
-            for batch in loader:
-                pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
-                z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.cfg.val_steps)
-                scores.add(self.model, pair, z_corr)
-        finally:
-            self.corrector.train(was_training)
+        for batch in loader:
+            pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
+            z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.cfg.val_steps)
+            scores.add(self.model, pair, z_corr)
         out = scores.result()
         out["val_metric"] = out.get("val_one_step_ratio", out["val_latent_rel_err"])
         return out

@@ -31,8 +31,8 @@ from torch import nn
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
-from ups.eval.rollout import flatten_points, rollout_scores
 from ups.models import MODELS
+from ups.rollout import flatten_points, rollout_scores
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -157,16 +157,16 @@ class OperatorStage(Stage):
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> OperatorStage:
         model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
-        stage_cfg = OperatorStageConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         return cls(model=model, stage_cfg=stage_cfg, meta=meta, normalizer=normalizer, model_name=cfg.model.name,
                    model_params=cfg.model.params, seed=cfg.training.seed)
 
-    @staticmethod
-    def train_window(cfg) -> int:
-        return OperatorStageConfig(**(cfg.stages.get("operator") or {})).rollout_steps + 1
+    @classmethod
+    def train_window(cls, cfg) -> int:
+        return cls.stage_config(cfg).rollout_steps + 1
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
         return None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -182,6 +182,14 @@ class OperatorStage(Stage):
         w = inverse_loss_weight(epoch, base=self.cfg.inverse_loss_base, warmup=self.cfg.inverse_loss_warmup_epochs,
                                 max_weight=self.cfg.inverse_loss_max_weight)
         return w, w
+
+    def rng_state(self) -> dict[str, Any]:
+        """The generator of the random shifts, input noise and query subsets (saved for exact resume)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -199,13 +207,8 @@ class OperatorStage(Stage):
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            scores = rollout_scores(self.model, loader, self.normalizer.denormalize, mode=self.cfg.rollout_mode,
-                                    device=device, max_principle=self.max_principle)
-        finally:
-            self.model.train(was_training)
+        scores = rollout_scores(self.model, loader, self.normalizer.denormalize, mode=self.cfg.rollout_mode,
+                                device=device, max_principle=self.max_principle)
         return {"val_metric": scores["nrmse"], "val_rollout_nrmse": scores["nrmse"],
                 "val_one_step_nrmse": scores["one_step"], "val_persistence_nrmse": scores["persistence"]}
 

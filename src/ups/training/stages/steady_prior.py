@@ -26,22 +26,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ups.config import Strict
 from ups.data.metadata import DatasetMetadata
 from ups.eval.metrics import nrmse_per_sample
-from ups.eval.rollout import flatten_points
-from ups.models.corrector import AdaLNBlock, timestep_embedding
+from ups.models.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
+from ups.rollout import flatten_points
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import freeze, load_frozen_surrogate, surrogate_meta
-
-
-class SteadyPriorNetConfig(Strict):
-    num_steps: int = Field(4, ge=1, le=16)
-    width: int = Field(64, ge=4)
-    depth: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    mlp_ratio: float = Field(2.0, gt=0)
-    attention: bool = True
 
 
 class SteadyPriorConfig(StageConfig):
@@ -52,49 +42,6 @@ class SteadyPriorConfig(StageConfig):
     inputs_per_item: int = Field(4, ge=1)  # random input frames per trajectory and batch
     lambda_decoded: float = Field(1.0, ge=0)
     operator_checkpoint: str = "operator_best"
-
-
-class SteadyPrior(nn.Module):
-    """``S`` residual drift steps in latent space. z: [B, L, D]; params: [B, P] -> [B, L, D]."""
-
-    def __init__(self, *, latent_dim: int, n_params: int, config: SteadyPriorNetConfig | None = None):
-        super().__init__()
-        cfg = config or SteadyPriorNetConfig()
-        self.config, self.latent_dim, self.n_params = cfg, latent_dim, n_params
-        w = cfg.width
-        self.inp = nn.Linear(latent_dim, w)
-        self.step_mlp = nn.Sequential(nn.Linear(32, w), nn.SiLU(), nn.Linear(w, w))
-        self.param_mlp = nn.Sequential(nn.Linear(n_params, w), nn.SiLU(), nn.Linear(w, w)) if n_params else None
-        self.blocks = nn.ModuleList(AdaLNBlock(width=w, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                                               attention=cfg.attention) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(w, elementwise_affine=False)
-        self.out = nn.Linear(w, latent_dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def drift(self, z: torch.Tensor, k: int, params: torch.Tensor | None) -> torch.Tensor:
-        """g(z | k, params). z: [B, L, D]; params: [B, P] -> [B, L, D]."""
-        kk = torch.full((z.shape[0],), k / self.config.num_steps, device=z.device)
-        c = self.step_mlp(timestep_embedding(kk, 32).to(z.dtype))
-        if self.param_mlp is not None and params is not None:
-            c = c + self.param_mlp(params.to(z.dtype))
-        h = self.inp(z)
-        for block in self.blocks:
-            h = block(h, c)
-        return self.out(self.norm(h))
-
-    def forward(self, z: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
-        for k in range(self.config.num_steps):
-            z = z + self.drift(z, k, params)
-        return z
-
-
-def steady_state(model: nn.Module, prior: SteadyPrior, u0: torch.Tensor, coords: torch.Tensor,
-                 params: torch.Tensor | None = None, coords_q: torch.Tensor | None = None) -> torch.Tensor:
-    """The prior's steady state of ``u0`` [B, N, C] (normalised) at ``coords`` [B, N, d], decoded at
-    ``coords_q`` [B, Q, d] (default: ``coords``); params [B, P] -> [B, Q, C] (normalised)."""
-    z = prior(model.encode(u0, coords), params)
-    return model.decode(z, coords if coords_q is None else coords_q)
 
 
 @STAGES.register("steady_prior")
@@ -113,20 +60,20 @@ class SteadyPriorStage(Stage):
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> SteadyPriorStage:
-        stage_cfg = SteadyPriorConfig(**(cfg.stages.get(cls.name) or {}))
+        stage_cfg = cls.stage_config(cfg)
         model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         prior = SteadyPrior(latent_dim=model.latent_dim, n_params=meta.n_params, config=stage_cfg.prior)
         return cls(model=model, prior=prior, stage_cfg=stage_cfg, normalizer=normalizer,
                    meta_info=surrogate_meta(cfg, meta, normalizer))
 
-    @staticmethod
-    def train_window(cfg) -> int | None:
-        return SteadyPriorConfig(**(cfg.stages.get("steady_prior") or {})).window
+    @classmethod
+    def train_window(cls, cfg) -> int | None:
+        return cls.stage_config(cfg).window
 
-    @staticmethod
-    def val_window(cfg) -> int | None:
-        return SteadyPriorConfig(**(cfg.stages.get("steady_prior") or {})).window
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
+        return cls.stage_config(cfg).window
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "prior": self.prior}
@@ -157,17 +104,12 @@ class SteadyPriorStage(Stage):
         device = next(self.prior.parameters()).device
         denorm = self.normalizer.denormalize if self.normalizer is not None else (lambda v: v)
         prior_err, init_err = [], []
-        was_training = self.prior.training
-        self.prior.eval()
-        try:
-            for batch in loader:
-                u, x = flatten_points(batch["u"].to(device), batch["coords"].to(device))
-                true = denorm(u[:, -1]).unsqueeze(1)
-                pred = steady_state(self.model, self.prior, u[:, 0], x, batch["params"].to(device))
-                prior_err.append(nrmse_per_sample(denorm(pred).unsqueeze(1), true))
-                init_err.append(nrmse_per_sample(denorm(u[:, :1]), true))
-        finally:
-            self.prior.train(was_training)
+        for batch in loader:
+            u, x = flatten_points(batch["u"].to(device), batch["coords"].to(device))
+            true = denorm(u[:, -1]).unsqueeze(1)
+            pred = steady_state(self.model, self.prior, u[:, 0], x, batch["params"].to(device))
+            prior_err.append(nrmse_per_sample(denorm(pred).unsqueeze(1), true))
+            init_err.append(nrmse_per_sample(denorm(u[:, :1]), true))
         err = float(torch.cat(prior_err).mean())
         return {"val_metric": err, "val_steady_nrmse": err, "val_initial_nrmse": float(torch.cat(init_err).mean())}
 

@@ -9,12 +9,15 @@ Two modes, both differentiable (the operator stage trains through them) and both
 
 Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
 reconstruction of the encoded input; later frames chain the decoder's increments at those points.
-Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
+The one place for rollouts: stage validation, ``ups eval``, TTC, the Simulator and every benchmark call
+these functions. Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +25,9 @@ from ups.eval.metrics import nrmse_per_sample
 from ups.registry import Registry
 
 ROLLOUTS: Registry = Registry("rollout mode")
+
+# u0 [B, N, C] normalised, coords [B, N, d], params [B, P], dt [B], steps -> [B, steps, N, C] normalised
+RolloutFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def _initial_queries(model, z0: torch.Tensor, u0: torch.Tensor, query_coords: torch.Tensor | None) -> torch.Tensor:
@@ -92,37 +98,6 @@ def flatten_points(u: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor,
     return u.flatten(2, -2), coords.flatten(1, -2)
 
 
-@torch.inference_mode()
-def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormalize: Callable, *,
-                   mode: str = "reencode", device: torch.device | None = None, max_principle: bool = False) -> dict:
-    """Roll out every trajectory of ``batches`` from its first frame over all its frames and score it
-    in physical space (PDEBench nRMSE, frame 0 excluded).
-
-    batches: dicts with ``u`` [B, T, *spatial, C] (normalised), ``coords``, ``params`` [B, P], ``dt`` [B];
-    denormalize: normalised [..., C] -> physical. Returns ``nrmse`` (full rollout), ``one_step``
-    (from the true frame at every step), ``per_step`` (list, T - 1 values) and ``persistence``.
-    """
-    per_sample, one_step, persist = [], [], []
-    for batch in batches:
-        if device is not None:
-            batch = {k: v.to(device) for k, v in batch.items()}
-        u, x = flatten_points(batch["u"], batch["coords"])
-        steps = u.shape[1] - 1
-        pred = rollout(model, u[:, 0], x, batch["params"], batch["dt"], steps, mode=mode, max_principle=max_principle)
-        true_phys = denormalize(u[:, 1:])
-        per_sample.append(nrmse_per_sample(denormalize(pred[:, 1:]), true_phys))  # [B, T-1, C]
-        nxt = [model(u[:, t], x, batch["params"], batch["dt"]) for t in range(steps)]
-        one_step.append(nrmse_per_sample(denormalize(torch.stack(nxt, dim=1)), true_phys))
-        persist.append(nrmse_per_sample(denormalize(u[:, :1]).expand_as(true_phys), true_phys))
-    err = torch.cat(per_sample)
-    return {
-        "nrmse": float(err.mean()),
-        "one_step": float(torch.cat(one_step).mean()),
-        "persistence": float(torch.cat(persist).mean()),
-        "per_step": err.mean(dim=(0, 2)).tolist(),
-    }
-
-
 @torch.no_grad()
 def rollout_grid(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
                  dt: torch.Tensor, steps: int, *, max_principle: bool = False) -> torch.Tensor:
@@ -135,3 +110,85 @@ def rollout_grid(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Te
         state = clamp_to_bounds(model.predict_next(state, coords, params, dt), bounds)
         frames.append(state)
     return torch.stack(frames, dim=1)
+
+
+def rollout_fn(model, *, mode: str = "reencode", max_principle: bool = False) -> RolloutFn:
+    """The rollout function of any model, frame 0 dropped: latent surrogates (``encode``/``step``/``decode``,
+    a corrected one too) by :func:`rollout` in ``mode``, grid models (``predict_next``) by :func:`rollout_grid`."""
+    if not hasattr(model, "encode"):
+        def grid(u0, coords, params, dt, steps):
+            return rollout_grid(model, u0, coords, params, dt, steps, max_principle=max_principle)
+
+        return grid
+
+    @torch.inference_mode()
+    def latent(u0, coords, params, dt, steps):
+        return rollout(model, u0, coords, params, dt, steps, mode=mode, max_principle=max_principle)[:, 1:]
+
+    return latent
+
+
+@dataclass
+class Collected:
+    """Rolled-out fields, all [B, T - 1, *spatial, C] (input frame dropped) but ``u0`` [B, *spatial, C]:
+    ``pred`` the rollout from frame 0, ``one_step`` the teacher-forced one-step predictions, ``true``."""
+
+    pred: torch.Tensor
+    one_step: torch.Tensor
+    true: torch.Tensor
+    u0: torch.Tensor
+    wall_s: float
+
+
+def iter_rollouts(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[[torch.Tensor], torch.Tensor], *,
+                  device: torch.device | None = None, max_steps: int | None = None) -> Iterator[Collected]:
+    """Roll out every batch of whole trajectories ``u [B, W, *spatial, C]`` from its first frame (at most
+    ``max_steps`` steps), and one step from every true frame but the last; fields through ``denormalize``
+    (normalised [..., C] -> physical; the identity keeps them normalised). One :class:`Collected` per batch."""
+    for batch in loader:
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        u = batch["u"] if max_steps is None else batch["u"][:, :max_steps + 1]
+        b, w, spatial, c = u.shape[0], u.shape[1], u.shape[2:-1], u.shape[-1]
+        flat, coords = flatten_points(u, batch["coords"])  # [B, W, N, C], [B, N, d]
+        params, dt = batch["params"], batch["dt"]
+        start = time.perf_counter()
+        pred = fn(flat[:, 0], coords, params, dt, w - 1)
+        wall = time.perf_counter() - start
+        reps = [x.repeat_interleave(w - 1, dim=0) for x in (coords, params, dt)]
+        one = fn(flat[:, :-1].reshape(b * (w - 1), -1, c), *reps, 1)[:, 0]
+        shape = (b, w - 1, *spatial, c)
+        yield Collected(denormalize(pred.reshape(shape)), denormalize(one.reshape(shape)), denormalize(u[:, 1:]),
+                        denormalize(u[:, 0]), wall)
+
+
+def collect(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[[torch.Tensor], torch.Tensor], *,
+            device: torch.device | None = None) -> Collected:
+    """:func:`iter_rollouts` of every batch, concatenated (float32)."""
+    parts = list(iter_rollouts(fn, loader, denormalize, device=device))
+    cat = lambda key: torch.cat([getattr(p, key) for p in parts]).float()  # noqa: E731
+    return Collected(cat("pred"), cat("one_step"), cat("true"), cat("u0"), sum(p.wall_s for p in parts))
+
+
+def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormalize: Callable, *,
+                   mode: str = "reencode", device: torch.device | None = None, max_principle: bool = False) -> dict:
+    """Roll out every trajectory of ``batches`` from its first frame over all its frames and score it
+    in physical space (PDEBench nRMSE, frame 0 excluded).
+
+    batches: dicts with ``u`` [B, T, *spatial, C] (normalised), ``coords``, ``params`` [B, P], ``dt`` [B];
+    denormalize: normalised [..., C] -> physical. Returns ``nrmse`` (full rollout), ``one_step``
+    (from the true frame at every step), ``per_step`` (list, T - 1 values) and ``persistence``.
+    """
+    per_sample, one_step, persist = [], [], []
+    fn = rollout_fn(model, mode=mode, max_principle=max_principle)
+    for got in iter_rollouts(fn, batches, denormalize, device=device):
+        per_sample.append(nrmse_per_sample(got.pred, got.true))  # [B, T-1, C]
+        one_step.append(nrmse_per_sample(got.one_step, got.true))
+        persist.append(nrmse_per_sample(got.u0.unsqueeze(1).expand_as(got.true), got.true))
+    err = torch.cat(per_sample)
+    return {
+        "nrmse": float(err.mean()),
+        "one_step": float(torch.cat(one_step).mean()),
+        "persistence": float(torch.cat(persist).mean()),
+        "per_step": err.mean(dim=(0, 2)).tolist(),
+    }
