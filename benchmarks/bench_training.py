@@ -3,7 +3,13 @@ at matched parameter counts (the FNO's width is chosen to match the UPS model's 
 with the peak resident memory of each measurement (each runs in its own fresh process, so
 ``resource.getrusage`` peaks do not mix; quick mode measures in-process, so its peaks are cumulative).
 
-Usage: python benchmarks/bench_training.py [--budget SECONDS] [--quick]   (prints one JSON object)
+Multi-process scaling: the UPS operator stage trained by ``ups train`` under torchrun with 1 and 2
+processes (gloo on CPU, one thread each, the same global batch), samples/s from the run's own log
+(``elapsed_s`` of the per-step health records, so process start-up, preflight and validation are
+not counted). On a shared 2-core machine the 2-process number depends on what else runs.
+
+Usage: python benchmarks/bench_training.py [--budget SECONDS] [--quick] [--processes 1 2]
+(prints one JSON object)
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -55,8 +63,49 @@ def _measure(cfg_json: str, stage_name: str, work: str, seconds: float) -> dict:
             "peak_rss_mib": peak_kib / 1024, "rss_before_training_mib": rss_before / 1024}
 
 
-def run(budget: float | None = None, quick: bool = False) -> dict:
-    """``budget``: seconds of timed training per model (default 30, quick 1)."""
+def rate_from_log(records: list[dict], *, stage: str, global_batch: int, skip: int) -> dict:
+    """Samples/s between the ``skip``-th and the last health record of ``stage`` (one per step)."""
+    health = [r for r in records if r.get("stage") == stage and r.get("kind") == "health"]
+    if len(health) < skip + 2:
+        raise RuntimeError(f"only {len(health)} step records in the log; raise the step count")
+    first, last = health[skip], health[-1]
+    steps, seconds = last["step"] - first["step"], last["elapsed_s"] - first["elapsed_s"]
+    return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds,
+            "samples_per_s": steps * global_batch / seconds}
+
+
+def measure_processes(cfg: ExperimentConfig, stage: str, work: Path, *, nproc: int, steps: int) -> dict:
+    """``ups train`` of ``stage`` under torchrun with ``nproc`` processes for ``steps`` optimizer steps."""
+    from ups.training.runs import JsonlLog
+
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(cfg.to_yaml())
+    run_dir = work / f"run{nproc}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "ups",
+           "train", str(cfg_path), f"training.max_steps={steps}", "training.epochs=1000", "training.val_every=1000",
+           "training.health_every=1", "training.progress=none", "training.time_budget_s=null",
+           "--stage", stage, "--run-dir", str(run_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun with {nproc} processes failed: {done.stderr[-2000:]}")
+    out = rate_from_log(JsonlLog.read(run_dir / "train_log.jsonl"), stage=stage, global_batch=cfg.data.batch_size,
+                        skip=min(3, steps // 4))
+    return {"processes": nproc, "global_batch": cfg.data.batch_size, **out}
+
+
+def scaling(cfg: ExperimentConfig, stage: str, work: Path, *, processes: tuple[int, ...], steps: int) -> dict:
+    runs = {str(n): measure_processes(cfg, stage, work / f"p{n}", nproc=n, steps=steps) for n in processes}
+    base = runs.get("1")
+    for r in runs.values():
+        r["speedup_vs_1"] = r["samples_per_s"] / base["samples_per_s"] if base else None
+    return {"backend": "gloo", "threads_per_process": 1, "stage": stage, "steps": steps,
+            "shared_machine_cores": os.cpu_count(), "runs": runs}
+
+
+def run(budget: float | None = None, quick: bool = False, processes: tuple[int, ...] = (1, 2)) -> dict:
+    """``budget``: seconds of timed training per model (default 30, quick 1); ``processes``: world sizes
+    of the torchrun scaling measurement (empty: skip it)."""
     seconds = float(budget if budget is not None else (1.0 if quick else 30.0))
     seconds = min(seconds, 120.0)
     with tempfile.TemporaryDirectory(prefix="ups-bench-train-") as tmp:
@@ -78,17 +127,21 @@ def run(budget: float | None = None, quick: bool = False) -> dict:
                 with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
                     out = pool.submit(_measure, *args).result()
             results[name] = {"model": cfg.model.name, "params": count, "isolated_process": not quick, **out}
+        steps = 12 if quick else max(20, int(seconds * results["ups"]["steps_per_s"]))
+        dist = scaling(ups_cfg, ups_stage, work / "ddp", processes=tuple(processes), steps=steps) if processes else None
     return {"benchmark": "training", "quick": quick, "timed_seconds_per_model": seconds, "threads": 1,
             "fno_hidden_channels": width, "points": bench.meta.n_points, "models": results,
-            "ratio_ups_over_fno_samples_per_s": results["ups"]["samples_per_s"] / results["fno"]["samples_per_s"]}
+            "ratio_ups_over_fno_samples_per_s": results["ups"]["samples_per_s"] / results["fno"]["samples_per_s"],
+            "distributed": dist}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=None, help="timed seconds per model (default 30)")
     parser.add_argument("--quick", action="store_true", help="tiny data and models, seconds")
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2], help="torchrun world sizes (none: skip)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.budget, args.quick), indent=2))
+    print(json.dumps(run(args.budget, args.quick, tuple(args.processes)), indent=2))
 
 
 if __name__ == "__main__":

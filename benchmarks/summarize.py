@@ -57,8 +57,17 @@ def training(res: dict) -> list[str]:
     rows = [[name, m["params"], m["samples_per_s"], m["peak_rss_mib"]] for name, m in res["models"].items()]
     out = [f"Training throughput ({res['threads']} thread, {res['points']} points, UPS operator stage vs "
            "FNO one-step):", ""]
-    return out + _table(["model", "parameters", "samples / s", "peak RSS (MiB)"], rows) + [
+    out = out + _table(["model", "parameters", "samples / s", "peak RSS (MiB)"], rows) + [
         "", f"UPS / FNO samples per second = {res['ratio_ups_over_fno_samples_per_s']:.3g}."]
+    dist = res.get("distributed")
+    if dist:
+        rows = [[r["processes"], r["global_batch"], r["steps"], r["samples_per_s"], r["speedup_vs_1"]]
+                for r in dist["runs"].values()]
+        out += ["", f"Scale-out: `ups train` under torchrun ({dist['backend']}, {dist['threads_per_process']} thread "
+                f"per process, UPS {dist['stage']} stage, same global batch) on a shared "
+                f"{dist['shared_machine_cores']}-core machine:", ""]
+        out += _table(["processes", "global batch", "timed steps", "samples / s", "vs 1 process"], rows)
+    return out
 
 
 def datagen(res: dict) -> list[str]:

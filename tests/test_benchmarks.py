@@ -79,7 +79,7 @@ def test_inference_quick(tmp_path):
 
 @pytest.mark.slow
 def test_training_quick(tmp_path):
-    out = _run("bench_training", budget=0.5)
+    out = _run("bench_training", budget=0.5, processes=())  # torchrun itself: tests/training/test_distributed.py
     assert out["benchmark"] == "training"
     ups, fno = out["models"]["ups"], out["models"]["fno"]
     assert abs(fno["params"] - ups["params"]) <= 0.25 * ups["params"]  # matched sizes
@@ -88,6 +88,28 @@ def test_training_quick(tmp_path):
     assert out["ratio_ups_over_fno_samples_per_s"] == pytest.approx(ups["samples_per_s"] / fno["samples_per_s"])
     table = _summary(tmp_path, "training", out)
     assert f"| fno | {fno['params']} | {fno['samples_per_s']:.3g} |" in table
+
+
+def test_training_scale_out_rate_and_table(tmp_path):
+    import bench_training
+    import summarize
+
+    log = [{"stage": "operator", "kind": "health", "step": s, "elapsed_s": 0.5 * s} for s in range(1, 11)]
+    log.insert(4, {"stage": "operator", "kind": "event", "step": 4})
+    rate = bench_training.rate_from_log(log, stage="operator", global_batch=8, skip=3)
+    assert rate["steps"] == 6 and rate["seconds"] == pytest.approx(3.0)
+    assert rate["samples_per_s"] == pytest.approx(16.0)  # 6 steps x 8 samples in 3 s
+    with pytest.raises(RuntimeError, match="only 10 step records"):
+        bench_training.rate_from_log(log, stage="operator", global_batch=8, skip=9)
+    runs = {str(n): {"processes": n, "global_batch": 8, "steps": 6, "samples_per_s": 16.0 * f, "speedup_vs_1": f}
+            for n, f in ((1, 1.0), (2, 1.5))}
+    res = {"threads": 1, "points": 32, "ratio_ups_over_fno_samples_per_s": 0.5,
+           "models": {"ups": {"params": 10, "samples_per_s": 1.0, "peak_rss_mib": 1.0}},
+           "distributed": {"backend": "gloo", "threads_per_process": 1, "stage": "operator",
+                           "shared_machine_cores": 2, "runs": runs}}
+    (tmp_path / "training.json").write_text(json.dumps(res))
+    table = summarize.summarize(tmp_path)
+    assert "| 2 | 8 | 6 | 24 | 1.5 |" in table and "shared 2-core machine" in table
 
 
 def test_benchmarks_refuse_mismatched_data(tmp_path):

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ups.training",),
     ("ups.eval",),
     ("ups.pipeline",),
-    ("ups.cli",),
+    ("ups.cli", "ups.__main__"),
 )
 # Training and evaluation share the layers below them (the one rollout, the one scorer ``ups.eval.metrics``)
 # and never import each other.

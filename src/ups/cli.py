@@ -46,18 +46,38 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torchrun(args: argparse.Namespace, command: str) -> int | None:
+    """``--nproc N`` outside torchrun: relaunch this command under torchrun (None: run it here)."""
+    from ups.training import distributed
+
+    if not args.nproc or distributed.launched_by_torchrun():
+        return None
+    argv = [command, *([args.config] if getattr(args, "config", None) else []), *args.overrides]
+    for flag in ("stage", "resume", "run_dir"):
+        value = getattr(args, flag, None)
+        if value is not None and not (flag == "stage" and value == "all"):
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    return distributed.launch(args.nproc, argv)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ups.config import load_config
+    from ups.training.distributed import env_rank
     from ups.training.launch import train
     from ups.training.runs import TrainingInterrupted
 
+    code = _torchrun(args, "train")
+    if code is not None:
+        return code
     cfg = load_config(args.config, args.overrides)
     try:
         run = train(cfg, stage=args.stage, resume=args.resume, run_dir=args.run_dir)
     except TrainingInterrupted as stop:
-        print(str(stop).replace("CONFIG", args.config), file=sys.stderr)
+        if env_rank() == 0:
+            print(str(stop).replace("CONFIG", args.config), file=sys.stderr)
         return stop.exit_code
-    print(f"trained: {run}")
+    if env_rank() == 0:
+        print(f"trained: {run}")
     return 0
 
 
@@ -150,7 +170,12 @@ def _cmd_pipeline(args: argparse.Namespace, cfg=None) -> int:
     from ups.config import load_config
     from ups.pipeline import format_summary, pipeline
 
+    code = _torchrun(args, "pipeline" if cfg is None else "demo")
+    if code is not None:
+        return code
     result = pipeline(cfg if cfg is not None else load_config(args.config, args.overrides), run_dir=args.run_dir)
+    if result is None:  # a rank > 0 under torchrun: rank 0 evaluates and reports
+        return 0
     print(format_summary(result))
     print(f"report: {result['report']}")
     return 0
@@ -186,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="all", help="a stage name, or 'all' (pipeline order; default)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--run-dir", default=None, help="write the run here instead of run.out_dir/<name>")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train in N processes on this machine (runs torchrun; data.batch_size is the global batch)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run in physical space: JSON, plots, report.html")
@@ -221,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         p.add_argument("--run-dir", default=None)
+        p.add_argument("--nproc", type=int, default=None, metavar="N", help="train in N processes (torchrun)")
         p.set_defaults(func=_cmd_pipeline if name == "pipeline" else _cmd_demo)
 
     p = sub.add_parser("leaderboard", help="print the leaderboard CSV as a table")

@@ -136,9 +136,19 @@ class FaultConfig(Strict):
     SIGTERM sent to the training process itself after global batch k (interrupt/resume tests)."""
 
     nan_loss_at_batch: list[int] = Field(default_factory=list)
+    nan_loss_rank: int | None = Field(None, ge=0)  # inject the NaN loss only on this rank (None: every rank)
     sigterm_at_batch: int | None = Field(None, ge=0)
     inf_grad_at_step: list[int] = Field(default_factory=list)
     lr_spike: LRSpike | None = None
+
+
+class DistributedConfig(Strict):
+    """Multi-process training under torchrun (``ups.training.distributed``); ignored in one process."""
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: float = Field(1800.0, gt=0)  # collective timeout (a rank waiting for rank 0's validation)
+    preflight: bool = True  # measure one dry-run batch and check memory and disk before the first step
+    memory_fraction: float = Field(0.9, gt=0, le=1)  # of the free device (or host) memory a rank may plan for
 
 
 class TrainingConfig(Strict):
@@ -177,6 +187,7 @@ class TrainingConfig(Strict):
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 # ----------------------------------------------------------------------------------------- eval

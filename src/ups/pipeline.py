@@ -24,6 +24,7 @@ from ups.eval.leaderboard import Leaderboard, gate, row_from_eval
 from ups.eval.run_eval import evaluate_run, write_outputs
 from ups.io_utils import atomic_write_json
 from ups.rundir import RunFiles
+from ups.training import distributed
 from ups.training.launch import train
 
 SMALL_EVAL_SAMPLES = 32
@@ -54,11 +55,17 @@ def _champion_val(board: Leaderboard, exp: ExperimentConfig, samples: int) -> di
     return evaluate_run(run.path, split="val", max_samples=samples, write=False)["metrics"]
 
 
-def pipeline(exp: ExperimentConfig, *, run_dir: str | Path | None = None) -> dict:
-    """Run the whole pipeline; returns the test evaluation dict (with ``report`` and ``gate``)."""
+def pipeline(exp: ExperimentConfig, *, run_dir: str | Path | None = None) -> dict | None:
+    """Run the whole pipeline; returns the test evaluation dict (with ``report`` and ``gate``).
+
+    Under torchrun every rank trains; rank 0 alone then gates, evaluates and reports (the others
+    return None)."""
     start = time.perf_counter()
-    ensure_data(exp.data)
+    if distributed.local_rank() == 0:  # the other ranks wait for the files inside train()
+        ensure_data(exp.data)
     run = train(exp, stage="all", run_dir=run_dir)
+    if distributed.env_rank() != 0:
+        return None
     small = evaluate_run(run, split="val", max_samples=SMALL_EVAL_SAMPLES, corrector="none", write=False)
     chosen = _select_variant(run, small)
     candidate = small["variants"][chosen]

@@ -78,9 +78,10 @@ class RunFiles:
         """Finished stages and their summaries (empty when none finished)."""
         return _read_json(self.stages_done_path)
 
-    def mark_stage_done(self, stage: str, summary: dict[str, Any]) -> None:
+    def mark_stage_done(self, stage: str, summary: dict[str, Any], **extra: Any) -> None:
+        """Record a stage's summary (and ``extra`` fields, e.g. the process count of a multi-process run)."""
         done = self.stages_done()
-        done[stage] = {k: summary.get(k) for k in ("status", "epochs", "step", "best_metric", "elapsed_s")}
+        done[stage] = {**{k: summary.get(k) for k in ("status", "epochs", "step", "best_metric", "elapsed_s")}, **extra}
         atomic_write_json(self.stages_done_path, done)
 
     def selected_corrector(self) -> str | None:

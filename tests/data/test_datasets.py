@@ -135,6 +135,28 @@ def test_distributed_sampler_shards_the_items(burgers):
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == len(ds)
 
 
+def test_sharded_batches_are_the_single_process_batches_split_by_rank(burgers):
+    cfg, _ = burgers
+    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)  # 100 windows
+
+    def batches(world, rank, **kw):
+        loader = make_loader(ds, batch_size=12, shuffle=True, seed=4, distributed=True, num_replicas=world,
+                             rank=rank, **kw)
+        set_loader_epoch(loader, 2)
+        return [list(zip(b["sample"].tolist(), b["t0"].tolist())) for b in loader]
+
+    for drop_last in (True, False):
+        one = batches(1, 0, drop_last=drop_last)
+        for world in (2, 3, 4):
+            ranks = [batches(world, r, drop_last=drop_last) for r in range(world)]
+            assert [sum(parts, []) for parts in zip(*ranks)] == one  # rank shards, in rank order = the batch
+        assert len(one) == (8 if drop_last else 9) and len(one[-1]) == (12 if drop_last else 4)
+    with pytest.raises(DataError, match="data.batch_size"):
+        make_loader(ds, batch_size=10, shuffle=True, seed=0, distributed=True, num_replicas=4, rank=0)
+    with pytest.raises(DataError, match="holds 1 of 100 items, fewer than the 3 processes"):
+        make_loader(ds, batch_size=33, shuffle=True, seed=0, distributed=True, num_replicas=3, rank=0)
+
+
 def test_early_oversampling_draws_starts_by_their_weights(burgers):
     cfg, _ = burgers
     ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)  # 5 samples x 20 starts
@@ -152,9 +174,13 @@ def test_early_oversampling_draws_starts_by_their_weights(burgers):
     assert first == [b["t0"].tolist() for b in loader] and len(first) == len(ds) // 10
     set_loader_epoch(loader, 1)
     assert first != [b["t0"].tolist() for b in loader]  # a new draw each epoch
-    with pytest.raises(DataError, match="early_oversample"):
-        make_loader(ds, batch_size=4, shuffle=True, seed=0, distributed=True, num_replicas=2, rank=0,
-                    early_oversample=1.0)
+    # the distributed form: the same weighted draw, each global batch of 10 cut into 2 rank shards of 5
+    shards = [make_loader(ds, batch_size=10, shuffle=True, seed=3, early_oversample=9.0, early_frames=2.0,
+                          distributed=True, num_replicas=2, rank=r) for r in range(2)]
+    for shard in shards:
+        set_loader_epoch(shard, 0)
+    joined = [a["t0"].tolist() + b["t0"].tolist() for a, b in zip(*shards)]
+    assert joined == first and all(len(b["t0"]) == 5 for b in shards[0])
 
 
 def test_metadata_from_pdebench_file(tmp_path):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
@@ -176,22 +176,89 @@ class EarlyWindowSampler(Sampler[int]):
         yield from torch.multinomial(self.weights, len(self), replacement=True, generator=g).tolist()
 
 
+class ShardedSampler(Sampler[int]):
+    """One rank's shard of the single-process order: the epoch's order (a permutation seeded by
+    ``(seed, epoch)``, the :class:`EarlyWindowSampler` draw when ``early_oversample > 0``, or the
+    dataset order without ``shuffle``) is cut into global batches of ``global_batch`` items, and rank
+    ``r`` keeps the contiguous slice ``[r * b, (r + 1) * b)`` of each (``b = global_batch / replicas``).
+    The rank shards of a global batch, concatenated in rank order, are that batch of one process.
+    With ``drop_last`` an incomplete last global batch is dropped; otherwise it is split as evenly as
+    possible (it must hold at least one item per rank). Call :meth:`set_epoch` each epoch.
+    """
+
+    def __init__(self, dataset: Dataset, *, global_batch: int, num_replicas: int, rank: int, seed: int,
+                 shuffle: bool = True, drop_last: bool = False, early_oversample: float = 0.0,
+                 early_frames: float = 5.0):
+        if not 0 <= rank < num_replicas or global_batch % num_replicas:
+            raise DataError(f"rank {rank} of {num_replicas} processes with a global batch of {global_batch}: the "
+                            "batch must divide evenly over the processes (data.batch_size)")
+        n = len(dataset)
+        tail = 0 if drop_last else n % global_batch
+        if 0 < tail < num_replicas:
+            raise DataError(f"the last batch holds {tail} of {n} items, fewer than the {num_replicas} processes; "
+                            "change data.batch_size or the number of processes")
+        self.n, self.global_batch, self.replicas, self.rank = n, global_batch, num_replicas, rank
+        self.seed, self.shuffle, self.drop_last, self.epoch = int(seed), shuffle, drop_last, 0
+        self.early = (EarlyWindowSampler(dataset, boost=early_oversample, frames=early_frames, seed=seed)
+                      if early_oversample > 0 and shuffle else None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def global_order(self) -> list[int]:
+        """The order one process draws this epoch (before any sharding)."""
+        if self.early is not None:
+            self.early.set_epoch(self.epoch)
+            return list(self.early)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return torch.randperm(self.n, generator=g).tolist()
+        return list(range(self.n))
+
+    def _slices(self) -> list[tuple[int, int]]:
+        full = self.n // self.global_batch
+        b = self.global_batch // self.replicas
+        out = [(k * self.global_batch + self.rank * b, k * self.global_batch + (self.rank + 1) * b)
+               for k in range(full)]
+        tail = self.n - full * self.global_batch
+        if tail and not self.drop_last:
+            bounds = np.linspace(0, tail, self.replicas + 1).round().astype(int)  # as even as possible
+            start = full * self.global_batch
+            out.append((start + int(bounds[self.rank]), start + int(bounds[self.rank + 1])))
+        return out
+
+    def __len__(self) -> int:
+        return sum(hi - lo for lo, hi in self._slices())
+
+    def __iter__(self):
+        order = self.global_order()
+        for lo, hi in self._slices():
+            yield from order[lo:hi]
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
                 drop_last: bool = False, distributed: bool = False, num_replicas: int | None = None,
                 rank: int | None = None, early_oversample: float = 0.0, early_frames: float = 5.0) -> DataLoader:
-    """A DataLoader with a seeded order and :func:`collate`. ``distributed=True`` shards the items with a
-    DistributedSampler (process group, or explicit ``num_replicas``/``rank``); ``early_oversample > 0``
-    (with ``shuffle``) draws windows with an :class:`EarlyWindowSampler`; call :func:`set_loader_epoch`
-    each epoch."""
+    """A DataLoader with a seeded order and :func:`collate`; call :func:`set_loader_epoch` each epoch.
+
+    ``early_oversample > 0`` (with ``shuffle``) draws windows with an :class:`EarlyWindowSampler`.
+    ``distributed=True``: ``batch_size`` is the GLOBAL batch and this loader yields this rank's shard of
+    each (a :class:`ShardedSampler`, batches of ``batch_size / num_replicas``; ``num_replicas``/``rank``
+    default to the process group's). The sharded order is a function of ``(seed, epoch)`` alone, so it
+    is the same at every world size, 1 included.
+    """
     generator = torch.Generator().manual_seed(int(seed))
     sampler = None
-    if early_oversample > 0 and shuffle:
-        if distributed:
-            raise DataError("data.early_oversample is not supported with distributed training yet; set it to 0")
+    if distributed:
+        group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        replicas = num_replicas if num_replicas is not None else torch.distributed.get_world_size() if group else 1
+        rank = rank if rank is not None else torch.distributed.get_rank() if group else 0
+        sampler = ShardedSampler(dataset, global_batch=batch_size, num_replicas=replicas, rank=rank, seed=seed,
+                                 shuffle=shuffle, drop_last=drop_last, early_oversample=early_oversample,
+                                 early_frames=early_frames)
+        batch_size //= replicas
+    elif early_oversample > 0 and shuffle:
         sampler = EarlyWindowSampler(dataset, boost=early_oversample, frames=early_frames, seed=seed)
-    elif distributed:
-        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, generator=generator, collate_fn=collate, num_workers=num_workers,
                       drop_last=drop_last, persistent_workers=False)

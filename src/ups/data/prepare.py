@@ -103,12 +103,13 @@ def fit_normalizer(bundle: DataBundle) -> Normalizer:
 def training_loader(bundle: DataBundle, exp: ExperimentConfig, *, normalizer: Normalizer, window: int | None,
                     seed: int) -> DataLoader:
     """Shuffled training windows of ``window`` frames (random sub-cell offsets and early-frame oversampling
-    as ``exp.data`` says), ``data.batch_size`` per batch, the order seeded by ``seed``."""
+    as ``exp.data`` says), the order seeded by ``seed``. ``data.batch_size`` is the global batch: under
+    ``torch.distributed`` each process loads its shard of every one (the same order at any process count)."""
     ds = bundle.windows("train", window=window, normalizer=normalizer, train=True, seed=seed)
     d = exp.data
     return make_loader(ds, batch_size=d.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers,
                        drop_last=len(ds) > d.batch_size, early_oversample=d.early_oversample,
-                       early_frames=d.early_frames)
+                       early_frames=d.early_frames, distributed=True)
 
 
 def trajectory_loader(bundle: DataBundle, exp: ExperimentConfig, split: str, *, normalizer: Normalizer,

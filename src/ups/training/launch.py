@@ -14,6 +14,7 @@ and runs each requested stage on the one :class:`~ups.training.trainer.Trainer`:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ups.checkpoint import checkpoint_exists, seed_everything
@@ -23,6 +24,7 @@ from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loa
 from ups.errors import CheckpointError, ConfigError
 from ups.io_utils import atomic_write_json, file_fingerprint
 from ups.rundir import load_run_config
+from ups.training import distributed
 from ups.training.runs import RunDir, finish_wandb
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
@@ -59,12 +61,20 @@ def run_stage(cfg: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle,
     tcfg = cfg.stage_training(name)
     seed_everything(tcfg.seed)  # the stage's initial weights depend on the config only, not on what ran before
     stage = cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=run.path)
+    distributed.local_batch_size(cfg.data.batch_size, distributed.world_size())  # the global batch must divide
     train_loader, val_loader = stage_loaders(bundle, cfg, normalizer=norm, train_window=cls.train_window(cfg),
                                              val_window=cls.val_window(cfg), seed=tcfg.seed)
     resume = run.state_path(name).is_file()
     trainer = Trainer(stage=stage, config=tcfg, run_dir=run.path, resume=resume, log_prefix=name)
     summary = trainer.fit(train_loader, val_loader)
-    run.mark_stage_done(name, summary)
+    spread = distributed.weight_spread(stage.modules().values())  # the ranks must end with the same weights
+    if distributed.is_main():
+        extra = {"processes": distributed.world_size(), "rank_weight_spread": spread} if distributed.is_active() else {}
+        run.mark_stage_done(name, summary, **extra)
+        if spread > 0:
+            print(f"warning: stage {name}: the {distributed.world_size()} processes ended with different weights "
+                  f"(spread {spread:.3g}); please report this", file=sys.stderr)
+    distributed.barrier()  # the next stage (and the caller) reads what rank 0 wrote
     return summary
 
 
@@ -75,13 +85,18 @@ def open_or_create_run(cfg: ExperimentConfig, bundle: DataBundle, *, resume: str
         run = RunDir.open(resume)
         return run, Normalizer.from_json(run.normalizer_path)
     fingerprints = {s: [file_fingerprint(p.file.path) for p in src.parts] for s, src in bundle.splits.items()}
-    if run_dir is not None:
+    if not distributed.is_main():  # rank 0 picks (and creates) the directory; the others use the same one
+        run = RunDir(Path(distributed.broadcast_object(None)))
+    elif run_dir is not None:
         run = RunDir.create(Path(run_dir).parent, Path(run_dir).name, cfg, data_fingerprints=fingerprints)
     else:
         run = RunDir.create(cfg.run.out_dir, cfg.run.name, cfg, data_fingerprints=fingerprints)
+    if distributed.is_main():
+        distributed.broadcast_object(str(run.path))
     norm = fit_normalizer(bundle)
-    norm.to_json(run.normalizer_path)
-    atomic_write_json(run.data_meta_path, bundle.meta.to_dict())
+    if distributed.is_main():
+        norm.to_json(run.normalizer_path)
+        atomic_write_json(run.data_meta_path, bundle.meta.to_dict())
     return run, norm
 
 
@@ -99,18 +114,31 @@ def train(cfg: ExperimentConfig, *, stage: str = "all", resume: str | Path | Non
                               f"--resume RUN_DIR (a run that trained '{reqs[0]}'), or use --stage all")
     if not names:
         raise ConfigError("config error: no stage to train (every stage under stages: has epochs 0)")
-    bundle = prepare_data(cfg.data, splits=("train", "val"), progress=progress)
-    run, norm = open_or_create_run(cfg, bundle, resume=resume, run_dir=run_dir)
-    done = run.stages_done() if resume is not None else {}
-    print(f"run directory: {run.path}")
-    try:
-        for name in names:
-            if name in done and done[name].get("status") != "interrupted":
-                print(f"stage {name}: already finished in this run, skipped")
-                continue
-            summary = run_stage(cfg, run, name, bundle, norm)
-            print(f"stage {name}: {summary.get('status')} after {summary.get('epochs')} epochs, "
-                  f"best {STAGES.get(name).val_metric} = {summary.get('best_metric')}")
-    finally:
-        finish_wandb()
+    with distributed.session(cfg.training.distributed):  # a process group when launched by torchrun
+        bundle = _prepare(cfg, progress)
+        run, norm = open_or_create_run(cfg, bundle, resume=resume, run_dir=run_dir)
+        done = run.stages_done() if resume is not None else {}
+        say = print if distributed.is_main() else (lambda *a, **k: None)
+        say(f"run directory: {run.path}" + (f" ({distributed.world_size()} processes)"
+                                            if distributed.is_active() else ""))
+        try:
+            for name in names:
+                if name in done and done[name].get("status") != "interrupted":
+                    say(f"stage {name}: already finished in this run, skipped")
+                    continue
+                summary = run_stage(cfg, run, name, bundle, norm)
+                say(f"stage {name}: {summary.get('status')} after {summary.get('epochs')} epochs, "
+                    f"best {STAGES.get(name).val_metric} = {summary.get('best_metric')}")
+        finally:
+            finish_wandb()
     return run.path
+
+
+def _prepare(cfg: ExperimentConfig, progress: bool) -> DataBundle:
+    """``prepare_data``; under torchrun the first rank of each machine generates missing files first."""
+    if distributed.local_rank() == 0:
+        bundle = prepare_data(cfg.data, splits=("train", "val"), progress=progress and distributed.is_main())
+    distributed.barrier()
+    if distributed.local_rank() != 0:
+        bundle = prepare_data(cfg.data, splits=("train", "val"), progress=False)
+    return bundle

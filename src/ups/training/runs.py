@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -153,7 +154,9 @@ class SignalFlag:
     """Context manager: SIGINT/SIGTERM set ``self.signum`` instead of killing the process.
 
     The trainer polls it at step boundaries. A second signal restores the default behaviour (a second
-    Ctrl-C raises ``KeyboardInterrupt`` at once). Outside the main thread it installs nothing.
+    Ctrl-C raises ``KeyboardInterrupt`` at once), except under torchrun, where one Ctrl-C reaches a rank
+    twice (from the terminal and from the launcher) and the launcher enforces its own deadline.
+    Outside the main thread it installs nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -164,6 +167,8 @@ class SignalFlag:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
+            if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: Ctrl-C reaches the ranks and the launcher,
+                return  # which passes it on again; the launcher kills ranks that do not stop in time itself
             self._restore()
             raise KeyboardInterrupt
         self.signum = signum

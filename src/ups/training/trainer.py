@@ -47,9 +47,11 @@ from ups import checkpoint as ckpt
 from ups.config import TrainingConfig
 from ups.errors import ConfigError, UPSError
 from ups.io_utils import check_free_disk
+from ups.training import distributed
 from ups.training.ema import EMA
 from ups.training.health import HealthMonitor
 from ups.training.optim import Precision, build_optimizer, build_scheduler, clip_gradients
+from ups.training.preflight import check_memory
 from ups.training.runs import JsonlLog, Reporter, RunDir, SignalFlag, TrainingInterrupted, WandbLogger, is_main_process
 from ups.training.stage import Stage
 
@@ -108,10 +110,12 @@ class Trainer:
         for name, module in self.modules.items():
             module.requires_grad_(name in self.trainable)
         stage.to(self.device)
+        distributed.broadcast_modules(self.modules.values())  # every rank starts from rank 0's weights
         self.optimizer = build_optimizer(self.modules, self.trainable, config)
         self.precision = Precision(config.precision, self.device, warn=self.reporter.warn)
         trained = {n: self.modules[n] for n in self.trainable}
         self.ema = EMA(trained, decay=config.ema_decay) if config.ema_decay else None
+        self.sync = distributed.GradientSync(trainable=trained)
         self.monitor = HealthMonitor(stage=self.name, grad_norm_warn=config.grad_norm_warn,
                                      clip_ratio_warn=config.clip_ratio_warn,
                                      inverse_ratio_warn=config.inverse_ratio_warn)
@@ -144,6 +148,9 @@ class Trainer:
         resume_rng = self._restore(train_loader) if self.resume else None
         check_free_disk(self.run.checkpoints, ckpt.estimate_checkpoint_bytes(self.modules),
                         f"the checkpoints of stage '{self.name}'")
+        if self.cfg.distributed.preflight:
+            check_memory(self, train_loader, move=to_device)
+        distributed.decorrelate_rngs(self.stage, seed=self.cfg.seed, step=self.step)
         self.wandb = WandbLogger(self.cfg.wandb, prefix=self.prefix, run_dir=self.run.path,
                                  config=self.cfg.model_dump(mode="json"), reporter=self.reporter)
         self._t0 = self.clock() - self.elapsed_s
@@ -199,10 +206,12 @@ class Trainer:
         with self.precision.autocast():
             out = self.stage.loss(batch, epoch=self.epoch, step=self.step)
         loss = out["loss"]
-        if self.global_batch in self.cfg.faults.nan_loss_at_batch:
+        if self.global_batch in self.cfg.faults.nan_loss_at_batch and self.cfg.faults.nan_loss_rank in (
+                None, distributed.rank()):
             loss = loss * float("nan")
         parts = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
         parts["loss"] = float(loss.detach())
+        parts, weight = self.sync.reduce_parts(parts, distributed.batch_length(batch))  # global batch's losses
         self.global_batch += 1
         if self.global_batch - 1 == self.cfg.faults.sigterm_at_batch:
             os.kill(os.getpid(), signal.SIGTERM)  # handled like a user's: at the next step boundary
@@ -212,7 +221,7 @@ class Trainer:
             self._event("nonfinite_loss", f"non-finite loss {parts['loss']} at batch {self.global_batch - 1}; "
                         "batch skipped before backward", batch=self.global_batch - 1)
             return False
-        self.precision.backward(loss.float() / self.cfg.grad_accum)
+        self.precision.backward(loss.float() * weight / self.cfg.grad_accum)
         self.monitor.add_loss(parts)
         self._accum += 1
         self._postfix["loss"] = f"{parts['loss']:.3g}"
@@ -223,6 +232,7 @@ class Trainer:
         count, self._accum = self._accum, 0
         if count == 0:
             return
+        self.sync.reduce_gradients()  # mean over the ranks, once per accumulation group (= no_sync before)
         if count < self.cfg.grad_accum:  # a short last group: average over the batches it has
             for p in self._params():
                 p.grad.mul_(self.cfg.grad_accum / count)
@@ -258,7 +268,7 @@ class Trainer:
         self._set_train_mode(False)
         try:
             with (self.ema.applied() if self.ema is not None else nullcontext()), torch.no_grad():
-                metrics = self.stage.validate(DeviceLoader(loader, self.device))
+                metrics = distributed.run_on_main(lambda: self.stage.validate(DeviceLoader(loader, self.device)))
         finally:
             self._set_train_mode(True)
         if "val_metric" not in metrics:
@@ -378,7 +388,7 @@ class Trainer:
     def _check_config(self, saved: dict[str, Any]) -> None:
         """Warn when a resumed run's training config differs in fields that change the result."""
         free = {"epochs", "max_steps", "time_budget_s", "progress", "wandb", "faults", "early_stopping_patience",
-                "target_metric", "device", "health_every"}
+                "target_metric", "device", "health_every", "distributed"}
         now = self.cfg.model_dump(mode="json")
         changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
         if changed:
@@ -400,7 +410,8 @@ class Trainer:
         self._check_interrupt()
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             self.stop_reason = "max_steps"
-        elif self.cfg.time_budget_s is not None and self.clock() - self._t0 >= self.cfg.time_budget_s:
+        elif self.cfg.time_budget_s is not None and distributed.from_main(
+                self.clock() - self._t0 >= self.cfg.time_budget_s):  # rank 0's clock decides
             self.stop_reason = "time_budget"
         return self.stop_reason is not None
 
@@ -408,13 +419,15 @@ class Trainer:
         """Fraction of ``time_budget_s`` used so far (0 before ``fit`` starts the clock)."""
         if self._t0 is None or not self.cfg.time_budget_s:
             return 0.0
-        return (self.clock() - self._t0) / self.cfg.time_budget_s
+        return distributed.from_main((self.clock() - self._t0) / self.cfg.time_budget_s)
 
     def _check_interrupt(self) -> None:
-        if self._signals.signum is None:
+        if not distributed.any_rank(self._signals.signum is not None):  # a signal to any rank stops all
             return
         self.save_checkpoints("last")
-        self._event("interrupted", f"{self._signals.name} received; saved {self.name}_last at step {self.step}")
+        distributed.barrier()  # rank 0's checkpoint is on disk before any rank exits
+        signame = self._signals.name or "a signal to another rank"
+        self._event("interrupted", f"{signame} received; saved {self.name}_last at step {self.step}")
         error = TrainingInterrupted(self.run.path, self.name, self.step)
         self.reporter.warn(str(error))
         raise error
