@@ -374,8 +374,8 @@ def _disk_fills_up_after(writes: int, monkeypatch) -> None:
 
 def _previous_checkpoint_is_intact(run: Path) -> None:
     """After the failed write: epoch 1's checkpoints load, and no temporary file is left behind."""
-    from ups.simulator import Simulator
     from ups.checkpoint import read_checkpoint_meta
+    from ups.simulator import Simulator
 
     for kind in ("best", "last", "ema"):
         assert read_checkpoint_meta(run / "checkpoints" / f"operator_{kind}")["epoch"] in (0, 1)
