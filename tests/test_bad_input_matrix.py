@@ -255,6 +255,12 @@ def _(c):
     return ["function", str(c.root / "file" / "cache")]
 
 
+@case("run-dir-unwritable", "`ups train CONFIG --run-dir` inside a path that is a file")
+def _(c):
+    (c.root / "afile").write_text("not a folder")
+    return ["train", c.config(), "--run-dir", str(c.root / "afile" / "run")]
+
+
 # ----------------------------------------------------------------------------------- eval and infer
 @case("eval-moved-data", "`ups eval RUN` from another folder after the run's (relative) test file moved")
 def _(c):
@@ -277,6 +283,11 @@ def _(c):
 @case("eval-unknown-corrector", "`ups eval RUN --corrector multi` on a run without that corrector")
 def _(c):
     return ["eval", str(c.run), "--corrector", "multi"]
+
+
+@case("eval-zero-samples", "`ups eval RUN --max-samples 0`")
+def _(c):
+    return ["eval", str(c.run), "--max-samples", "0"]
 
 
 @case("eval-not-a-run", "`ups eval FOLDER` where FOLDER is no run directory")
@@ -312,6 +323,11 @@ def _(c):
 def _(c):
     return ["infer", str(c.run), "--input", str(c.data / "test.h5"), "--steps", "2", "--start", "99",
             "--out", str(c.root / "p.h5")]
+
+
+@case("infer-out-is-a-folder", "`ups infer ... --out FOLDER` (an existing folder, not a file name)")
+def _(c):
+    return ["infer", str(c.run), "--input", str(c.data / "test.h5"), "--steps", "2", "--out", str(c.root)]
 
 
 IDS = [c[0] for c in CASES]
