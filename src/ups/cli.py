@@ -132,7 +132,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ups.pipeline import format_summary
 
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, ttc=args.ttc, corrector=args.corrector,
-                          out=args.out, max_samples=args.max_samples, overrides=args.overrides)
+                          out=args.out, max_samples=args.max_samples, overrides=args.overrides, peers=args.peer)
     report = write_outputs(args.run_dir, result)
     print(format_summary(result))
     print(f"report: {report}")
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="overrides of the run's config, e.g. data.spatial_stride=1")
     p.add_argument("--data", default=None, help="another HDF5 file (ours, or PDEBench's: its split is used)")
+    p.add_argument("--peer", action="append", default=[], metavar="PEER_RUN",
+                   help="a trained peer run (FNO, U-Net, another UPS run) scored beside the model; repeatable")
     p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
                    help="default: eval.split; 'all': every sample of --data FILE")
     p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")
