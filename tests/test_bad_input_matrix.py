@@ -255,6 +255,12 @@ def _(c):
     return ["function", str(c.root / "file" / "cache")]
 
 
+@case("run-dir-unwritable", "`ups train CONFIG --run-dir` inside a path that is a file")
+def _(c):
+    (c.root / "afile").write_text("not a folder")
+    return ["train", c.config(), "--run-dir", str(c.root / "afile" / "run")]
+
+
 # ----------------------------------------------------------------------------------- eval and infer
 @case("eval-moved-data", "`ups eval RUN` from another folder after the run's (relative) test file moved")
 def _(c):
@@ -277,6 +283,22 @@ def _(c):
 @case("eval-unknown-corrector", "`ups eval RUN --corrector multi` on a run without that corrector")
 def _(c):
     return ["eval", str(c.run), "--corrector", "multi"]
+
+
+@case("eval-zero-samples", "`ups eval RUN --max-samples 0`")
+def _(c):
+    return ["eval", str(c.run), "--max-samples", "0"]
+
+
+@case("eval-other-fields", "`ups eval RUN --data FILE` where FILE has 2 fields per point, the run 1")
+def _(c):
+    rng = np.random.default_rng(0)
+    return ["eval", str(c.run), "--data", str(write_ups_file(c.root / "two.h5", rng.random((3, 6, 16, 2))))]
+
+
+@case("eval-one-frame", "`ups eval RUN --data FILE` where FILE has a single frame")
+def _(c):
+    return ["eval", str(c.run), "--data", str(write_ups_file(c.root / "short.h5", _fields(frames=1)))]
 
 
 @case("eval-not-a-run", "`ups eval FOLDER` where FOLDER is no run directory")
@@ -312,6 +334,18 @@ def _(c):
 def _(c):
     return ["infer", str(c.run), "--input", str(c.data / "test.h5"), "--steps", "2", "--start", "99",
             "--out", str(c.root / "p.h5")]
+
+
+@case("infer-other-fields", "`ups infer RUN --input FILE` where FILE has 2 fields per point, the run 1")
+def _(c):
+    rng = np.random.default_rng(0)
+    return ["infer", str(c.run), "--input", str(write_ups_file(c.root / "two.h5", rng.random((3, 6, 16, 2)))),
+            "--steps", "2", "--out", str(c.root / "p.h5")]
+
+
+@case("infer-out-is-a-folder", "`ups infer ... --out FOLDER` (an existing folder, not a file name)")
+def _(c):
+    return ["infer", str(c.run), "--input", str(c.data / "test.h5"), "--steps", "2", "--out", str(c.root)]
 
 
 IDS = [c[0] for c in CASES]

@@ -155,6 +155,34 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a loader draws from (its own, its sampler's), once each, in a fixed order."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found: dict[int, torch.Generator] = {}
+    for owner in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            found.setdefault(id(gen), gen)
+    return list(found.values())
+
+
+def loader_rng(loader: Any) -> list[torch.Tensor]:
+    """The states of the loader's generators (order and shuffling draws), for the training state."""
+    return [g.get_state() for g in _loader_generators(loader)] if loader is not None else []
+
+
+def load_loader_rng(loader: Any, states: list[torch.Tensor] | None) -> None:
+    """Inverse of :func:`loader_rng`; a different number of generators is a one-line error."""
+    if states is None:
+        return
+    gens = _loader_generators(loader)
+    if len(gens) != len(states):
+        raise CheckpointError(f"the training state holds {len(states)} data-loader generator states but this "
+                                   f"loader has {len(gens)}; resume with the run's own config")
+    for gen, state in zip(gens, states):
+        gen.set_state(state)
+
+
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` a training state (tensors and plain values only), atomically."""
     atomic_write_with(Path(path), lambda tmp: torch.save(state, tmp))

@@ -81,6 +81,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return value
+
+
 def _parse_param(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     try:
@@ -225,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: eval.split; 'all': every sample of --data FILE")
     p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")
     p.add_argument("--corrector", default="auto", choices=["auto", "none", "multi", "distilled"])
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--max-samples", type=_positive, default=None, help="evaluate at most this many samples")
     p.add_argument("--out", default=None, help="folder for the JSON, plots and report (default: with --data, "
                    "RUN_DIR/eval_<file stem>_<split>/; else RUN_DIR)")
     p.set_defaults(func=_cmd_eval)

@@ -44,6 +44,8 @@ def atomic_path(path: str | Path):
 
 def write_error(path: Path, err: OSError) -> UPSError:
     """One line for a failed write: the file, the system's reason, that nothing old was lost, what to do."""
+    if path.is_dir():
+        return UPSError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'out.hdf5'}")
     reason = err.strerror or str(err) or type(err).__name__
     kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
     return UPSError(f"cannot write {path}: {reason}; {kept} (free disk space or fix the folder's permissions, "

@@ -264,9 +264,15 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, 
                       drop_last=drop_last, persistent_workers=False)
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Tell the loader's sampler (shuffling under DDP) and dataset (random offsets) the epoch."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Tell everything in the loader with a ``set_epoch`` the epoch, once each: its sampler (shuffling
+    under DDP, oversampling), batch sampler and that one's sampler, and dataset (random offsets). The
+    trainer calls it at the start of every epoch."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found: dict[int, object] = {}
+    for owner in (getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None),
+                  getattr(loader, "dataset", None)):
+        if owner is not None and callable(getattr(owner, "set_epoch", None)):
+            found.setdefault(id(owner), owner)
+    for owner in found.values():
+        owner.set_epoch(epoch)

@@ -107,6 +107,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     if cap:
         dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
     bundle = prepare_data(dcfg, splits=(split,), generate=False)
+    for part in bundle.splits[split].parts:
+        check_data_fits(sim.meta, part.file, start=cfg.eval.rollout_start)
     loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
     fns = _variants(run_dir, sim)
     chosen = _selected(run_dir, corrector, fns)
@@ -155,6 +157,22 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
         if target != run_dir else None
     return write_report(run_dir, eval_json=clean, config_yaml=RunFiles(run_dir).config_path.read_text(), plots=plots,
                         out=target / "report.html", title=title)
+
+
+def check_data_fits(meta, file: TrajectoryFile, *, start: int | None) -> None:
+    """One line when ``file`` cannot be rolled out by a model trained on data described by ``meta``:
+    other fields per point, other spatial dimensions, or (unless ``start`` is None) fewer than 2 frames
+    from ``start``."""
+    what = f"the run was trained on {meta.pde} data with"
+    if file.n_channels != meta.n_channels:
+        raise UPSError(f"{file.path} holds {file.n_channels} field(s) per point but {what} {meta.n_channels}: "
+                       "give a file of the run's PDE and fields")
+    if file.spatial_dims != meta.spatial_dims:
+        raise UPSError(f"{file.path} is {file.spatial_dims}-D but {what} {meta.spatial_dims}-D grids: give a file of "
+                       "the run's PDE")
+    if start is not None and file.n_frames - start < 2:
+        raise UPSError(f"{file.path} has {file.n_frames} frame(s); a rollout from frame {start} needs at least "
+                       f"{start + 2} (lower eval.rollout_start or give a longer file)")
 
 
 def _peer_name(peer: Path, taken: dict) -> str:

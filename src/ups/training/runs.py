@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ups.errors import UPSError
-from ups.io_utils import atomic_write_json, atomic_write_text
+from ups.io_utils import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ups.rundir import RunFiles
 
 RESUME_HINT = "ups train CONFIG --resume RUN_DIR"
@@ -96,7 +96,7 @@ class RunDir(RunFiles):
             path, n = base.with_name(f"{base.name}-{n}"), n + 1
         run = cls(path)
         if is_main_process():
-            run.checkpoints.mkdir(parents=True, exist_ok=True)
+            ensure_writable_dir(run.checkpoints, "the run directory's checkpoint folder")
             atomic_write_text(run.config_path, cfg.to_yaml())
             meta = {"name": path.name, "start_time": _dt.datetime.now().astimezone().isoformat(),
                     "cwd": str(Path.cwd()),  # relative data paths of config.yaml are relative to it

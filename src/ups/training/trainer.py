@@ -45,6 +45,7 @@ import torch
 
 from ups import checkpoint as ckpt
 from ups.config import TrainingConfig
+from ups.data.datasets import set_loader_epoch
 from ups.errors import ConfigError, UPSError
 from ups.io_utils import check_free_disk
 from ups.training import distributed
@@ -169,19 +170,18 @@ class Trainer:
 
     def train_one_epoch(self, loader: Iterable, *, resume_rng: dict | None = None) -> None:
         """One pass over ``loader`` (from batch ``batch_in_epoch`` when resuming mid-epoch)."""
-        for owner in epoch_owners(loader):
-            owner.set_epoch(self.epoch)
+        set_loader_epoch(loader, self.epoch)
         if resume_rng is not None:
             ckpt.restore_rng(resume_rng["epoch_start"])
-            load_loader_rng(loader, resume_rng["loader_epoch_start"])
+            ckpt.load_loader_rng(loader, resume_rng["loader_epoch_start"])
         self._epoch_start_rng = ckpt.capture_rng()
-        self._epoch_start_loader_rng = loader_rng(loader)
+        self._epoch_start_loader_rng = ckpt.loader_rng(loader)
         iterator = iter(loader)
         if resume_rng is not None:
             for _ in range(self.batch_in_epoch):
                 next(iterator)
             ckpt.restore_rng(resume_rng["current"])
-            load_loader_rng(loader, resume_rng["loader_current"])
+            ckpt.load_loader_rng(loader, resume_rng["loader_current"])
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         self.reporter.start_epoch(total, f"{self.prefix} {self.epoch + 1}/{self.cfg.epochs}")
         try:
@@ -342,7 +342,7 @@ class Trainer:
             "monitor": self.monitor.state_dict(), "rng": ckpt.capture_rng(),
             "epoch_start_rng": self._epoch_start_rng if self.batch_in_epoch else None,
             "epoch_start_loader_rng": self._epoch_start_loader_rng if self.batch_in_epoch else None,
-            "loader_rng": loader_rng(self._train_loader), "stage_rng": self.stage.rng_state(),
+            "loader_rng": ckpt.loader_rng(self._train_loader), "stage_rng": self.stage.rng_state(),
             "last_lrs": self._last_lrs, "training_config": self.cfg.model_dump(mode="json"),
             "modules": ckpt.module_tensors(self.modules),
         }
@@ -379,7 +379,7 @@ class Trainer:
         self.stage.load_rng_state(state.get("stage_rng") or {})
         if not self.batch_in_epoch:
             ckpt.restore_rng(state["rng"])
-            load_loader_rng(loader, state.get("loader_rng"))
+            ckpt.load_loader_rng(loader, state.get("loader_rng"))
             return None
         return {"epoch_start": state["epoch_start_rng"], "current": state["rng"],
                 "loader_epoch_start": state.get("epoch_start_loader_rng"), "loader_current": state.get("loader_rng")}
@@ -486,47 +486,6 @@ class Trainer:
             self.wandb.log(record)
         if record["kind"] == "epoch" or self.reporter.mode == "lines":
             self.reporter.line(_format_line(record, self.prefix, self.cfg.epochs))
-
-
-def epoch_owners(loader: Any) -> list[Any]:
-    """Everything in ``loader`` with a ``set_epoch`` (sampler, batch sampler and its sampler, dataset), once
-    each: the trainer calls ``set_epoch(epoch)`` on all of them at the start of every epoch (sampler order
-    under DDP or oversampling, the dataset's random sub-cell offsets)."""
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    found: dict[int, Any] = {}
-    for owner in (getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None),
-                  getattr(loader, "dataset", None)):
-        if owner is not None and callable(getattr(owner, "set_epoch", None)):
-            found.setdefault(id(owner), owner)
-    return list(found.values())
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The ``torch.Generator`` objects a loader draws from (its own, its sampler's), once each, in a fixed order."""
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    found: dict[int, torch.Generator] = {}
-    for owner in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
-        gen = getattr(owner, "generator", None)
-        if isinstance(gen, torch.Generator):
-            found.setdefault(id(gen), gen)
-    return list(found.values())
-
-
-def loader_rng(loader: Any) -> list[torch.Tensor]:
-    """The states of the loader's generators (order and shuffling draws), for the training state."""
-    return [g.get_state() for g in _loader_generators(loader)] if loader is not None else []
-
-
-def load_loader_rng(loader: Any, states: list[torch.Tensor] | None) -> None:
-    """Inverse of :func:`loader_rng`; a different number of generators is a one-line error."""
-    if states is None:
-        return
-    gens = _loader_generators(loader)
-    if len(gens) != len(states):
-        raise ckpt.CheckpointError(f"the training state holds {len(states)} data-loader generator states but this "
-                                   f"loader has {len(gens)}; resume with the run's own config")
-    for gen, state in zip(gens, states):
-        gen.set_state(state)
 
 
 def _format_line(r: dict[str, Any], prefix: str, epochs: int) -> str:
