@@ -30,8 +30,7 @@ def _initial(n: int = 2, seed: int = 0) -> torch.Tensor:
 
 def test_defaults_follow_the_fno_convention():
     p = NSParams()
-    assert (p.resolution, p.frames) == (64, 51)
-    assert all(math.isclose(a, b) for a, b in ((p.t_end, 50.0), (p.nu, 1e-3), (p.forcing_amp, 0.1)))
+    assert (p.resolution, p.frames) == (64, 51) and (p.t_end, p.nu, p.forcing_amp) == pytest.approx((50.0, 1e-3, 0.1))
     assert math.isclose(p.dt, 1.0) and p.spatial_shape == (64, 64)
     assert torch.allclose(p.x, torch.arange(64, dtype=torch.float64) / 64)  # nodes, as FNO's linspace[:-1]
     with pytest.raises(ConfigError, match="ic_convention"):

@@ -109,7 +109,7 @@ def test_evaluation_plots_for_a_report(tmp_path):
     two_d = evaluation_plots(tmp_path / "2d", pred=torch.zeros(1, 2, 4, 4, 1), true=torch.zeros(1, 2, 4, 4, 1),
                              curves={"model": [0.1, 0.2]})
     assert list(two_d) == ["nRMSE per rollout step", "sample 0: truth, prediction, error snapshots",
-                           "sample 0: animation"]  # 2D: snapshots and a GIF (ups.eval.plots2d)
+                           "sample 0: animation"]  # 2D: snapshots and a GIF (plot_snapshots_2d, animate_2d)
     three_d = evaluation_plots(tmp_path / "3d", pred=torch.zeros(1, 2, 4, 4, 4, 1),
                                true=torch.zeros(1, 2, 4, 4, 4, 1), curves={"model": [0.1, 0.2]})
     assert list(three_d) == ["nRMSE per rollout step"]

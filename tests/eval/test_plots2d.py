@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from ups.errors import UPSError
-from ups.eval.plots import evaluation_plots
-from ups.eval.plots2d import animate_2d, plot_snapshots_2d, snapshot_frames
+from ups.eval.plots import animate_2d, evaluation_plots, plot_snapshots_2d, snapshot_frames
 
 
 def _fields(t: int = 5, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

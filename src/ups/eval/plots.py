@@ -3,6 +3,11 @@
 - :func:`plot_spacetime`        truth, prediction and error images of one 1D sample [T, X]
 - :func:`plot_error_curves`     nRMSE per rollout step for the model, persistence and peers (log y)
 - :func:`plot_training_curves`  loss components and validation metrics over epochs from ``train_log.jsonl``
+- :func:`plot_snapshots_2d`     truth / prediction / error of one 2D sample [T, X, Y] at a few times
+- :func:`animate_2d`            the same three panels as an animated GIF, one frame per rollout step
+
+2D images are transposed so that x runs horizontally (origin at the lower left); truth and prediction
+share one colour scale, the error has its own symmetric one.
 """
 
 from __future__ import annotations
@@ -13,11 +18,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from ups.errors import UPSError
-from ups.eval.figures import save_figure
+from ups.io_utils import atomic_write_with
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` as PNG to ``path`` atomically."""
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return path
 
 
 def _as_array(x, name: str) -> np.ndarray:
@@ -62,7 +76,7 @@ def plot_spacetime(truth, pred, path: str | Path, *, title: str = "", x: Sequenc
         fig.colorbar(im, ax=ax)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "nRMSE per step",
@@ -73,7 +87,7 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
     """
     if not curves:
         raise UPSError("plot_error_curves needs at least one curve ({name: per-step values})")
-    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for name, values in curves.items():
         v = np.asarray(list(values), dtype=np.float64)
@@ -82,13 +96,11 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
         ax.plot(steps, v, marker="o" if v.size <= 20 else None, markersize=3, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("time" if dt is not None else "rollout step")
-    if dt is None:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    _outside_legend(ax)
-    return save_figure(fig, path)
+    ax.legend()
+    return _save(fig, path)
 
 
 def read_epoch_records(train_log: str | Path) -> list[dict]:
@@ -136,59 +148,52 @@ def training_series(records: list[dict]) -> tuple[dict[str, list[float]], dict[s
             _numeric_series(records, lambda k: k.startswith("val_")))
 
 
-def _by_stage(records: list[dict]) -> dict[str, list[dict]]:
-    """Epoch records grouped by stage, stages in the order they ran."""
-    out: dict[str, list[dict]] = {}
-    for rec in records:
-        out.setdefault(str(rec.get("stage") or "training"), []).append(rec)
+def _stage_bounds(records: list[dict]) -> list[tuple[int, str]]:
+    """(first record index, stage name) at every change of stage."""
+    out, last = [], object()
+    for i, rec in enumerate(records):
+        if rec.get("stage") != last:
+            last = rec.get("stage")
+            out.append((i, str(last) if last is not None else ""))
     return out
 
 
-def _outside_legend(ax) -> None:
-    """The legend to the right of the axes, where it cannot cover a line."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-
-
-def _draw_series(ax, series: dict[str, list[float]], title: str) -> None:
+def _draw_series(ax, series: dict[str, list[float]], bounds: list[tuple[int, str]], title: str) -> None:
     xs = np.arange(1, len(next(iter(series.values()), [])) + 1)
     for name, values in series.items():
         v = np.asarray(values, dtype=np.float64)
         v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
-        if np.isfinite(v).any():  # a field this stage never logged gets no legend entry
-            ax.plot(xs, v, marker="o" if xs.size <= 30 else None, markersize=3, label=name)
+        ax.plot(xs, v, marker="o" if xs.size <= 30 else None, markersize=3, label=name)
+    for i, (start, stage) in enumerate(bounds):
+        if i:
+            ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=1)
+        if stage:
+            ax.annotate(stage, (start + 1, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch (all stages, in order)")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    _outside_legend(ax)
-
-
-def training_figure(records: list[dict], *, title: str = "training", source: str = "the log") -> Figure:
-    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) of epoch records: one row
-    of two panels per stage (each stage its own scales), legends beside the panels. ``val_metric`` is left
-    out where it only repeats a named metric. With no records the figure says so."""
-    stages = _by_stage(records)
-    fig = Figure(figsize=(12, 3.2 * max(1, len(stages))), layout="constrained")
-    if not stages:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"no epoch records in {source}", ha="center", va="center")
-    for row, (stage, recs) in enumerate(stages.items()):
-        losses, vals = training_series(recs)
-        if any(k != "val_metric" and v == vals.get("val_metric") for k, v in vals.items()):
-            del vals["val_metric"]  # an alias of the stage's metric: its line would hide the named one
-        _draw_series(fig.add_subplot(len(stages), 2, 2 * row + 1), losses, f"{stage}: training losses")
-        _draw_series(fig.add_subplot(len(stages), 2, 2 * row + 2), vals, f"{stage}: validation metrics")
-    fig.suptitle(title)
-    return fig
+    if series:
+        ax.legend(fontsize=8)
 
 
 def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str = "training") -> Path:
-    """:func:`training_figure` of a train_log.jsonl's epoch records, as a PNG. Missing fields leave gaps;
-    with no epoch records the figure says so instead of failing, so a report can still be written."""
-    return save_figure(training_figure(read_epoch_records(train_log), title=title, source=Path(train_log).name), path)
+    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) per epoch record of a
+    train_log.jsonl, stages marked by dotted lines. Missing fields leave gaps; with no epoch records the
+    figure says so instead of failing, so a report can still be written."""
+    records = read_epoch_records(train_log)
+    losses, vals = training_series(records)
+    bounds = _stage_bounds(records)
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    if not records:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no epoch records in {Path(train_log).name}", ha="center", va="center")
+    else:
+        _draw_series(fig.add_subplot(1, 2, 1), losses, bounds, "training losses")
+        _draw_series(fig.add_subplot(1, 2, 2), vals, bounds, "validation metrics")
+    fig.suptitle(title)
+    return _save(fig, path)
 
 
 def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Sequence[float]], samples: int = 3,
@@ -197,7 +202,8 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
     """The standard plots of one evaluation, as {caption: PNG path} ready for :func:`ups.eval.report.write_report`.
 
     pred, true: [B, T, X, C] de-normalised rollouts (space-time images of ``channel`` for the first
-    ``samples`` samples; for [B, T, X, Y, C] snapshots and a GIF per sample, see :mod:`ups.eval.plots2d`;
+    ``samples`` samples; for [B, T, X, Y, C] snapshots and a GIF per sample (:func:`plot_snapshots_2d`,
+    :func:`animate_2d`);
     skipped for 3D fields); curves: {name: nRMSE per step} (model, persistence,
     peers) -> ``nrmse_per_step.png``. x: [X], t: [T] coordinates for the image axes.
     """
@@ -211,8 +217,6 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
                 true[i, ..., channel], pred[i, ..., channel], out_dir / f"spacetime_{i}.png",
                 title=f"test sample {i}", x=x, t=t)
     elif getattr(true, "ndim", 0) == 5:  # 2D: snapshots at a few times and an animation per sample
-        from ups.eval.plots2d import animate_2d, plot_snapshots_2d
-
         for i in range(min(samples, true.shape[0])):
             y, p = true[i, ..., channel], pred[i, ..., channel]
             plots[f"sample {i}: truth, prediction, error snapshots"] = plot_snapshots_2d(
@@ -220,3 +224,100 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
             plots[f"sample {i}: animation"] = animate_2d(y, p, out_dir / f"animation_{i}.gif",
                                                          title=f"sample {i}")
     return plots
+
+
+# ------------------------------------------------------------------------------------------ 2D
+def _as_fields(x, name: str) -> np.ndarray:
+    """One sample as float64 ``[T, X, Y]``."""
+    arr = x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise UPSError(f"{name} must be one 2D sample [T, X, Y] (or [T, X, Y, 1]), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _pair(truth, pred) -> tuple[np.ndarray, np.ndarray]:
+    y, p = _as_fields(truth, "truth"), _as_fields(pred, "prediction")
+    if y.shape != p.shape:
+        raise UPSError(f"truth {y.shape} and prediction {p.shape} differ in shape")
+    return y, p
+
+
+def snapshot_frames(n_frames: int, count: int = 4) -> list[int]:
+    """``count`` frame indices spread evenly from the first to the last frame (distinct, sorted)."""
+    count = min(count, n_frames)
+    return sorted({round(i * (n_frames - 1) / max(1, count - 1)) for i in range(count)})
+
+
+def plot_snapshots_2d(truth, pred, path: str | Path, *, frames: Sequence[int] | None = None,
+                      times: Sequence[float] | None = None, title: str = "") -> Path:
+    """Rows truth / prediction / error, one column per frame in ``frames`` (default 4 spread frames).
+
+    truth, pred: [T, X, Y] (or [T, X, Y, 1]); times: [T] labels (default the frame index).
+    """
+    y, p = _pair(truth, pred)
+    frames = list(frames) if frames is not None else snapshot_frames(y.shape[0])
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    emax = float(np.abs(p - y).max()) or 1.0
+    fig = Figure(figsize=(2.6 * len(frames) + 0.8, 7.2))
+    axes = fig.subplots(3, len(frames), squeeze=False)
+    for col, f in enumerate(frames):
+        label = f"t = {times[f]:.3g}" if times is not None else f"step {f}"
+        for row, (img, kw) in enumerate(((y[f], {"vmin": lo, "vmax": hi, "cmap": "RdBu_r"}),
+                                         (p[f], {"vmin": lo, "vmax": hi, "cmap": "RdBu_r"}),
+                                         (p[f] - y[f], {"vmin": -emax, "vmax": emax, "cmap": "coolwarm"}))):
+            ax = axes[row, col]
+            im = ax.imshow(img.T, origin="lower", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(label, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(("truth", "prediction", "error")[row])
+            if col == len(frames) - 1:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def animate_2d(truth, pred, path: str | Path, *, fps: int = 5, title: str = "") -> Path:
+    """An animated GIF: truth, prediction and error side by side, one frame per rollout step.
+
+    truth, pred: [T, X, Y] (or [T, X, Y, 1]). Written atomically.
+    """
+    y, p = _pair(truth, pred)
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    emax = float(np.abs(p - y).max()) or 1.0
+    field_kw = {"vmin": lo, "vmax": hi, "cmap": "RdBu_r"}
+    fig = Figure(figsize=(9.0, 3.2))
+    axes = fig.subplots(1, 3)
+    images = []
+    for ax, img, kw, name in zip(axes, (y[0], p[0], p[0] - y[0]),
+                                 (field_kw, field_kw, {"vmin": -emax, "vmax": emax, "cmap": "coolwarm"}),
+                                 ("truth", "prediction", "error")):
+        images.append(ax.imshow(img.T, origin="lower", **kw))
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    heading = fig.suptitle(f"{title} step 0".strip())
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(60)
+    pictures = []
+    for f in range(y.shape[0]):
+        for im, img in zip(images, (y[f], p[f], p[f] - y[f])):
+            im.set_data(img.T)
+        heading.set_text(f"{title} step {f}".strip())
+        canvas.draw()
+        pictures.append(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("P"))
+
+    def write(tmp: Path) -> None:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                         duration=int(1000 / fps), loop=0)
+
+    path = Path(path)
+    atomic_write_with(path, write)
+    return path
