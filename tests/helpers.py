@@ -18,6 +18,9 @@ Import as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path`` fo
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import h5py
@@ -97,3 +100,45 @@ def write_pdebench_file(directory: str | Path, u: np.ndarray, *, name: str = "1D
         f.create_dataset("x-coordinate", data=cell_centres(n_x, -1.0, 1.0).astype(np.float32))
         f.create_dataset("t-coordinate", data=(dt * np.arange(n_t + 1)).astype(np.float32))
     return path
+
+
+class ReportParser(HTMLParser):
+    """The <img> attributes, the tag names and the table-cell texts of an HTML report."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tags, self.cells = [], [], []
+        self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        self._in_cell = tag in ("td", "th")
+
+    def handle_data(self, data):
+        if self._in_cell:
+            self.cells.append(data)
+
+    def handle_endtag(self, tag):
+        self._in_cell = False
+
+
+def parse_report(path: str | Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(Path(path).read_text())
+    return parser
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browser_shows_every_image(report: str | Path, work: str | Path) -> bool:
+    """Headless Chromium loads ``report`` and every <img> is complete with a width (needs ``CHROMIUM``)."""
+    probe = Path(work) / "probe.html"
+    probe.write_text(Path(report).read_text().replace(
+        "</body>", "<script>window.onload=()=>{document.title=[...document.images].every("
+        "i=>i.complete&&i.naturalWidth>0)?'ALL_OK':'BROKEN'}</script></body>"))
+    dom = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=60).stdout
+    return "<title>ALL_OK</title>" in dom

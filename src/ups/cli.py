@@ -142,7 +142,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ups.pipeline import format_summary
 
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, ttc=args.ttc, corrector=args.corrector,
-                          out=args.out, max_samples=args.max_samples, overrides=args.overrides)
+                          out=args.out, max_samples=args.max_samples, overrides=args.overrides, peers=args.peer)
     report = write_outputs(args.run_dir, result)
     print(format_summary(result))
     print(f"report: {report}")
@@ -152,7 +152,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from ups.eval.infer import infer
 
-    out = infer(args.run_dir, input=args.input, steps=args.steps, out=args.out, points=args.points, start=args.start)
+    out = infer(args.run_dir, input=args.input, steps=args.steps, out=args.out, points=args.points, start=args.start,
+                params=dict(args.param or []) or None)
     print(f"wrote {out}")
     return 0
 
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="overrides of the run's config, e.g. data.spatial_stride=1")
     p.add_argument("--data", default=None, help="another HDF5 file (ours, or PDEBench's: its split is used)")
+    p.add_argument("--peer", action="append", default=[], metavar="PEER_RUN",
+                   help="a trained peer run (FNO, U-Net, another UPS run) scored beside the model; repeatable")
     p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
                    help="default: eval.split; 'all': every sample of --data FILE")
     p.add_argument("--ttc", action="store_true", help="also evaluate best-of-K test-time compute")
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--points", default=None, help=".npy query coordinates [Q] or [Q, d] (default: input points)")
     p.add_argument("--start", type=int, default=0, help="initial frame (default 0)")
+    p.add_argument("--param", type=_parse_param, action="append",
+                   help="a PDE parameter as name=value, for input files that carry none")
     p.add_argument("--out", required=True, help="output .hdf5 (written atomically)")
     p.set_defaults(func=_cmd_infer)
 
@@ -250,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     # dotted key=value overrides are accepted anywhere on the line, also after options
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        command = " ".join(str(getattr(args, k)) for k in ("command", "data_command") if getattr(args, k, None))
+        print(f"error: unrecognized arguments: {' '.join(stray)} (see `ups {command} --help`)", file=sys.stderr)
+        return 2
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:

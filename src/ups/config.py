@@ -217,6 +217,8 @@ class ExperimentConfig(Strict):
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    # trained peer runs (FNO, U-Net, another UPS run) that ups pipeline scores beside the model on the same samples
+    peers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _validate_stages(self) -> ExperimentConfig:

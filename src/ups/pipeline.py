@@ -39,7 +39,7 @@ def _select_variant(run: Path, small: dict) -> str:
     return best
 
 
-def _champion_val(board: Leaderboard, cfg: ExperimentConfig, samples: int) -> dict | None:
+def _champion_val(board: Leaderboard, exp: ExperimentConfig, samples: int) -> dict | None:
     """The champion's metrics re-measured on the same validation samples (None: no champion, or a
     champion trained on other data, which cannot be compared)."""
     champ = board.champion()
@@ -49,41 +49,49 @@ def _champion_val(board: Leaderboard, cfg: ExperimentConfig, samples: int) -> di
     if not run.config_path.is_file():
         raise UPSError(f"the leaderboard's champion run {run.path} is missing; restore it or start a new leaderboard "
                        f"(run.leaderboard)")
-    if load_config(run.config_path).data != cfg.data:
+    if load_config(run.config_path).data != exp.data:
         print(f"champion {run.path} was trained on other data: gating against persistence instead")
         return None
     return evaluate_run(run.path, split="val", max_samples=samples, write=False)["metrics"]
 
 
-def pipeline(cfg: ExperimentConfig, *, run_dir: str | Path | None = None) -> dict | None:
+def pipeline(exp: ExperimentConfig, *, run_dir: str | Path | None = None) -> dict | None:
     """Run the whole pipeline; returns the test evaluation dict (with ``report`` and ``gate``).
 
     Under torchrun every rank trains; rank 0 alone then gates, evaluates and reports (the others
     return None)."""
     start = time.perf_counter()
     if distributed.local_rank() == 0:  # the other ranks wait for the files inside train()
-        ensure_data(cfg.data)
-    run = train(cfg, stage="all", run_dir=run_dir)
+        ensure_data(exp.data)
+    run = train(exp, stage="all", run_dir=run_dir)
     if distributed.env_rank() != 0:
         return None
     small = evaluate_run(run, split="val", max_samples=SMALL_EVAL_SAMPLES, corrector="none", write=False)
     chosen = _select_variant(run, small)
     candidate = small["variants"][chosen]
-    board = Leaderboard(cfg.run.leaderboard)
-    champion = _champion_val(board, cfg, SMALL_EVAL_SAMPLES)
-    passed, reasons = gate(candidate, champion, small["baselines"]["persistence"], **cfg.eval.gate.model_dump())
+    board = Leaderboard(exp.run.leaderboard)
+    champion = _champion_val(board, exp, SMALL_EVAL_SAMPLES)
+    passed, reasons = gate(candidate, champion, small["baselines"]["persistence"], **exp.eval.gate.model_dump())
     atomic_write_json(RunFiles(run).gate_path, {"passed": passed, "reasons": reasons, "candidate": candidate,
                                                 "champion": champion, "corrector": chosen})
     if not passed:
         raise UPSError(f"gate failed for {run}: {'; '.join(reasons)} (the run, its checkpoints and gate.json are "
                        "kept; nothing was added to the leaderboard)")
-    result = evaluate_run(run, split="test", ttc=cfg.eval.ttc.enabled)
+    result = evaluate_run(run, split="test", ttc=exp.eval.ttc.enabled, peers=exp.peers)
     result["report"] = str(write_outputs(run, result))
     result["gate"] = {"passed": passed, "reasons": reasons}
     row = row_from_eval(result, run=str(run), status="passed", wall_time_s=time.perf_counter() - start)
     board.append(row)
+    for peer_row in peer_rows(result):
+        board.append(peer_row)
     board.promote(str(run))
     return result
+
+
+def peer_rows(result: dict) -> list[dict]:
+    """Leaderboard rows (status ``peer``, never champions) of the peers an evaluation scored beside the model."""
+    return [row_from_eval({"metrics": result["baselines"][name], "data": result["data"]}, run=peer, status="peer")
+            for name, peer in result.get("peers", {}).items()]
 
 
 def demo_config(overrides: list[str] | None = None) -> ExperimentConfig:
@@ -100,6 +108,7 @@ def format_summary(result: dict) -> str:
     if "metrics" in result.get("ttc", {}):
         rows.append(("model + TTC", result["ttc"]["metrics"]))
     rows.append(("persistence", result["baselines"]["persistence"]))
+    rows += [(f"peer {name}", m) for name, m in result["baselines"].items() if name != "persistence"]
     lines = [f"{'':24s}" + "".join(f"{k:>18s}" for k in keys)]
     for name, m in rows:
         lines.append(f"{name:24s}" + "".join(f"{_fmt(m.get(k)):>18s}" for k in keys))

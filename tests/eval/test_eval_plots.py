@@ -109,3 +109,25 @@ def test_evaluation_plots_for_a_report(tmp_path):
     two_d = evaluation_plots(tmp_path / "2d", pred=torch.zeros(1, 2, 4, 4, 1), true=torch.zeros(1, 2, 4, 4, 1),
                              curves={"model": [0.1, 0.2]})
     assert list(two_d) == ["nRMSE per rollout step"]
+
+
+def test_training_figure_one_row_per_stage_and_legends_beside_the_data():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ups.eval.plots import training_figure
+
+    records = [{"kind": "epoch", "stage": "operator", "epoch": e, "loss": 1.0 / (e + 1), "loss_forward": 0.5,
+                "val_metric": 0.9 / (e + 1), "val_rollout_nrmse": 0.9 / (e + 1)} for e in range(4)]
+    records += [{"kind": "epoch", "stage": "diff_residual", "epoch": e, "loss_flow": 2.0 - e,
+                 "val_metric": 0.7, "val_one_step_ratio": 0.8} for e in range(2)]
+    fig = training_figure(records)
+    FigureCanvasAgg(fig).draw()
+    axes = fig.get_axes()
+    assert [a.get_title() for a in axes] == ["operator: training losses", "operator: validation metrics",
+                                             "diff_residual: training losses", "diff_residual: validation metrics"]
+    labels = [[t.get_text() for t in a.get_legend().get_texts()] for a in axes]
+    assert labels == [["loss", "loss_forward"], ["val_rollout_nrmse"], ["loss_flow"],
+                      ["val_metric", "val_one_step_ratio"]]  # val_metric only where it is no alias
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:  # every legend lies right of its panel's plotting area: it covers no line
+        assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1

@@ -3,41 +3,20 @@
 import base64
 import io
 import json
-import shutil
-import subprocess
-from html.parser import HTMLParser
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
+from helpers import CHROMIUM, browser_shows_every_image, parse_report  # noqa: E402
 from ups.eval.plots import plot_error_curves
 from ups.eval.report import write_report
 
 
-class _Collect(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.imgs, self.tags, self.cells = [], [], []
-        self._in_cell = False
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag == "img":
-            self.imgs.append(dict(attrs))
-        self._in_cell = tag in ("td", "th")
-
-    def handle_data(self, data):
-        if self._in_cell:
-            self.cells.append(data)
-
-    def handle_endtag(self, tag):
-        self._in_cell = False
-
-
 def _parse(path):
-    parser = _Collect()
-    parser.feed(path.read_text())
-    return parser
+    return parse_report(path)
 
 
 EVAL = {
@@ -92,14 +71,6 @@ def test_missing_plot_is_a_note_not_a_broken_image(tmp_path):
     assert "model + TTC" not in parsed.cells  # eval_json has no "ttc" either
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium")
 def test_headless_browser_shows_every_image(tmp_path):
-    out = _report(tmp_path)
-    probe = tmp_path / "probe.html"
-    probe.write_text(out.read_text().replace(
-        "</body>", "<script>window.onload=()=>{document.title=[...document.images].every("
-        "i=>i.complete&&i.naturalWidth>0)?'ALL_OK':'BROKEN'}</script></body>"))
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    dom = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=60).stdout
-    assert "<title>ALL_OK</title>" in dom
+    assert browser_shows_every_image(_report(tmp_path), tmp_path)

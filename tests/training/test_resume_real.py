@@ -117,6 +117,28 @@ def test_diff_residual_resumes_exactly(tmp_path):
                           ["operator_last", "diff_residual_last", "diff_residual_ema"])
 
 
+def test_operator_resumes_exactly_after_a_crash_at_an_epoch_end(tmp_path, monkeypatch):
+    """A process killed right after the checkpoint that ends epoch 1 (no signal handling: a crash, kill -9)
+    resumes from that epoch-end state: the loader's generator must not replay epoch 0's order."""
+    overrides = [*TINY_UPT, *OPERATOR]
+    config = _config_file(tmp_path, overrides)
+    assert _train(config, tmp_path / "ref") == 0
+    real = trainer_mod.Trainer.save_checkpoints
+
+    def crash_after_epoch_1(self, which):
+        real(self, which)
+        if which == "last" and self.epoch == 1 and self.batch_in_epoch == 0:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoints", crash_after_epoch_1)
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(config, tmp_path / "run")
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoints", real)
+    assert _train(config, tmp_path / "run", "--resume", str(tmp_path / "run")) == 0
+    for stem in ("operator_last", "operator_ema"):
+        assert _max_diff(_weights(tmp_path / "ref", stem), _weights(tmp_path / "run", stem)) <= 1e-6
+
+
 def test_dataset_offsets_change_every_epoch_through_the_trainer(tmp_path, monkeypatch):
     """The trainer calls ``set_epoch`` on the dataset: the sub-cell offsets differ between epochs and are
     the same for the same seed and epoch (recorded from the batches the stage trains on)."""

@@ -68,5 +68,5 @@ def format_info(info: dict) -> str:
 def refusal(info: dict) -> str:
     """The verdict on a file with NaN/inf: training refuses it (naming the first bad sample)."""
     bad = info["nonfinite"]
-    return (f"refused: ups train stops at sample {bad['first_samples'][0]} of {info['path']} ({bad['samples']} "
-            "samples hold NaN/inf); regenerate the file or drop those samples")
+    return (f"refused: ups train stops at sample {bad['first_samples'][0]} of {info['path']} (samples with "
+            f"NaN/inf: {bad['samples']}); regenerate the file or drop those samples")

@@ -183,7 +183,7 @@ class TrajectoryFile:
         if parsed:
             return parsed
         raise DataError(f"{self.path} carries no PDE parameters (no attributes, none in its name like _Nu0.01): "
-                        "give them in the config, e.g. data.params='{nu: 0.01}'")
+                        "give them in the config, e.g. data.params='{nu: 0.01}' (ups infer: --param nu=0.01)")
 
     def _params_from_attrs(self) -> dict[str, float]:
         names = self.attrs.get("param_names")

@@ -39,8 +39,10 @@ def _query_points(points: str | None, dims: int) -> np.ndarray | None:
 
 
 def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path, points: str | None = None,
-          start: int = 0, batch_size: int = 32) -> Path:
-    """Roll out every sample of ``input`` from frame ``start``; write the PDEBench layout to ``out``."""
+          start: int = 0, batch_size: int = 32, params: dict[str, float] | None = None) -> Path:
+    """Roll out every sample of ``input`` from frame ``start``; write the PDEBench layout to ``out``.
+
+    ``params``: PDE parameters for an input that carries none (its attributes and name win otherwise)."""
     from ups.simulator import Simulator
 
     if steps < 1:
@@ -50,7 +52,7 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     from ups.eval.run_eval import _model_stage
 
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg), batch_size=batch_size)
-    src = TrajectoryFile(input, params=dict(cfg.data.params) or None)
+    src = TrajectoryFile(input, params={**cfg.data.params, **(params or {})} or None)
     if start >= src.n_frames:
         raise DataError(f"--start {start} is past the {src.n_frames} frames of {input}")
     stride = cfg.data.spatial_stride

@@ -88,13 +88,18 @@ def _selected(run_dir: Path, corrector: str, available: dict) -> str:
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | None = None, ttc: bool = False,
                  corrector: str = "auto", out: str | Path | None = None, max_samples: int | None = None,
-                 overrides: list[str] | None = None, write: bool = True) -> dict:
-    """Evaluate every variant of a run; returns (and by default writes) the ``ups eval`` dict."""
+                 overrides: list[str] | None = None, write: bool = True,
+                 peers: list[str | Path] | None = None) -> dict:
+    """Evaluate every variant of a run; returns (and by default writes) the ``ups eval`` dict.
+
+    peers: trained peer runs (FNO, U-Net, another UPS run), each scored on the same samples by the same
+    code, with its own model, normaliser and rollout rules; in ``baselines`` under its directory's name."""
     from ups.simulator import Simulator
 
     run_dir = Path(run_dir)
     asked = split or load_run_config(run_dir).eval.split
-    cfg = load_run_config(run_dir, overrides, need=() if data is not None else (asked, "pdebench_file"))
+    need = (asked, "pdebench_file") if data is None and asked != "all" else ()
+    cfg = load_run_config(run_dir, overrides, need=need)
     split = asked
     dcfg, split, rule = _data_config(cfg, data, split)
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg))
@@ -113,6 +118,10 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
             result["variants"][name] = _summary(res["metrics"], res["timing"])
     if ttc:
         result["ttc"] = _ttc(run_dir, sim, cfg, loader, result)
+    for peer in peers or ():
+        name = _peer_name(Path(peer), result["baselines"])
+        result["baselines"][name] = _peer_metrics(Path(peer), bundle, cfg, split, sim.meta)
+        result.setdefault("peers", {})[name] = str(peer)
     src = bundle.splits[split]
     result["data"] = _data_info(src, split=asked, rule=rule, cap=cap)
     result["run"] = {"dir": str(run_dir), "stages": _stages(run_dir), "corrector": chosen,
@@ -133,11 +142,10 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
     run_dir = Path(run_dir)
     target = Path(result.get("out_dir") or run_dir)
     got = result["_fields"]
-    curves = {"model": result["metrics"]["nrmse_per_step"],
-              "persistence": result["baselines"]["persistence"]["nrmse_per_step"]}
+    curves = {"model": result["metrics"]["nrmse_per_step"]}
     if "ttc" in result and "metrics" in result["ttc"]:
         curves["model + TTC"] = result["ttc"]["metrics"]["nrmse_per_step"]
-    for name, metrics in (peers or {}).items():
+    for name, metrics in {**result["baselines"], **(peers or {})}.items():  # persistence, then the peers
         curves[name] = metrics["nrmse_per_step"]
     cfg = load_run_config(run_dir)
     plots = evaluation_plots(target / "plots", pred=got.pred, true=got.true, curves=curves,
@@ -147,6 +155,31 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
         if target != run_dir else None
     return write_report(run_dir, eval_json=clean, config_yaml=RunFiles(run_dir).config_path.read_text(), plots=plots,
                         out=target / "report.html", title=title)
+
+
+def _peer_name(peer: Path, taken: dict) -> str:
+    name, n = peer.name, 2
+    while name in taken or name in ("model", "model + TTC"):
+        name, n = f"{peer.name}-{n}", n + 1
+    return name
+
+
+def _peer_metrics(peer: Path, bundle, cfg: ExperimentConfig, split: str, meta) -> dict:
+    """A peer run's metrics on ``split`` of ``bundle``: its selected variant, its normaliser and rollout rules,
+    scored with this evaluation's metadata and settings (the same samples, the same code)."""
+    from ups.simulator import Simulator
+
+    if not RunFiles(peer).config_path.is_file():
+        raise UPSError(f"--peer {peer} is not a run directory (no config.yaml); pass a directory ups train wrote")
+    sim = Simulator.from_run(peer, stage=_model_stage(peer))
+    if (sim.meta.spatial_shape, sim.meta.n_channels) != (meta.spatial_shape, meta.n_channels):
+        raise UPSError(f"peer run {peer} was trained on {sim.meta.spatial_shape} points x {sim.meta.n_channels} "
+                       f"channels, this evaluation reads {meta.spatial_shape} x {meta.n_channels}: pass a peer "
+                       "trained on the same data (data.spatial_stride)")
+    fns = _variants(peer, sim)
+    loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
+    res, _ = evaluate_split(fns[_selected(peer, "auto", fns)], loader, sim.normalizer, meta, cfg.eval)
+    return res["metrics"]
 
 
 def _model_stage(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:

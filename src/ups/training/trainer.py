@@ -20,10 +20,14 @@ Choices worth knowing:
 - SIGINT/SIGTERM: at the next step boundary ``last`` and the training state are saved and
   :class:`~ups.training.runs.TrainingInterrupted` is raised (the CLI exits 130 with its message).
 - Resume restores weights (kept inside the atomically written state file, so they always match it),
-  optimizer, schedule, scaler, EMA, health accumulators, counters and the RNG states. Mid-epoch, the
-  epoch's loader is re-created from the RNG state at the epoch start and the consumed batches are
-  re-read (not trained on), so the data order and the final weights equal an uninterrupted run's,
-  for a plain shuffled ``DataLoader`` as for a sampler with ``set_epoch`` (called each epoch).
+  optimizer, schedule, scaler, EMA, health accumulators, counters, the wall-clock seconds spent (the
+  time budget and the clock-annealed schedule continue where they were) and the RNG states: global,
+  the loader's own generators (``DataLoader.generator``, its sampler's) and the stage's
+  (``Stage.rng_state``). Mid-epoch, the epoch's loader is re-created from the RNG states at the epoch
+  start and the consumed batches are re-read (not trained on), so the data order and the final weights
+  equal an uninterrupted run's. ``set_epoch(epoch)`` is called each epoch on everything in the loader
+  that has it (sampler, batch sampler, dataset: the random sub-cell offsets change every epoch).
+- ``clock`` (default :data:`default_clock`, ``time.monotonic``) is the only clock the trainer reads.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from ups.io_utils import ensure_writable_dir
 from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
-from ups.training.stages.diff_residual import LatentScores, freeze, latent_pair, surrogate_meta
+from ups.training.stages.diff_residual import LatentScores, OneStepPairs, freeze, latent_pair, surrogate_meta
 
 
 class ConsistencyDistillConfig(StageConfig):
@@ -79,7 +79,7 @@ def load_teacher(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint_na
 
 
 @STAGES.register("consistency_distill")
-class ConsistencyDistillStage(Stage):
+class ConsistencyDistillStage(OneStepPairs, Stage):
     """Trains ``corrector`` (the student) to reach the ``teacher``'s multi-step sample in one jump."""
 
     name: ClassVar[str] = "consistency_distill"
@@ -107,14 +107,6 @@ class ConsistencyDistillStage(Stage):
         model, teacher, info = load_teacher(cfg, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
         return cls(model=model, teacher=teacher, stage_cfg=stage_cfg, teacher_steps=int(info["refine_steps"]),
                    normalizer=normalizer, meta_info=surrogate_meta(cfg, meta, normalizer), run_dir=run_dir)
-
-    @classmethod
-    def train_window(cls, cfg) -> int:
-        return 2
-
-    @classmethod
-    def val_window(cls, cfg) -> int | None:
-        return 2
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "teacher": self.teacher, "corrector": self.student}

@@ -177,8 +177,20 @@ class LatentScores:
         return out
 
 
+class OneStepPairs:
+    """Windows of the stages that train and validate on one-step pairs ``(u_t, u_{t+1})`` (:func:`latent_pair`)."""
+
+    @classmethod
+    def train_window(cls, cfg) -> int:
+        return 2
+
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
+        return 2
+
+
 @STAGES.register("diff_residual")
-class DiffResidualStage(Stage):
+class DiffResidualStage(OneStepPairs, Stage):
     """Trains ``corrector`` on the residual of the frozen ``model``."""
 
     name: ClassVar[str] = "diff_residual"
@@ -200,14 +212,6 @@ class DiffResidualStage(Stage):
         corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
         return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
                    meta_info=surrogate_meta(cfg, meta, normalizer))
-
-    @classmethod
-    def train_window(cls, cfg) -> int:
-        return 2
-
-    @classmethod
-    def val_window(cls, cfg) -> int | None:
-        return 2
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "corrector": self.corrector}
