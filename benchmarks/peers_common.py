@@ -160,11 +160,15 @@ class Bench:
         return cls(cfg=cfg, train=train, val=open_split(d, "val"), test=open_split(d, "test"),
                    normalizer=normalizer, meta=build_metadata(train, d))
 
-    def dataset(self, split: str, window: int | None, *, random_offset: bool = False) -> WindowDataset:
+    def dataset(self, split: str, window: int | None, *, random_offset: bool = False, start: int | None = None,
+                spatial_stride: int | None = None) -> WindowDataset:
+        """Windows (or, ``window=None``, whole trajectories from ``start``, default ``eval.rollout_start``) of
+        ``split`` at ``spatial_stride`` (default the config's; 1 = every cell of the file)."""
         d = self.cfg.data
-        start = self.cfg.eval.rollout_start if window is None else 0
+        if start is None:
+            start = self.cfg.eval.rollout_start if window is None else 0
         return WindowDataset(getattr(self, split), window=window, normalizer=self.normalizer,
-                             temporal_stride=d.temporal_stride, spatial_stride=d.spatial_stride,
+                             temporal_stride=d.temporal_stride, spatial_stride=spatial_stride or d.spatial_stride,
                              random_offset=random_offset, start=start, seed=self.cfg.training.seed)
 
 
@@ -231,14 +235,16 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -> dict[str, torch.Tensor]:
+def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test", start: int | None = None,
+                 spatial_stride: int | None = None) -> dict[str, torch.Tensor]:
     """Autoregressive rollouts of ``model.predict_next`` over whole trajectories of ``split``.
 
     Returns de-normalised ``pred``, ``one_step``, ``true`` [S, T-1, *spatial, C] and ``u0`` [S, *spatial, C].
     Every model's rollout obeys the PDE's maximum principle when it has one (the same rule as ``ups eval``).
     """
     model = one_step_model(model).eval()
-    loader = make_loader(bench.dataset(split, None), batch_size=bench.cfg.eval.batch_size, shuffle=False, seed=0)
+    ds = bench.dataset(split, None, start=start, spatial_stride=spatial_stride)
+    loader = make_loader(ds, batch_size=bench.cfg.eval.batch_size, shuffle=False, seed=0)
     device = next(iter(model.parameters()), torch.empty(0)).device
     parts: dict[str, list[torch.Tensor]] = {"pred": [], "one_step": [], "true": [], "u0": []}
     for batch in loader:
@@ -254,9 +260,11 @@ def rollout_test(model: torch.nn.Module, bench: Bench, *, split: str = "test") -
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
-def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test") -> dict[str, Any]:
-    """Physical-space metrics of the test rollout (``evaluate_rollout``), without the per-step lists."""
-    r = rollout_test(model, bench, split=split)
+def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", start: int | None = None,
+             spatial_stride: int | None = None) -> dict[str, Any]:
+    """Physical-space metrics of the test rollout (``evaluate_rollout``), without the per-step lists; from frame
+    ``start`` (default ``eval.rollout_start``) at ``spatial_stride`` (default the config's)."""
+    r = rollout_test(model, bench, split=split, start=start, spatial_stride=spatial_stride)
     ev = bench.cfg.eval
     metrics = evaluate_rollout(r["pred"], r["true"], pred_one_step=r["one_step"], u0=r["u0"],
                                boundary=bench.meta.boundary, corr_threshold=ev.corr_threshold,
