@@ -9,7 +9,7 @@ one thread each, then scored by its best validation rollout nRMSE (the stage's o
 variant at that config's data files (the demo data by default). All variants run in parallel (``--parallel``),
 so a shared machine slows them alike: compare the numbers of one invocation with each other, not across
 invocations. Results (one record per variant: best validation rollout nRMSE, optimiser steps, ms per step)
-are appended to ``--out`` under ``--tag``.
+are appended to ``--out`` under ``--tag`` and shown in ``docs/PERFORMANCE.md``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ups.config import load_config
-from ups.io_utils import atomic_write_json
-from ups.training.runs import JsonlLog
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ups.config import load_config  # noqa: E402
+from ups.io_utils import atomic_write_json  # noqa: E402
+from ups.training.runs import JsonlLog  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=150.0, help="training seconds per variant")
     parser.add_argument("--parallel", type=int, default=3)
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "profiles" / "ablation" / "runs.json",
+                        help="JSON history (kept in git; docs/PERFORMANCE.md shows it)")
     args = parser.parse_args(argv)
     results = run(args.variant, data=args.data, budget=args.budget, parallel=args.parallel)
     history = json.loads(args.out.read_text()) if args.out.is_file() else {}
     history[args.tag] = {"budget_s": args.budget, "data": args.data, "parallel": args.parallel, "variants": results}
     atomic_write_json(args.out, history)
+    from profile_step import regenerate_doc
+
+    regenerate_doc()
     return 0
 
 

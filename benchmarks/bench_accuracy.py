@@ -34,6 +34,7 @@ from peers_common import (  # noqa: E402
     ups_config,
 )
 
+
 def parse_budgets(text: str) -> list[float]:
     """``"300,900,1800"`` -> [300.0, 900.0, 1800.0]; a bad entry is a one-line error."""
     try:

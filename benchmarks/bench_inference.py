@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers_common import Bench, load_bench_config, n_params, one_step_model, ups_config  # noqa: E402
 
 from ups.data.pdes import PDES  # noqa: E402
-from ups.eval.rollout import ROLLOUTS, rollout  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
+from ups.eval.rollout import ROLLOUTS, rollout  # noqa: E402
 from ups.models import MODELS  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
 from ups.training.stages.baseline import flatten_batch, rollout_grid  # noqa: E402

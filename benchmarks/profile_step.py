@@ -159,6 +159,16 @@ def _train_fn(stage, batch: dict, step: int):
     return fn
 
 
+def _rollout_call(model: torch.nn.Module, batch: dict, mode: str, steps: int):
+    """A closure rolling ``batch``'s first frame out ``steps`` steps in ``mode`` (inference mode)."""
+    fn = ROLLOUTS.get(mode)
+
+    def call():
+        with torch.inference_mode():
+            fn(model, batch["u"][:, 0], batch["coords"], batch["params"], batch["dt"], steps)
+    return call
+
+
 def profile_ups(batch_size: int, points: int, repeats: int, overrides: list[str] | None = None) -> dict:
     cfg = load_config(ROOT / "configs" / "burgers1d.yaml", list(overrides or []))
     stage = STAGES.get("operator").build(cfg=cfg, meta=_meta(points), normalizer=None)
@@ -169,22 +179,15 @@ def profile_ups(batch_size: int, points: int, repeats: int, overrides: list[str]
     full_k = 10**9  # far past the unroll ramp: K = rollout_steps
     out = {"config": "configs/burgers1d.yaml", "params": sum(p.numel() for p in model.parameters()),
            "unroll": window - 1, "train_step_ms": _best_ms(_train_fn(stage, batch, full_k), repeats)}
-    u0, x = batch["u"][:, 0], batch["coords"]
     rollouts = {}
     for mode in ROLLOUTS.names():
-        def run(steps, fn=ROLLOUTS.get(mode)):
-            with torch.inference_mode():
-                fn(model, u0, x, batch["params"], batch["dt"], steps)
         # the marginal cost of a step: (5 steps - 1 step) / 4, the initial encoding cancels
-        rollouts[mode] = {"wall_ms": (_best_ms(lambda r=run: r(5), repeats)
-                                      - _best_ms(lambda r=run: r(1), repeats)) / 4}
+        rollouts[mode] = {"wall_ms": (_best_ms(_rollout_call(model, batch, mode, 5), repeats)
+                                      - _best_ms(_rollout_call(model, batch, mode, 1), repeats)) / 4}
     instrument_ups(model)
     out["train_profile"] = _profiled(_train_fn(stage, batch, full_k), set(UPS_SCOPES))
     for mode, rec in rollouts.items():
-        def four(fn=ROLLOUTS.get(mode)):
-            with torch.inference_mode():
-                fn(model, u0, x, batch["params"], batch["dt"], 4)
-        prof = _profiled(four, set(UPS_SCOPES))  # per step: a quarter of a 4-step rollout (initial encode shared)
+        prof = _profiled(_rollout_call(model, batch, mode, 4), set(UPS_SCOPES))  # per step: a quarter of 4 steps
         rec.update({k: {c: v / 4 for c, v in prof[k].items()} for k in ("components_ms", "loss_terms_ms")},
                    profiled_total_ms=prof["profiled_total_ms"] / 4)
     out["rollout_step"] = rollouts
@@ -243,7 +246,7 @@ def render(results: dict[str, dict]) -> str:
             vals += [ups["rollout_step"][m]["components_ms"].get(c, 0.0) for m in modes]
             lines.append(f"| {c} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
         terms = ups["train_profile"]["loss_terms_ms"]
-        lines += ["", "UPS training step by loss term (profiled ms, forward and backward of the code inside each term):",
+        lines += ["", "UPS training step by loss term (profiled ms, forward and backward of each term's code):",
                   "", "| loss term | ms |", "| --- | --- |"]
         lines += [f"| {k.removeprefix(LOSS_PREFIX).strip()} | {v:.1f} |" for k, v in sorted(terms.items())]
         fc = fno["train_profile"]["components_ms"]
@@ -255,10 +258,36 @@ def render(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _g(value) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def render_ablation(history: dict) -> str:
+    """Markdown of the side-by-side training runs of ``benchmarks/ablation.py`` (one table per invocation)."""
+    lines = ["# Side-by-side short training runs (`benchmarks/ablation.py`)", "",
+             "Every variant of one table trained at the same time for the same wall-clock budget, one thread each, on",
+             "a shared 2-core machine; scored by the best validation rollout nRMSE (20 trajectories, 40 steps from",
+             "frame 0). Compare rows within a table only. ms / step includes validation.", ""]
+    for tag, run in history.items():
+        lines += [f"## {tag}: {run['budget_s']:g} s each, data of `{run['data']}`, {run['parallel']} at a time", "",
+                  "| variant | config | overrides | steps | ms / step | best val rollout nRMSE | val one-step |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, r in run["variants"].items():
+            lines.append(f"| {name} | `{r['config']}` | {', '.join(r['overrides']) or '—'} | {r.get('steps', '—')} | "
+                         f"{r.get('ms_per_step', '—')} | {_g(r.get('best_val_rollout_nrmse'))} | "
+                         f"{_g(r.get('val_one_step_nrmse'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def regenerate_doc() -> None:
     found = sorted(PROFILES.glob("*.json"), key=lambda p: json.loads(p.read_text()).get("when", ""))
     results = {p.stem: json.loads(p.read_text()) for p in found}
-    atomic_write_text(DOC, render(results))
+    text = render(results)
+    ablation = PROFILES / "ablation" / "runs.json"
+    if ablation.is_file():
+        text += "\n" + render_ablation(json.loads(ablation.read_text()))
+    atomic_write_text(DOC, text)
 
 
 def _commit() -> str:

@@ -35,7 +35,8 @@ def accuracy(res: dict) -> list[str]:
            f"{d['pde']} {d['params']}, {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame 0.", ""]
     rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"],
-             m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"), m["corr_time"]]
+             m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"),
+             m["corr_time"]]
             for name, m in res["models"].items()]
     out += _table(["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "from frame 10",
                    "one-step nRMSE", "every cell (no retraining)", "corr. time (steps)"], rows)

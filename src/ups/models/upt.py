@@ -7,10 +7,14 @@ u [B, N, C] at coords [B, N, d]
           mean of u-linear messages -> the amplitude survives) -> transformer blocks     z [B, L=S, D]
   step:   adaLN-Zero transformer blocks conditioned on dt and the PDE parameters, relative-position
           attention bias between tokens (locality); z_next = z + f(z, cond)         z [B, L, D]
-  decode: each query attends to its nearest tokens (offset-dependent filters and attention bias),
-          its own current value u_q enters the query; MLP head -> C channels; with
+  decode: each query reads its nearest tokens, either by attention (offset-dependent filters and
+          attention bias, u_q in the query; ``decoder: attention``) or by a learned continuous-
+          convolution kernel of the offset, sum_s K(x_q - y_s) V z_s (``decoder: kernel``, ~4x
+          cheaper); its own current value u_q is added; MLP head -> C channels; with
           ``predict_increment`` the head predicts u_next - u_q                        u [B, Q, C]
 ```
+Neighbour tables are cached per point set (a rollout or a training step on fixed points searches them
+once); under ``torch.no_grad`` / ``inference_mode`` the pooling and decoder kernels are cached too.
 The model is translation-equivariant on periodic domains (it sees only offsets), so a random shift of
 the points against the supernode lattice during training is the same as random supernode positions,
 and the offsets it learns are continuous: decoding at unseen points (other resolutions, irregular
@@ -188,7 +192,9 @@ class UPT(nn.Module):
     def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C].
 
-        Each query attends to its ``decoder_neighbours`` nearest tokens; values are modulated by a filter
+        ``decoder: kernel``: ``u_q + head(sum_s K(x_q - y_s) V z_s + phi(u_q))`` over the ``decoder_neighbours``
+        nearest tokens, K a linear map of Fourier features of the offset. ``decoder: attention``:
+        each query attends to its ``decoder_neighbours`` nearest tokens; values are modulated by a filter
         of the offset, ``v_s * (1 + W f(x_q - y_s))`` (continuous-convolution style, linear in z), and
         the attention has a per-head offset bias; the query's current value ``u_q`` enters the query.
         With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the

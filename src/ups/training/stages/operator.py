@@ -7,12 +7,17 @@ Loss (every term mean-reduced, logged unweighted under its own name)::
 
 - ``L_forward``: the decoded one-step prediction against the true next field (normalised space),
   optionally plus ``latent_forward_weight * |z_pred - E(u_next)|^2``;
-- ``L_inv_enc = |D(E(u)) - u|^2`` at a random subset of the points (the decoder inverts the encoder);
-- ``L_inv_dec = |E(D(z)) - sg(z)|^2`` on the predicted latent (the encoder inverts the decoder);
+- ``L_inv_enc = |D(E(u)) - u|^2`` at a random subset of the points (the decoder inverts the encoder;
+  normalised fields, so already scale-free);
+- ``L_inv_dec = |E(D(z)) - sg(z)|^2 / var(sg(z))`` on the predicted latent (the encoder inverts the
+  decoder), relative to the latent's spread so that its size does not depend on the latent's arbitrary scale;
 - ``L_rollout``: steps 2..K of a K-step rollout (``rollout_mode``) decoded against the truth, with K
   growing from 1 to ``rollout_steps`` over ``rollout_ramp_steps`` optimiser steps;
 - ``L_spectral``: relative spectral energy error over the spatial axes of every predicted frame.
-``w_enc``/``w_dec`` follow the trainer's curriculum (0, linear ramp, base, capped). Training inputs
+``w_enc``/``w_dec`` follow the trainer's curriculum (0, linear ramp, base, capped); the inverse terms are
+computed on every ``inverse_loss_frequency``-th batch only, and their weights are scaled down on a batch
+where they would exceed ``inverse_loss_balance`` times the forward loss (the effective weights are logged
+as ``w_inv_*``, the curriculum's as ``w_curriculum``). A term whose weight is 0 is not computed. Training inputs
 get Gaussian noise (``input_noise``) and, on periodic domains, a random translation against the
 supernode lattice (``random_shift``), which is the same as drawing the supernodes at random.
 Validation: full autoregressive rollouts, scored in physical space (``val_rollout_nrmse``).
