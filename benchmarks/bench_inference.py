@@ -1,5 +1,6 @@
-"""Inference speed: rolling out the whole test set with UPS, FNO and U-Net against the numerical solver
-producing the same frames at the same output resolution, all timed in this one process.
+"""Inference speed: rolling out the whole test set with UPS (every rollout mode), FNO and U-Net against the
+numerical solver producing the same frames at the same output resolution, all timed in this one process, at
+the benchmark's 256 points and again at every cell of the data (1,024 points; ``full_resolution``).
 
 Weights are freshly initialised: the cost of a rollout does not depend on their values (accuracy is the
 accuracy benchmark's job). The solver starts from the same first frames and writes the same 41 frames at
@@ -25,9 +26,10 @@ from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
 from ups.models import MODELS  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
-from ups.rollout import flatten_points, rollout_grid  # noqa: E402
+from ups.rollout import ROLLOUTS, flatten_points, rollout, rollout_grid  # noqa: E402
 from ups.training.stages.consistency_distill import ConsistencyDistillConfig  # noqa: E402
 from ups.training.stages.diff_residual import DiffResidualConfig  # noqa: E402
+from ups.training.stages.operator import OperatorStageConfig  # noqa: E402
 
 
 def _with_correctors(model: torch.nn.Module, cfg, n_cond: int) -> dict[str, torch.nn.Module]:
@@ -52,18 +54,27 @@ def _test_set(bench: Bench) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def _time_model(model: torch.nn.Module, data: dict, batch: int, repeats: int) -> float:
-    """Best wall time (s) of rolling out every test trajectory over all its frames, in batches of ``batch``."""
-    model = one_step_model(model).eval()
+def _time_rollout(step_fn, data: dict, batch: int, repeats: int) -> float:
+    """Best wall time (s) of rolling out every test trajectory over all its frames, in batches of ``batch``;
+    ``step_fn(u0, coords, params, dt, steps)`` rolls one batch out."""
     steps = data["u"].shape[1] - 1
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for i in range(0, data["u"].shape[0], batch):
             sl = slice(i, i + batch)
-            rollout_grid(model, data["u"][sl, 0], data["coords"][sl], data["params"][sl], data["dt"][sl], steps)
+            step_fn(data["u"][sl, 0], data["coords"][sl], data["params"][sl], data["dt"][sl], steps)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _rollout_fn(model: torch.nn.Module, mode: str | None):
+    """A batch rollout: the model's ``mode`` (UPS: ``reencode``, ``latent``) or ``predict_next`` repeated."""
+    if mode is None:
+        one = one_step_model(model).eval()
+        return lambda u0, x, p, dt, steps: rollout_grid(one, u0, x, p, dt, steps)
+    model.eval()
+    return lambda u0, x, p, dt, steps: rollout(model, u0, x, p, dt, steps, mode=mode)
 
 
 def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[float, float]:
@@ -83,35 +94,49 @@ def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[fl
     return best, nrmse(out[:, 1:, :, None], phys[:, 1:])
 
 
+def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, *, correctors: bool) -> dict:
+    """Solver and every model at one spatial stride of the data (None: the configs' own)."""
+    extra = [] if stride is None else [f"data.spatial_stride={stride}"]
+    bench = Bench.open(load_bench_config("fno_burgers1d", quick=quick, work=work, extra=extra))
+    data = _test_set(bench)
+    batch = bench.cfg.eval.batch_size
+    configs = {"ups": ups_config(quick=quick, work=work)[0],
+               "fno": load_bench_config("fno_burgers1d", quick=quick, work=work),
+               "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}
+    solver_s, solver_err = _time_solver(bench, data, batch, repeats)
+    torch.manual_seed(0)
+    built = {name: MODELS.get(cfg.model.name).from_config(bench.meta, cfg.model.params)
+             for name, cfg in configs.items()}
+    ups_mode = OperatorStageConfig(**(configs["ups"].stages.get("operator") or {})).rollout_mode
+    runs = {"ups": (built["ups"], ups_mode), "fno": (built["fno"], None), "unet": (built["unet"], None)}
+    runs |= {f"ups_{mode}": (built["ups"], mode) for mode in ROLLOUTS.names() if mode != ups_mode}
+    if correctors:
+        runs |= {name: (m, None) for name, m in _with_correctors(built["ups"], configs["ups"],
+                                                                 bench.meta.n_params + 1).items()}
+    models = {}
+    for name, (model, mode) in runs.items():
+        seconds = _time_rollout(_rollout_fn(model, mode), data, batch, repeats)
+        models[name] = {"model": configs.get(name, configs["ups"]).model.name, "rollout_mode": mode or "one-step",
+                        "params": n_params(model), "seconds": seconds,
+                        "ms_per_sample": 1e3 * seconds / data["u"].shape[0], "speedup_vs_solver": solver_s / seconds}
+    s, t = data["u"].shape[:2]
+    return {"samples": s, "steps": t - 1, "points": bench.meta.n_points, "batch_size": batch,
+            "solver": {"pde": bench.meta.pde, "seconds": solver_s, "ms_per_sample": 1e3 * solver_s / s,
+                       "nrmse_vs_test_data": solver_err},
+            "models": models}
+
+
 def run(budget: float | None = None, quick: bool = False) -> dict:
-    """Time the rollouts; ``budget`` is unused (inference needs no training)."""
+    """Time the rollouts at the benchmark's resolution (256 points) and at every cell (1,024); ``budget`` is
+    unused (inference needs no training). Fresh weights: the cost does not depend on their values."""
     torch.set_num_threads(1)
     repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="ups-bench-inf-") as tmp:
         work = Path(tmp)
-        bench = Bench.open(load_bench_config("fno_burgers1d", quick=quick, work=work))
-        data = _test_set(bench)
-        batch = bench.cfg.eval.batch_size
-        configs = {"ups": ups_config(quick=quick, work=work)[0],
-                   "fno": load_bench_config("fno_burgers1d", quick=quick, work=work),
-                   "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}
-        solver_s, solver_err = _time_solver(bench, data, batch, repeats)
-        torch.manual_seed(0)
-        built = {name: MODELS.get(cfg.model.name).from_config(bench.meta, cfg.model.params)
-                 for name, cfg in configs.items()}
-        built.update(_with_correctors(built["ups"], configs["ups"], bench.meta.n_params + 1))
-        models = {}
-        for name, model in built.items():
-            seconds = _time_model(model, data, batch, repeats)
-            models[name] = {"model": configs.get(name, configs["ups"]).model.name, "params": n_params(model),
-                            "seconds": seconds, "ms_per_sample": 1e3 * seconds / data["u"].shape[0],
-                            "speedup_vs_solver": solver_s / seconds}
-    s, t = data["u"].shape[:2]
-    return {"benchmark": "inference", "quick": quick, "samples": s, "steps": t - 1, "points": bench.meta.n_points,
-            "batch_size": batch, "repeats": repeats, "threads": torch.get_num_threads(),
-            "solver": {"pde": bench.meta.pde, "seconds": solver_s, "ms_per_sample": 1e3 * solver_s / s,
-                       "nrmse_vs_test_data": solver_err},
-            "models": models}
+        base = _time_resolution(work, quick, None, repeats, correctors=True)
+        full = _time_resolution(work, quick, 1, max(1, repeats - 1), correctors=False)
+    return {"benchmark": "inference", "quick": quick, **base, "repeats": repeats, "threads": torch.get_num_threads(),
+            "full_resolution": full}
 
 
 def main(argv: list[str] | None = None) -> None:

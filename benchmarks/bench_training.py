@@ -59,7 +59,8 @@ def _measure(cfg_json: str, stage_name: str, work: str, seconds: float) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rate = steps_per_second(stage, train_loader, cfg, seconds=seconds)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"steps_per_s": rate, "samples_per_s": rate * cfg.data.batch_size, "batch_size": cfg.data.batch_size,
+    return {"steps_per_s": rate, "ms_per_step": 1e3 / rate, "samples_per_s": rate * cfg.data.batch_size,
+            "batch_size": cfg.data.batch_size,
             "peak_rss_mib": peak_kib / 1024, "rss_before_training_mib": rss_before / 1024}
 
 
@@ -115,9 +116,12 @@ def run(budget: float | None = None, quick: bool = False, processes: tuple[int, 
         ups_cfg, ups_stage = ups_config(quick=quick, work=work)
         ups_params = n_params(MODELS.get(ups_cfg.model.name).from_config(bench.meta, ups_cfg.model.params))
         width, fno_params = matched_fno_width(bench, fno_cfg, ups_params)
+        shipped = load_bench_config("fno_burgers1d", quick=quick, work=work)  # the accuracy benchmark's FNO
         fno_cfg = load_bench_config("fno_burgers1d", quick=quick, work=work,
                                     extra=[f"model.params.hidden_channels={width}"])
-        jobs = {"ups": (ups_cfg, ups_stage, ups_params), "fno": (fno_cfg, "baseline", fno_params)}
+        jobs = {"ups": (ups_cfg, ups_stage, ups_params), "fno": (fno_cfg, "baseline", fno_params),
+                "fno_benchmark_config": (shipped, "baseline", n_params(MODELS.get("fno").from_config(
+                    bench.meta, shipped.model.params)))}
         results = {}
         for name, (cfg, stage, count) in jobs.items():
             args = (cfg.model_dump_json(), stage, str(work / name), seconds)

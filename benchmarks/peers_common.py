@@ -141,9 +141,10 @@ class Bench:
     val = property(lambda self: self.bundle.splits["val"])
     test = property(lambda self: self.bundle.splits["test"])
 
-    def dataset(self, split: str, window: int | None) -> WindowDataset:
-        """Windows of ``window`` frames, or whole trajectories from ``eval.rollout_start`` (``None``)."""
-        start = self.cfg.eval.rollout_start if window is None else 0
+    def dataset(self, split: str, window: int | None, *, start: int | None = None) -> WindowDataset:
+        """Windows of ``window`` frames, or whole trajectories from ``start`` (default ``eval.rollout_start``)."""
+        if start is None:
+            start = self.cfg.eval.rollout_start if window is None else 0
         return self.bundle.windows(split, window=window, normalizer=self.normalizer, start=start)
 
 
@@ -208,15 +209,23 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode: str = "reencode",
-             max_principle: bool | None = None) -> dict[str, Any]:
+             max_principle: bool | None = None, start: int | None = None,
+             spatial_stride: int | None = None) -> dict[str, Any]:
     """Physical-space metrics of the rollout over whole trajectories of ``split``, by the code and rules of
     ``ups eval`` (``ups.eval.evaluate.evaluate_split``; ``mode`` for latent surrogates; by default every
-    model's rollout obeys the PDE's maximum principle when it has one); without the per-step lists but
-    ``nrmse_per_step``."""
-    mp = has_maximum_principle(bench.meta.pde) if max_principle is None else max_principle
-    loader = trajectory_loader(bench.bundle, bench.cfg, split, normalizer=bench.normalizer)
+    model's rollout obeys the PDE's maximum principle when it has one), from frame ``start`` (default
+    ``eval.rollout_start``) at ``spatial_stride`` (default the config's; 1 = every cell of the file, the
+    model unchanged); without the per-step lists but ``nrmse_per_step``."""
+    exp, bundle = bench.cfg, bench.bundle
+    if start is not None:
+        exp = exp.model_copy(update={"eval": exp.eval.model_copy(update={"rollout_start": start})})
+    if spatial_stride is not None and spatial_stride != exp.data.spatial_stride:
+        exp = exp.model_copy(update={"data": exp.data.model_copy(update={"spatial_stride": spatial_stride})})
+        bundle = prepare_data(exp.data, splits=(split,), generate=False, progress=False)
+    mp = has_maximum_principle(bundle.meta.pde) if max_principle is None else max_principle
+    loader = trajectory_loader(bundle, exp, split, normalizer=bench.normalizer)
     result, _ = evaluate_split(rollout_fn(model.eval(), mode=mode, max_principle=mp), loader, bench.normalizer,
-                               bench.meta, bench.cfg.eval)
+                               bundle.meta, exp.eval)
     metrics = result["metrics"]
     return {k: v for k, v in metrics.items() if not isinstance(v, list)} | {
         "nrmse_per_step": [round(x, 6) for x in metrics["nrmse_per_step"]]}

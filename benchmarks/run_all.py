@@ -4,7 +4,7 @@ Each module defines ``run(budget: float | None, quick: bool) -> dict``. This scr
 as one JSON object and writes it atomically to ``benchmarks/results/NAME.json`` (NAME = the module name
 without ``bench_``).
 
-    python benchmarks/run_all.py [--budget SECONDS] [--only NAME] [--quick] [--results DIR]
+    python benchmarks/run_all.py [--budget SECONDS] [--budgets 300,900,1800] [--only NAME] [--quick] [--results DIR]
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def load(path: Path):
     return module
 
 
-def run_benchmarks(*, budget: float | None, only: str | None, quick: bool, results: Path) -> dict[str, dict]:
+def run_benchmarks(*, budget: float | None, only: str | None, quick: bool, results: Path,
+                   budgets: list[float] | None = None) -> dict[str, dict]:
     """Run the selected benchmarks, sharing ``budget`` seconds between those not yet run."""
     found = discover()
     if only is not None:
@@ -53,7 +54,8 @@ def run_benchmarks(*, budget: float | None, only: str | None, quick: bool, resul
         share = None
         if budget is not None:
             share = max(1.0, (budget - (time.monotonic() - start)) / (len(found) - i))
-        result = load(path).run(budget=share, quick=quick)
+        extra = {"budgets": budgets} if budgets and name == "accuracy" else {}
+        result = load(path).run(budget=share, quick=quick, **extra)
         result = {"benchmark": name, **result}
         print(json.dumps(result), flush=True)
         atomic_write_json(results / f"{name}.json", result)
@@ -67,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run one benchmark by NAME (e.g. datagen)")
     parser.add_argument("--quick", action="store_true", help="tiny configurations (a smoke test)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="where NAME.json files go")
+    parser.add_argument("--budgets", default=None,
+                        help="accuracy budget curve: training seconds per model, comma-separated (e.g. 300,900,1800)")
     args = parser.parse_args(argv)
     try:
-        run_benchmarks(budget=args.budget, only=args.only, quick=args.quick, results=args.results)
-    except UPSError as err:
+        budgets = load(HERE / "bench_accuracy.py").parse_budgets(args.budgets) if args.budgets else None
+        run_benchmarks(budget=args.budget, only=args.only, quick=args.quick, results=args.results, budgets=budgets)
+    except (UPSError, argparse.ArgumentTypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

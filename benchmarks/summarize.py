@@ -34,30 +34,44 @@ def accuracy(res: dict) -> list[str]:
     out = [f"Accuracy at equal compute: {res['budget_s']:.0f} s of training each on {res['threads']} thread(s); "
            f"{d['pde']} {d['params']}, {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame 0.", ""]
-    rows = [[name, m.get("params"), m.get("steps"), m["rollout_nrmse"], m["one_step_nrmse"], m["corr_time"]]
+    rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"],
+             m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"),
+             m["corr_time"]]
             for name, m in res["models"].items()]
-    out += _table(["model", "parameters", "training steps", "rollout nRMSE", "one-step nRMSE", "corr. time (steps)"],
-                  rows)
+    out += _table(["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "from frame 10",
+                   "one-step nRMSE", "every cell (no retraining)", "corr. time (steps)"], rows)
     verdict = "beats" if res["ups_beats_fno"] else "does not beat"
-    return out + ["", f"UPS / FNO rollout nRMSE = {res['ratio_ups_over_fno_rollout_nrmse']:.3g}: UPS {verdict} FNO "
-                      "at equal compute."]
+    out += ["", f"UPS / FNO rollout nRMSE = {res['ratio_ups_over_fno_rollout_nrmse']:.3g}: UPS {verdict} FNO "
+                "at equal compute."]
+    curve = res.get("budget_curve") or {}
+    if len(res.get("budgets") or []) > 1:
+        budgets = [f"{b:g}" for b in res["budgets"]]
+        out += ["", "Budget curve (rollout nRMSE from frame 0; training seconds per model):", ""]
+        out += _table(["model"] + [f"{b} s" for b in budgets],
+                      [[name] + [c.get(b, {}).get("rollout_nrmse") for b in budgets] for name, c in curve.items()])
+    return out
 
 
 def inference(res: dict) -> list[str]:
-    """Rollout of the whole test set against the solver, in one process."""
-    out = [f"Inference: {res['samples']} test trajectories x {res['steps']} steps at {res['points']} points, "
-           f"{res['threads']} thread(s); solver {res['solver']['ms_per_sample']:.1f} ms per trajectory.", ""]
-    rows = [[name, m["params"], m["ms_per_sample"], m["speedup_vs_solver"]] for name, m in res["models"].items()
-            if m is not None]
-    return out + _table(["model", "parameters", "ms per trajectory", "speed-up vs solver"], rows)
+    """Rollout of the whole test set against the solver, in one process, at each resolution measured."""
+    out = []
+    for part in [res] + ([res["full_resolution"]] if res.get("full_resolution") else []):
+        out += ["" if out else None, f"Inference: {part['samples']} test trajectories x {part['steps']} steps at "
+                f"{part['points']} points, {res['threads']} thread(s); solver {part['solver']['ms_per_sample']:.1f} ms "
+                "per trajectory.", ""]
+        rows = [[name, m.get("rollout_mode", "—"), m["params"], m["ms_per_sample"], m["speedup_vs_solver"]]
+                for name, m in part["models"].items() if m is not None]
+        out += _table(["model", "rollout", "parameters", "ms per trajectory", "speed-up vs solver"], rows)
+    return [line for line in out if line is not None]
 
 
 def training(res: dict) -> list[str]:
     """Training throughput at matched parameter counts."""
-    rows = [[name, m["params"], m["samples_per_s"], m["peak_rss_mib"]] for name, m in res["models"].items()]
+    rows = [[name, m["params"], m.get("ms_per_step"), m["samples_per_s"], m["peak_rss_mib"]]
+            for name, m in res["models"].items()]
     out = [f"Training throughput ({res['threads']} thread, {res['points']} points, UPS operator stage vs "
            "FNO one-step):", ""]
-    out = out + _table(["model", "parameters", "samples / s", "peak RSS (MiB)"], rows) + [
+    out = out + _table(["model", "parameters", "ms / optimiser step", "samples / s", "peak RSS (MiB)"], rows) + [
         "", f"UPS / FNO samples per second = {res['ratio_ups_over_fno_samples_per_s']:.3g}."]
     dist = res.get("distributed")
     if dist:

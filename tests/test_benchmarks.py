@@ -58,9 +58,38 @@ def test_accuracy_quick(tmp_path):
     assert out["models"]["persistence"]["rollout_nrmse"] > 0
     table = _summary(tmp_path, "accuracy", out)
     ups = out["models"]["ups"]
-    row = f"| ups | {ups['params']} | {ups['steps']} | {ups['rollout_nrmse']:.3g} | {ups['one_step_nrmse']:.3g} |"
+    head = f"| ups | {ups['params']} | {ups['steps']} | {ups['ms_per_step']:.3g} | {ups['rollout_nrmse']:.3g} |"
+    from10 = ups["rollout_nrmse_from_10"]  # None on the quick data (5 frames)
+    row = head + (" — |" if from10 is None else f" {from10:.3g} | {ups['one_step_nrmse']:.3g} |")
     assert row in table and "| persistence | 0 | — |" in table
     assert ("UPS beats FNO" in table) == out["ups_beats_fno"]
+    # any-point: UPS and the FNO are scored at every cell without retraining; the U-Net is bound to its grid
+    assert out["models"]["ups"]["rollout_nrmse_full_resolution"] > 0
+    assert out["models"]["fno"]["rollout_nrmse_full_resolution"] > 0
+    assert out["models"]["unet"]["rollout_nrmse_full_resolution"] is None
+    assert "training grid" in out["models"]["unet"]["full_resolution_error"]
+
+
+@pytest.mark.slow
+def test_accuracy_budget_curve_quick(tmp_path):
+    out = _run("bench_accuracy", budget=0.5, budgets=[0.5, 1.0])
+    assert out["budgets"] == [0.5, 1.0] and set(out["budget_curve"]) == {"ups", "fno", "unet"}
+    for curve in out["budget_curve"].values():
+        assert set(curve) == {"0.5", "1"} and all(c["rollout_nrmse"] > 0 and c["steps"] >= 1 for c in curve.values())
+    assert out["budget_curve"]["ups"]["0.5"]["rollout_nrmse"] == pytest.approx(out["models"]["ups"]["rollout_nrmse"])
+    table = _summary(tmp_path, "accuracy", out)
+    assert "Budget curve" in table and "| model | 0.5 s | 1 s |" in table
+
+
+def test_budgets_flag_parses_and_rejects_bad_values():
+    import argparse
+
+    import bench_accuracy
+
+    assert bench_accuracy.parse_budgets("300,900,1800") == [300.0, 900.0, 1800.0]
+    for bad in ("300,abc", "0,900", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--budgets"):
+            bench_accuracy.parse_budgets(bad)
 
 
 @pytest.mark.slow
@@ -68,13 +97,20 @@ def test_inference_quick(tmp_path):
     out = _run("bench_inference")
     assert out["benchmark"] == "inference" and out["solver"]["seconds"] > 0
     assert out["solver"]["nrmse_vs_test_data"] < 0.2  # the solver reproduces the test frames
-    for name in ("ups", "fno", "unet", "ups_multi_corrector", "ups_distilled_corrector"):
-        m = out["models"][name]
-        assert m["seconds"] > 0 and m["speedup_vs_solver"] == pytest.approx(out["solver"]["seconds"] / m["seconds"])
+    for part, names in ((out, ("ups", "ups_latent", "fno", "unet", "ups_multi_corrector", "ups_distilled_corrector")),
+                        (out["full_resolution"], ("ups", "ups_latent", "fno", "unet"))):
+        for name in names:
+            m = part["models"][name]
+            assert m["seconds"] > 0
+            assert m["speedup_vs_solver"] == pytest.approx(part["solver"]["seconds"] / m["seconds"])
+    assert out["full_resolution"]["points"] == 4 * out["points"]  # every cell: the quick data's stride is 4
+    assert out["models"]["ups"]["rollout_mode"] == "reencode"
+    assert out["models"]["ups_latent"]["rollout_mode"] == "latent"
     corrected = out["models"]["ups_multi_corrector"]
     assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted
     table = _summary(tmp_path, "inference", out)
-    assert f"| ups_multi_corrector | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
+    assert f"| ups_multi_corrector | one-step | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
+    assert f"at {out['full_resolution']['points']} points" in table
 
 
 @pytest.mark.slow
@@ -87,7 +123,7 @@ def test_training_quick(tmp_path):
         assert m["samples_per_s"] == pytest.approx(m["steps_per_s"] * m["batch_size"]) and m["peak_rss_mib"] > 0
     assert out["ratio_ups_over_fno_samples_per_s"] == pytest.approx(ups["samples_per_s"] / fno["samples_per_s"])
     table = _summary(tmp_path, "training", out)
-    assert f"| fno | {fno['params']} | {fno['samples_per_s']:.3g} |" in table
+    assert f"| fno | {fno['params']} | {fno['ms_per_step']:.3g} | {fno['samples_per_s']:.3g} |" in table
 
 
 def test_training_scale_out_rate_and_table(tmp_path):

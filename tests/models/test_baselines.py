@@ -194,3 +194,28 @@ def test_checkpoint_round_trip_restores_predictions(name, tmp_path):
     assert not torch.allclose(fresh.predict_next(u, coords, p, dt), model.predict_next(u, coords, p, dt))
     load_checkpoint(tmp_path / "m", {"model": fresh})
     assert torch.equal(fresh.predict_next(u, coords, p, dt), model.predict_next(u, coords, p, dt))
+
+
+def test_fno_runs_on_a_finer_grid_of_the_same_domain_and_the_unet_refuses():
+    torch.manual_seed(0)
+    fno = MODELS.get("fno").from_config(_meta((64,)), SMALL["fno"]).eval()
+
+    def smooth(n):  # a band-limited field on n cell-aligned points of [0, 1): [1, n, 1]
+        x = torch.arange(n) / n
+        return (0.8 * torch.sin(2 * torch.pi * x) + 0.3 * torch.cos(6 * torch.pi * x)).reshape(1, n, 1)
+
+    params, dt = torch.full((1, 1), 0.01), torch.full((1,), 0.05)
+    with torch.no_grad():
+        coarse = fno.predict_next(smooth(64), torch.zeros(1, 64, 1), params, dt)
+        fine = fno.predict_next(smooth(256), torch.zeros(1, 256, 1), params, dt)
+    assert fine.shape == (1, 256, 1)
+    # the same function at 4x the resolution: equal at the shared points up to aliasing of the nonlinearity
+    err = (fine[:, ::4] - coarse).abs().max() / (coarse - smooth(64)).abs().max()
+    assert err < 0.05, float(err)
+    unet = MODELS.get("unet1d").from_config(_meta((64,)), SMALL["unet1d"])
+    with pytest.raises(UPSError, match="need the training grid"):
+        unet.predict_next(smooth(256), torch.zeros(1, 256, 1), params, dt)
+    fno2d = MODELS.get("fno").from_config(_meta((8, 8)), {**SMALL["fno"], "n_modes": 4})
+    assert fno2d.grid_shape(256) == (16, 16) and fno2d.grid_shape(200) is None
+    with pytest.raises(UPSError, match="refined or coarsened"):
+        fno2d.predict_next(torch.randn(1, 200, 1), torch.zeros(1, 200, 2), params, dt)

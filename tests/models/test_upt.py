@@ -36,8 +36,9 @@ def test_shapes_on_grids(n, freqs):
     assert model(u, x, torch.full((3, 1), 0.01), torch.full((3,), 0.05)).shape == (3, n, 1)
 
 
-def test_irregular_points_differing_per_sample_and_queries_elsewhere():
-    model = small_model()
+@pytest.mark.parametrize("decoder", ["attention", "kernel"])
+def test_irregular_points_differing_per_sample_and_queries_elsewhere(decoder):
+    model = small_model(decoder=decoder)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(2, 300, 1, generator=gen)  # each sample its own irregular points
     u = torch.sin(6.28 * x)
@@ -84,9 +85,10 @@ def test_encoding_is_resolution_consistent():
     assert (z256 - z1024).norm() / z1024.norm() < 0.05
 
 
-def test_decoding_at_twice_the_training_resolution():
+@pytest.mark.parametrize("decoder", ["attention", "kernel"])
+def test_decoding_at_twice_the_training_resolution(decoder):
     # fit the any-point decoder on random sub-cell shifts of a 64-point grid, then decode at 128 points
-    model = small_model()
+    model = small_model(decoder=decoder)
     f = lambda x: torch.sin(2 * torch.pi * x) + 0.5 * torch.sin(4 * torch.pi * x + 1.0)  # noqa: E731
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
@@ -118,11 +120,40 @@ def test_config_errors_name_the_key():
     assert UPTConfig().latent_dim == 64
 
 
-def test_two_dimensional_points():
+@pytest.mark.parametrize("decoder", ["attention", "kernel"])
+def test_two_dimensional_points(decoder):
     meta2 = DatasetMetadata(pde="x", spatial_dims=2, spatial_shape=(12, 12), n_channels=2, n_frames=2, dt=0.1,
                             domain=((0.0, 1.0), (0.0, 2.0)))
-    model = UPT.from_config(meta2, SMALL)
+    model = UPT.from_config(meta2, {**SMALL, "decoder": decoder, "decoder_width": 8})
     x = torch.rand(2, 144, 2) * torch.tensor([1.0, 2.0])
     u = torch.randn(2, 144, 2)
     out = model(u, x, torch.zeros(2, 0), torch.full((2,), 0.1))
     assert out.shape == (2, 144, 2) and torch.isfinite(out).all()
+
+
+def test_cached_geometry_and_inference_kernels_match_a_fresh_computation():
+    # neighbour tables are reused per point set, and in inference the pooling and decoder kernels too; the
+    # results equal the uncached ones, for alternating point sets and after the weights change
+    model = small_model(decoder="kernel", decoder_width=8)
+    gen = torch.Generator().manual_seed(3)
+    xa, xb = torch.rand(2, 100, 1, generator=gen), torch.rand(2, 90, 1, generator=gen)
+    ua, ub = torch.randn(2, 100, 1, generator=gen), torch.randn(2, 90, 1, generator=gen)
+    params, dt = torch.full((2, 1), 0.01), torch.full((2,), 0.05)
+
+    def fresh(u, x):
+        model._geometry.entries.clear()
+        return model(u, x, params, dt)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        with torch.no_grad():
+            want_a, want_b = fresh(ua, xa), fresh(ub, xb)
+            model._geometry.entries.clear()
+        with torch.inference_mode():
+            for _ in range(2):  # second pass: every kernel comes from the cache
+                torch.testing.assert_close(model(ua, xa, params, dt), want_a)
+                torch.testing.assert_close(model(ub, xb, params, dt), want_b)
+        loss = model(ua, xa, params, dt).square().mean() + model.decode(model.encode(ua, xa), xa).square().mean()
+        opt.zero_grad()
+        loss.backward()  # grad mode after inference-mode entries: nothing cached under inference is reused
+        opt.step()  # the weights change in place: the cached kernels must not survive it

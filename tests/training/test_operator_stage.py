@@ -16,7 +16,13 @@ from ups.data.prepare import fit_normalizer, prepare_data, stage_loaders
 from ups.training.curriculum import inverse_loss_weight
 from ups.training.runs import JsonlLog
 from ups.training.stage import STAGES
-from ups.training.stages.operator import OperatorStageConfig, spectral_error, unroll_length
+from ups.training.stages.operator import (
+    OperatorStageConfig,
+    balanced_weights,
+    relative_mse,
+    spectral_error,
+    unroll_length,
+)
 from ups.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
@@ -82,7 +88,11 @@ def test_trainer_run_logs_curriculum_and_validates_rollouts(tmp_path):
     assert health
     for r in health:
         expected = inverse_loss_weight(r["epoch"], base=0.2, warmup=1, max_weight=0.15)
-        assert math.isclose(r["components"]["w_inv_enc"], expected, abs_tol=1e-9), r
+        assert math.isclose(r["components"]["w_curriculum"], expected, abs_tol=1e-9), r
+        if expected > 0:  # computed, balanced: at most the curriculum weight, the ratio under the cap (0.1)
+            assert 0 < r["components"]["w_inv_enc"] <= expected + 1e-12
+        else:  # weight 0: the inverse losses are not computed at all
+            assert "loss_inv_enc" not in r["components"] and "w_inv_enc" not in r["components"]
     assert {r["epoch"] for r in health} == {0, 1, 2}
     epochs = [r for r in records if r.get("kind") == "epoch"]
     assert all(0 < r["val_rollout_nrmse"] < 10 and r["val_metric"] == r["val_rollout_nrmse"] for r in epochs)
@@ -106,3 +116,39 @@ def test_stage_config_rejects_unknown_keys():
 
     with pytest.raises(ConfigError, match="stages.operator.rollout_stepz"):
         load_config(None, ["stages.operator.rollout_stepz=3"])
+
+
+def test_zero_weight_terms_are_not_computed_and_inverse_losses_follow_their_frequency(tmp_path):
+    _, st, loader, _ = build(tmp_path, inverse_loss_warmup_epochs=1, inverse_loss_frequency=3, rollout_steps=2,
+                             rollout_ramp_steps=0, lambda_spectral=0.0)
+    batch = next(iter(loader))
+    early = st.loss(batch, epoch=0, step=0)  # curriculum weight 0 in the warm-up epoch
+    assert "loss_spectral" not in early and not any(k.startswith(("loss_inv", "w_inv")) for k in early)
+    assert float(early["w_curriculum"]) == 0.0
+    for step, expected in ((3, True), (4, False), (5, False), (6, True)):
+        out = st.loss(batch, epoch=5, step=step)
+        assert ("loss_inv_enc" in out and "loss_inv_dec" in out) is expected, step
+        total = out["loss_forward"] + out["loss_rollout"]
+        if expected:
+            total = total + out["w_inv_enc"] * out["loss_inv_enc"] + out["w_inv_dec"] * out["loss_inv_dec"]
+        torch.testing.assert_close(out["loss"].double(), total.double().detach(), rtol=1e-5, atol=1e-9)
+
+
+def test_inverse_decoding_loss_is_scale_free():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 8, 16, generator=gen), torch.randn(4, 8, 16, generator=gen)
+    torch.testing.assert_close(relative_mse(1000.0 * a, 1000.0 * b), relative_mse(a, b), rtol=1e-4, atol=0)
+    # a prediction equal to the target's mean scores ~1 (the target's variance, relative to itself)
+    assert math.isclose(float(relative_mse(torch.full_like(b, float(b.mean())), b)), 1.0, rel_tol=0.01)
+
+
+def test_balanced_weights_cap_the_inverse_forward_ratio():
+    fwd = torch.tensor(0.01)
+    terms = {"enc": (0.5, torch.tensor(0.1)), "dec": (0.5, torch.tensor(0.3))}  # weighted sum 0.2 = 20 x forward
+    w = balanced_weights(fwd, terms, 0.1)  # scaled by 0.1 * 0.01 / 0.2 = 0.005
+    assert math.isclose(w["enc"], 0.0025, rel_tol=1e-6) and math.isclose(w["dec"], 0.0025, rel_tol=1e-6)
+    assert math.isclose(sum(w[k] * float(v) for k, (_, v) in terms.items()) / 0.01, 0.1, rel_tol=1e-6)
+    unc = balanced_weights(fwd, terms, None)
+    assert math.isclose(unc["enc"], 0.5) and math.isclose(unc["dec"], 0.5)
+    small = {"enc": (0.001, torch.tensor(0.1))}  # 1e-4 = 0.01 x forward: under the cap, unchanged
+    assert math.isclose(balanced_weights(fwd, small, 0.1)["enc"], 0.001)

@@ -38,6 +38,20 @@ def test_inverse_forward_ratio_uses_the_logged_weights():
     assert totals.summary()["inverse_forward_ratio"] == pytest.approx(1.2)
 
 
+def test_components_computed_on_some_batches_are_averaged_over_those_batches():
+    from ups.training.health import HealthMonitor
+
+    mon = HealthMonitor(stage="operator", grad_norm_warn=10.0, clip_ratio_warn=0.5, inverse_ratio_warn=0.2)
+    for i in range(4):  # inverse loss on every 2nd batch only (inverse_loss_frequency = 2)
+        parts = {"loss": 1.0, "loss_forward": 0.1}
+        if i % 2 == 0:
+            parts |= {"loss_inv_enc": 0.3 + 0.2 * i, "w_inv_enc": 0.01}
+        mon.add_loss(parts)
+    comps = mon.window.summary()["components"]
+    assert comps["loss_inv_enc"] == pytest.approx(0.5) and comps["w_inv_enc"] == pytest.approx(0.01)
+    assert mon.window.summary()["inverse_forward_ratio"] == pytest.approx(0.05)
+
+
 def test_epoch_record_aggregates_the_epoch(tmp_path):
     toy.run_toy(tmp_path, epochs=1, health_every=2, grad_clip=None)
     health, (epoch,) = _log(tmp_path, "health"), _log(tmp_path, "epoch")

@@ -56,6 +56,7 @@ class GridModel(nn.Module):
         self.param_transform = param_transform
         self.dt_channel = bool(dt_channel)
         self.net: nn.Module = nn.Identity()  # set by subclasses
+        self.resolution_agnostic = False  # True: the network runs on other grids of the same domain (FNO)
 
     @property
     def in_channels(self) -> int:
@@ -88,14 +89,28 @@ class GridModel(nn.Module):
     ) -> torch.Tensor:
         """One step. u: [B, N, C] (normalised); coords: [B, N, d]; params: [B, P]; dt: [B] -> [B, N, C]."""
         b, n, c = u.shape
-        if n != math.prod(self.spatial_shape) or c != self.n_channels:
+        shape = self.grid_shape(n) if c == self.n_channels else None
+        if shape is None:
             raise UPSError(
                 f"{type(self).__name__} was built for {math.prod(self.spatial_shape)} points x {self.n_channels} "
-                f"channels but got u of shape {tuple(u.shape)} (grid models need the training grid)"
+                f"channels but got u of shape {tuple(u.shape)} (grid models need the training grid"
+                + (", or the same grid refined or coarsened by one factor per dimension)" if self.resolution_agnostic
+                   else ")")
             )
-        grid = u.reshape(b, *self.spatial_shape, c).movedim(-1, 1)
+        grid = u.reshape(b, *shape, c).movedim(-1, 1)
         nxt = self.grid_forward(grid, params, dt)
         return nxt.movedim(1, -1).reshape(b, n, c)
+
+    def grid_shape(self, n: int) -> tuple[int, ...] | None:
+        """The grid of ``n`` points: the training grid, or (resolution-agnostic networks only) the training grid
+        scaled by one common factor in every dimension; None when ``n`` points form neither."""
+        if n == math.prod(self.spatial_shape):
+            return self.spatial_shape
+        if not self.resolution_agnostic:
+            return None
+        factor = (n / math.prod(self.spatial_shape)) ** (1.0 / len(self.spatial_shape))
+        shape = tuple(max(1, round(s * factor)) for s in self.spatial_shape)
+        return shape if math.prod(shape) == n else None
 
 
 def _grid_kwargs(meta: DatasetMetadata, cfg: GridInputConfig) -> dict:
@@ -143,6 +158,9 @@ class FNOModel(GridModel):
             lifting_channel_ratio=lifting_channel_ratio, projection_channel_ratio=projection_channel_ratio,
             positional_embedding="grid" if positional_embedding else None,
         )
+        # spectral weights on the lowest modes and a grid embedding on the unit box: the same function on any
+        # resolution of the domain (neuraloperator's FNO, as published), so rollouts may use a finer grid
+        self.resolution_agnostic = True
 
     def state_dict(self, *args, **kwargs):
         """Tensors only: neuralop adds a ``_metadata`` dict entry that safetensors checkpoints cannot hold."""

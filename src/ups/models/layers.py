@@ -174,10 +174,49 @@ class ContinuousConv(nn.Module):
         # far fewer multiply-adds than evaluating the full kernel on every pair).
         self.out = nn.Linear((hidden + 1) * self.n_feat, width)
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """u: [B, S, k, C] neighbour values; delta: [B, S, k, d] offsets / r; mask: [B, S, k] -> [B, S, D]."""
-        feats = torch.cat([u, 0.5 * u * u], dim=-1) if self.square else u  # [B, S, k, F]
+    def kernel(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The per-pair hidden kernel, divided by the neighbourhood size (it depends on the geometry only, so a
+        rollout on fixed points may reuse it). delta: [B, S, k, d] offsets / r; mask: [B, S, k] -> [B, S, k, H+1]."""
         h = F.gelu(self.hidden(delta))
-        h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1) * mask.to(h.dtype).unsqueeze(-1)  # [B, S, k, H+1]
-        moments = torch.einsum("bskh,bskf->bshf", h, feats) / mask.sum(-1).clamp_min(1)[..., None, None]
+        h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1) * mask.to(h.dtype).unsqueeze(-1)
+        return h / mask.sum(-1).clamp_min(1)[..., None, None].to(h.dtype)
+
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
+                kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """u: [B, S, k, C] neighbour values; delta: [B, S, k, d] offsets / r; mask: [B, S, k]; kernel: the result
+        of :meth:`kernel` for this geometry, or None to compute it -> [B, S, D]."""
+        feats = torch.cat([u, 0.5 * u * u], dim=-1) if self.square else u  # [B, S, k, F]
+        h = self.kernel(delta, mask) if kernel is None else kernel  # [B, S, k, H+1]
+        moments = torch.einsum("bskh,bskf->bshf", h, feats)
         return self.out(moments.flatten(-2))  # [B, S, D]
+
+
+class GeometryCache:
+    """Remembers the last few results of a function of a coordinate tensor (neighbour tables, offsets),
+    so a rollout or a training step that reuses one point set computes its geometry once.
+
+    A hit needs equal coordinates (compared in full, cheap next to a neighbour search), the same
+    extra key and the same inference mode (tensors made under ``torch.inference_mode`` cannot enter
+    autograd later). Results must not depend on trainable parameters.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.entries: list[tuple[tuple, torch.Tensor, object]] = []
+
+    def get(self, coords: torch.Tensor, key: tuple, compute):
+        """``compute()`` for coords [..., d] (and ``key``), or the remembered result."""
+        full_key = (key, tuple(coords.shape), coords.dtype, coords.device, torch.is_inference_mode_enabled())
+        for i, (k, c, value) in enumerate(self.entries):
+            if k == full_key and torch.equal(c, coords):
+                self.entries.append(self.entries.pop(i))
+                return value
+        value = compute()
+        self.entries = [*self.entries[-(self.size - 1):], (full_key, coords.detach().clone(), value)]
+        return value
+
+
+def param_versions(*modules: nn.Module) -> tuple:
+    """A key that changes whenever a parameter of ``modules`` is replaced or updated in place (optimiser steps,
+    ``load_state_dict``): for caching parameter-dependent results outside autograd."""
+    return tuple((id(p), p._version) for m in modules for p in m.parameters())

@@ -7,10 +7,14 @@ u [B, N, C] at coords [B, N, d]
           mean of u-linear messages -> the amplitude survives) -> transformer blocks     z [B, L=S, D]
   step:   adaLN-Zero transformer blocks conditioned on dt and the PDE parameters, relative-position
           attention bias between tokens (locality); z_next = z + f(z, cond)         z [B, L, D]
-  decode: each query attends to its nearest tokens (offset-dependent filters and attention bias),
-          its own current value u_q enters the query; MLP head -> C channels; with
+  decode: each query reads its nearest tokens, either by attention (offset-dependent filters and
+          attention bias, u_q in the query; ``decoder: attention``) or by a learned continuous-
+          convolution kernel of the offset, sum_s K(x_q - y_s) V z_s (``decoder: kernel``, ~4x
+          cheaper); its own current value u_q is added; MLP head -> C channels; with
           ``predict_increment`` the head predicts u_next - u_q                        u [B, Q, C]
 ```
+Neighbour tables are cached per point set (a rollout or a training step on fixed points searches them
+once); under ``torch.no_grad`` / ``inference_mode`` the pooling and decoder kernels are cached too.
 The model is translation-equivariant on periodic domains (it sees only offsets), so a random shift of
 the points against the supernode lattice during training is the same as random supernode positions,
 and the offsets it learns are continuous: decoding at unseen points (other resolutions, irregular
@@ -33,9 +37,11 @@ from ups.models.layers import (
     MLP,
     Block,
     ContinuousConv,
+    GeometryCache,
     OffsetFeatures,
     gather_neighbours,
     lattice,
+    param_versions,
     relative_offset,
 )
 
@@ -55,6 +61,10 @@ class UPTConfig(Strict):
     decoder_neighbours: int = Field(4, ge=1)  # tokens each query attends to
     decoder_hidden: int = Field(64, ge=4)
     decoder_freqs: int = Field(4, ge=1)  # Fourier features of the query-token offset: f = 1/2 .. freqs/2 cycles
+    # "attention": each query attends to its nearest tokens (content-dependent weights); "kernel": a learned
+    # continuous-convolution kernel of the offset interpolates the tokens to the query (about 4x cheaper)
+    decoder: Literal["attention", "kernel"] = "attention"
+    decoder_width: int | None = Field(None, ge=4)  # width of the kernel decoder's values (None: latent_dim)
     predict_increment: bool = True  # decode(z, x, u_q) = u_q + head(...)
     norm: Literal["none", "layer"] = "none"
     param_transform: Literal["log", "identity"] = "log"
@@ -103,16 +113,19 @@ class UPT(nn.Module):
         self.cond_embed = MLP(n_in=1 + n_params, n_hidden=width, n_out=width)
         self.operator_blocks = nn.ModuleList(Block(cond_dim=width, **block) for _ in range(cfg.operator_depth))
         # decoder
-        self.query_embed = MLP(n_in=channels, n_hidden=cfg.decoder_hidden, n_out=width)
-        self.missing_query = nn.Parameter(torch.zeros(width))
-        self.dec_query = nn.Linear(width, width)
-        self.dec_key = nn.Linear(width, width)
-        self.dec_value = nn.Linear(width, width)
+        dec_width = width if cfg.decoder == "attention" else (cfg.decoder_width or width)
+        self.query_embed = MLP(n_in=channels, n_hidden=cfg.decoder_hidden, n_out=dec_width)
+        self.missing_query = nn.Parameter(torch.zeros(dec_width))
+        self.dec_value = nn.Linear(width, dec_width)
         self.dec_features = OffsetFeatures(dims=dims, n_freq=cfg.decoder_freqs, scale=float(cfg.decoder_neighbours))
-        self.dec_filter = nn.Linear(self.dec_features.n_out, width)  # offset-dependent filter on the values
-        self.dec_bias = nn.Linear(self.dec_features.n_out, cfg.heads)  # offset-dependent attention bias
-        self.dec_slope = nn.Parameter(torch.zeros(cfg.heads))  # distance decay per head (softplus)
-        self.head = MLP(n_in=width, n_hidden=cfg.decoder_hidden, n_out=channels)
+        self.dec_filter = nn.Linear(self.dec_features.n_out, dec_width)  # offset-dependent filter on the values
+        if cfg.decoder == "attention":
+            self.dec_query = nn.Linear(width, width)
+            self.dec_key = nn.Linear(width, width)
+            self.dec_bias = nn.Linear(self.dec_features.n_out, cfg.heads)  # offset-dependent attention bias
+            self.dec_slope = nn.Parameter(torch.zeros(cfg.heads))  # distance decay per head (softplus)
+        self.head = MLP(n_in=dec_width, n_hidden=cfg.decoder_hidden, n_out=channels)
+        self._geometry = GeometryCache()
 
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> UPT:
@@ -144,9 +157,13 @@ class UPT(nn.Module):
     def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """u: [B, N, C] (normalised) at coords [B, N, d] -> z [B, L, D]."""
         radius = self.cfg.encoder_radius
-        idx, delta, mask = self._neighbourhoods(coords, radius)  # [B, L, m], [B, L, m, d], [B, L, m]
+        idx, delta, mask = self._geometry.get(coords, ("encoder", radius), lambda: self._neighbourhoods(coords, radius))
+        kernel = None
+        if not torch.is_grad_enabled():  # inference: the pooling kernel of these points is computed once
+            kernel = self._geometry.get(coords, ("pool", radius, param_versions(self.pool)),
+                                        lambda: self.pool.kernel(delta / radius, mask))
         u_nb = gather_neighbours(u, idx)  # [B, L, m, C]
-        z = self.pool(u_nb, delta / radius, mask)  # [B, L, D]
+        z = self.pool(u_nb, delta / radius, mask, kernel)  # [B, L, D]
         for blk in self.encoder_blocks:
             z = blk(z, self.token_delta)
         return z
@@ -175,28 +192,49 @@ class UPT(nn.Module):
     def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C].
 
-        Each query attends to its ``decoder_neighbours`` nearest tokens; values are modulated by a filter
+        ``decoder: kernel``: ``u_q + head(sum_s K(x_q - y_s) V z_s + phi(u_q))`` over the ``decoder_neighbours``
+        nearest tokens, K a linear map of Fourier features of the offset. ``decoder: attention``:
+        each query attends to its ``decoder_neighbours`` nearest tokens; values are modulated by a filter
         of the offset, ``v_s * (1 + W f(x_q - y_s))`` (continuous-convolution style, linear in z), and
         the attention has a per-head offset bias; the query's current value ``u_q`` enters the query.
         With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the
         decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
         """
-        idx, delta = self._nearest_tokens(coords_q)  # [B, Q, k], [B, Q, k, d]
+        idx, delta, feats = self._geometry.get(coords_q, ("decoder",), lambda: self._query_geometry(coords_q))
         b, q, _ = idx.shape
+        phi = self.missing_query.expand(b, q, -1) if u_q is None else self.query_embed(u_q)  # [B, Q, D']
+        if self.cfg.decoder == "kernel":
+            if torch.is_grad_enabled():
+                kernel = self.dec_filter(feats)  # [B, Q, k, D']
+            else:  # inference: the kernel at these queries is computed once per rollout
+                kernel = self._geometry.get(coords_q, ("kernel", param_versions(self.dec_filter)),
+                                            lambda: self.dec_filter(feats))
+            values = gather_neighbours(self.dec_value(z), idx)  # [B, Q, k, D']
+            out = (values * kernel).sum(2)  # [B, Q, D']: sum_s K(x_q - y_s) V z_s
+        else:
+            out = self._attend(z, idx, delta, feats, phi)
+        pred = self.head(out + phi)  # [B, Q, C]
+        if u_q is not None and self.cfg.predict_increment:
+            pred = u_q + pred
+        return pred
+
+    def _query_geometry(self, coords_q: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """coords_q: [B, Q, d] -> nearest tokens idx [B, Q, k], offsets [B, Q, k, d], features [B, Q, k, F]."""
+        idx, delta = self._nearest_tokens(coords_q)
+        return idx, delta, self.dec_features(delta)
+
+    def _attend(self, z: torch.Tensor, idx: torch.Tensor, delta: torch.Tensor, feats: torch.Tensor,
+                phi: torch.Tensor) -> torch.Tensor:
+        """The attention decoder's read-out. z [B, L, D]; idx [B, Q, k]; delta [B, Q, k, d]; feats [B, Q, k, F];
+        phi [B, Q, D] -> [B, Q, D]."""
         heads = self.cfg.heads
-        phi = self.missing_query.expand(b, q, -1) if u_q is None else self.query_embed(u_q)  # [B, Q, D]
-        feats = self.dec_features(delta)  # [B, Q, k, F]
         keys = gather_neighbours(self.dec_key(z), idx).unflatten(-1, (heads, -1))  # [B, Q, k, H, Dh]
         values = gather_neighbours(self.dec_value(z), idx) * (1 + self.dec_filter(feats))  # [B, Q, k, D]
         query = self.dec_query(phi).unflatten(-1, (heads, -1))  # [B, Q, H, Dh]
         bias = self.dec_bias(feats) - F.softplus(self.dec_slope) * delta.norm(dim=-1, keepdim=True)  # [B, Q, k, H]
         logits = (keys * query.unsqueeze(2)).sum(-1) / query.shape[-1] ** 0.5 + bias
         attn = logits.softmax(dim=2).unsqueeze(-1)  # [B, Q, k, H, 1]
-        out = (attn * values.unflatten(-1, (heads, -1))).sum(2).flatten(-2)  # [B, Q, D]
-        pred = self.head(out + phi)  # [B, Q, C]
-        if u_q is not None and self.cfg.predict_increment:
-            pred = u_q + pred
-        return pred
+        return (attn * values.unflatten(-1, (heads, -1))).sum(2).flatten(-2)  # [B, Q, D]
 
     def forward(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """One re-encoding step at the input points. u: [B, N, C]; coords: [B, N, d] -> [B, N, C]."""

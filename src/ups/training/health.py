@@ -26,6 +26,7 @@ class _Totals:
     loss_sum: float = 0.0
     batches: int = 0
     components: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # batches that reported each component
     grad_sum: float = 0.0
     grad_max: float = 0.0
     steps: int = 0  # optimizer steps taken (finite gradient norm)
@@ -34,7 +35,9 @@ class _Totals:
     skipped_steps: int = 0
 
     def summary(self) -> dict[str, Any]:
-        comps = {k: v / self.batches for k, v in self.components.items()} if self.batches else {}
+        # each component is averaged over the batches that computed it (a stage may compute a term on
+        # every N-th batch only, e.g. the operator stage's inverse losses)
+        comps = {k: v / self.counts.get(k, self.batches) for k, v in self.components.items()} if self.batches else {}
         forward = comps.get("loss_forward")
         inverse = [v * comps.get("w_inv" + k[len("loss_inv"):], 1.0) for k, v in comps.items()
                    if k.startswith("loss_inv")]
@@ -72,6 +75,7 @@ class HealthMonitor:
             for key, value in parts.items():
                 if key != "loss":
                     t.components[key] = t.components.get(key, 0.0) + value
+                    t.counts[key] = t.counts.get(key, 0) + 1
 
     def add_skipped_batch(self) -> None:
         for t in self._both():

@@ -7,12 +7,17 @@ Loss (every term mean-reduced, logged unweighted under its own name)::
 
 - ``L_forward``: the decoded one-step prediction against the true next field (normalised space),
   optionally plus ``latent_forward_weight * |z_pred - E(u_next)|^2``;
-- ``L_inv_enc = |D(E(u)) - u|^2`` at a random subset of the points (the decoder inverts the encoder);
-- ``L_inv_dec = |E(D(z)) - sg(z)|^2`` on the predicted latent (the encoder inverts the decoder);
+- ``L_inv_enc = |D(E(u)) - u|^2`` at a random subset of the points (the decoder inverts the encoder;
+  normalised fields, so already scale-free);
+- ``L_inv_dec = |E(D(z)) - sg(z)|^2 / var(sg(z))`` on the predicted latent (the encoder inverts the
+  decoder), relative to the latent's spread so that its size does not depend on the latent's arbitrary scale;
 - ``L_rollout``: steps 2..K of a K-step rollout (``rollout_mode``) decoded against the truth, with K
   growing from 1 to ``rollout_steps`` over ``rollout_ramp_steps`` optimiser steps;
 - ``L_spectral``: relative spectral energy error over the spatial axes of every predicted frame.
-``w_enc``/``w_dec`` follow the trainer's curriculum (0, linear ramp, base, capped). Training inputs
+``w_enc``/``w_dec`` follow the trainer's curriculum (0, linear ramp, base, capped); the inverse terms are
+computed on every ``inverse_loss_frequency``-th batch only, and their weights are scaled down on a batch
+where they would exceed ``inverse_loss_balance`` times the forward loss (the effective weights are logged
+as ``w_inv_*``, the curriculum's as ``w_curriculum``). A term whose weight is 0 is not computed. Training inputs
 get Gaussian noise (``input_noise``) and, on periodic domains, a random translation against the
 supernode lattice (``random_shift``), which is the same as drawing the supernodes at random.
 Validation: full autoregressive rollouts, scored in physical space (``val_rollout_nrmse``).
@@ -28,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
@@ -54,6 +60,10 @@ class OperatorStageConfig(StageConfig):
     input_noise: float = Field(0.0, ge=0)  # std of the noise on the first input frame (normalised)
     random_shift: bool = True
     query_fraction: float = Field(0.5, gt=0, le=1)  # points used by L_inv_enc
+    inverse_loss_frequency: int = Field(1, ge=1)  # the inverse losses on every N-th batch only (the seeds' N)
+    # cap on the weighted inverse losses, as a fraction of the forward loss (None: no cap): the weights are
+    # scaled down on batches where w * L_inv would exceed it, so the inverse terms never dominate
+    inverse_loss_balance: float | None = Field(0.1, gt=0)
 
 
 def unroll_length(cfg: OperatorStageConfig, step: int) -> int:
@@ -86,18 +96,10 @@ def random_translation(coords: torch.Tensor, domain: torch.Tensor, generator: to
     return lo + torch.remainder(coords - lo + shift, hi - lo)
 
 
-def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: OperatorStageConfig, unroll: int,
-                    w_enc: float, w_dec: float, spatial: tuple[int, ...], domain: torch.Tensor | None,
-                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The operator-stage loss on one batch (``u`` [B, W >= unroll + 1, *spatial, C], ``coords``,
-    ``params`` [B, P], ``dt`` [B]); returns the weighted total under ``loss`` and each term."""
-    u, x = flatten_points(batch["u"], batch["coords"])  # [B, W, N, C], [B, N, d]
-    if domain is not None and cfg.random_shift:
-        x = random_translation(x, domain, generator)
-    params, dt = batch["params"], batch["dt"]
-    u0 = u[:, 0]
-    if cfg.input_noise > 0:
-        u0 = u0 + cfg.input_noise * torch.randn(u0.shape, generator=generator).to(u0)
+def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.Tensor, dt: torch.Tensor, *,
+            cfg: OperatorStageConfig, unroll: int, keep_reencoded: bool) -> dict:
+    """K = ``unroll`` steps from u0 [B, N, C] at x [B, N, d] -> ``z0`` [B, L, D], ``z_first`` (first predicted
+    latent), ``preds`` [B, K, N, C] and ``reencoded`` (E of each prediction, when computed)."""
     z = z0 = model.encode(u0, x)
     cur, preds, reencoded = u0, [], []
     z_first = None
@@ -106,28 +108,83 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: Op
         z_first = z_next if k == 0 else z_first
         nxt = model.decode(z_next, x, cur)
         preds.append(nxt)
-        if cfg.rollout_mode == "reencode" and (k + 1 < unroll or w_dec > 0 or cfg.latent_forward_weight > 0):
+        if cfg.rollout_mode == "reencode" and (k + 1 < unroll or keep_reencoded):
             reencoded.append(model.encode(nxt, x))
         z = reencoded[-1] if cfg.rollout_mode == "reencode" and k + 1 < unroll else z_next
         cur = nxt
         if cfg.detach_between_steps and k + 1 < unroll:
             z, cur = z.detach(), cur.detach()
-    pred = torch.stack(preds, dim=1)  # [B, K, N, C]
-    true = u[:, 1:unroll + 1]
-    out = {"loss_forward": F.mse_loss(pred[:, 0], true[:, 0])}
+    return {"z0": z0, "z_first": z_first, "preds": torch.stack(preds, dim=1), "reencoded": reencoded}
+
+
+def relative_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Scale-free MSE: ``mean (pred - target)^2 / (var(target) + 1e-6)`` (target detached).
+
+    pred, target: same shape, e.g. latents [B, L, D] -> scalar. Multiplying both by a constant leaves it
+    unchanged, so the inverse-decoding loss does not depend on the arbitrary scale of the latent."""
+    target = target.detach()
+    return F.mse_loss(pred, target) / (target.var() + 1e-6)
+
+
+def balanced_weights(forward: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]],
+                     cap: float | None) -> dict[str, float]:
+    """Weights of the inverse terms (name -> (weight, loss)), scaled down together so that their weighted sum
+    is at most ``cap`` times the forward loss (values only; no gradient flows through the scaling)."""
+    weighted = sum(w * float(v.detach()) for w, v in terms.values())
+    scale = 1.0
+    if cap is not None and weighted > 0:
+        scale = min(1.0, cap * float(forward.detach()) / weighted)
+    return {k: w * scale for k, (w, _) in terms.items()}
+
+
+def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: OperatorStageConfig, unroll: int,
+                    w_enc: float, w_dec: float, spatial: tuple[int, ...], domain: torch.Tensor | None,
+                    generator: torch.Generator | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+    """The operator-stage loss on one batch (``u`` [B, W >= unroll + 1, *spatial, C], ``coords``,
+    ``params`` [B, P], ``dt`` [B]); returns the weighted total under ``loss``, each computed term and the
+    effective inverse weights ``w_inv_enc`` / ``w_inv_dec``. Terms whose weight is 0 are not computed; the
+    inverse terms only on every ``inverse_loss_frequency``-th ``step``."""
+    u, x = flatten_points(batch["u"], batch["coords"])  # [B, W, N, C], [B, N, d]
+    if domain is not None and cfg.random_shift:
+        x = random_translation(x, domain, generator)
+    params, dt = batch["params"], batch["dt"]
+    u0 = u[:, 0]
+    if cfg.input_noise > 0:
+        u0 = u0 + cfg.input_noise * torch.randn(u0.shape, generator=generator).to(u0)
+    if step % cfg.inverse_loss_frequency:
+        w_enc = w_dec = 0.0
+    with record_function("loss: forward + rollout"):
+        r = _unroll(model, u0, x, params, dt, cfg=cfg, unroll=unroll,
+                    keep_reencoded=w_dec > 0 or cfg.latent_forward_weight > 0)
+        pred, z_first = r["preds"], r["z_first"]  # [B, K, N, C], [B, L, D]
+        true = u[:, 1:unroll + 1]
+        out = {"loss_forward": F.mse_loss(pred[:, 0], true[:, 0])}
+        out["loss_rollout"] = F.mse_loss(pred[:, 1:], true[:, 1:]) if unroll > 1 else pred.new_zeros(())
     if cfg.latent_forward_weight > 0:
-        out["loss_latent"] = F.mse_loss(z_first, model.encode(u[:, 1], x).detach())
-    out["loss_rollout"] = F.mse_loss(pred[:, 1:], true[:, 1:]) if unroll > 1 else pred.new_zeros(())
-    out["loss_spectral"] = spectral_error(pred, true, spatial)
-    n = u.shape[2]
-    q = max(1, int(round(cfg.query_fraction * n)))
-    idx = torch.randperm(n, generator=generator)[:q].to(u.device)
-    out["loss_inv_enc"] = F.mse_loss(model.decode(z0, x[:, idx]), u0[:, idx])
-    z_re = reencoded[0] if reencoded else model.encode(pred[:, 0], x)
-    out["loss_inv_dec"] = F.mse_loss(z_re, z_first.detach())
-    total = (cfg.lambda_forward * (out["loss_forward"] + cfg.latent_forward_weight * out.get("loss_latent", 0.0))
-             + w_enc * out["loss_inv_enc"] + w_dec * out["loss_inv_dec"]
-             + cfg.lambda_rollout * out["loss_rollout"] + cfg.lambda_spectral * out["loss_spectral"])
+        with record_function("loss: latent"):
+            out["loss_latent"] = F.mse_loss(z_first, model.encode(u[:, 1], x).detach())
+    total = cfg.lambda_forward * (out["loss_forward"] + cfg.latent_forward_weight * out.get("loss_latent", 0.0))
+    total = total + cfg.lambda_rollout * out["loss_rollout"]
+    if cfg.lambda_spectral > 0:
+        with record_function("loss: spectral"):
+            out["loss_spectral"] = spectral_error(pred, true, spatial)
+        total = total + cfg.lambda_spectral * out["loss_spectral"]
+    inverse = {}
+    if w_enc > 0:
+        with record_function("loss: inv_enc"):
+            n = u.shape[2]
+            q = max(1, int(round(cfg.query_fraction * n)))
+            idx = torch.randperm(n, generator=generator)[:q].to(u.device)
+            inverse["enc"] = (w_enc, F.mse_loss(model.decode(r["z0"], x[:, idx]), u0[:, idx]))
+    if w_dec > 0:
+        with record_function("loss: inv_dec"):
+            z_re = r["reencoded"][0] if r["reencoded"] else model.encode(pred[:, 0], x)
+            inverse["dec"] = (w_dec, relative_mse(z_re, z_first))
+    weights = balanced_weights(out["loss_forward"], inverse, cfg.inverse_loss_balance)
+    for key, (_, value) in inverse.items():
+        out[f"loss_inv_{key}"] = value
+        out[f"w_inv_{key}"] = torch.tensor(weights[key], dtype=torch.float64)  # after balancing
+        total = total + weights[key] * value
     out["loss"] = total
     return out
 
@@ -199,9 +256,8 @@ class OperatorStage(Stage):
         w_enc, w_dec = self.inverse_weights(epoch)
         out = operator_losses(self.model, batch, cfg=self.cfg, unroll=unroll_length(self.cfg, step), w_enc=w_enc,
                               w_dec=w_dec, spatial=self.meta.spatial_shape, domain=self.domain,
-                              generator=self.generator)
-        out["w_inv_enc"] = torch.tensor(w_enc, dtype=torch.float64)
-        out["w_inv_dec"] = torch.tensor(w_dec, dtype=torch.float64)
+                              generator=self.generator, step=step)
+        out["w_curriculum"] = torch.tensor(w_enc, dtype=torch.float64)  # before balancing and frequency
         out["unroll"] = torch.tensor(float(unroll_length(self.cfg, step)))
         return out
 
