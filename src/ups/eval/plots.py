@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ups.errors import UPSError
@@ -87,7 +88,7 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
     """
     if not curves:
         raise UPSError("plot_error_curves needs at least one curve ({name: per-step values})")
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for name, values in curves.items():
         v = np.asarray(list(values), dtype=np.float64)
@@ -96,10 +97,12 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
         ax.plot(steps, v, marker="o" if v.size <= 20 else None, markersize=3, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("time" if dt is not None else "rollout step")
+    if dt is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    _outside_legend(ax)
     return _save(fig, path)
 
 
@@ -148,52 +151,59 @@ def training_series(records: list[dict]) -> tuple[dict[str, list[float]], dict[s
             _numeric_series(records, lambda k: k.startswith("val_")))
 
 
-def _stage_bounds(records: list[dict]) -> list[tuple[int, str]]:
-    """(first record index, stage name) at every change of stage."""
-    out, last = [], object()
-    for i, rec in enumerate(records):
-        if rec.get("stage") != last:
-            last = rec.get("stage")
-            out.append((i, str(last) if last is not None else ""))
+def _by_stage(records: list[dict]) -> dict[str, list[dict]]:
+    """Epoch records grouped by stage, stages in the order they ran."""
+    out: dict[str, list[dict]] = {}
+    for rec in records:
+        out.setdefault(str(rec.get("stage") or "training"), []).append(rec)
     return out
 
 
-def _draw_series(ax, series: dict[str, list[float]], bounds: list[tuple[int, str]], title: str) -> None:
+def _outside_legend(ax) -> None:
+    """The legend to the right of the axes, where it cannot cover a line."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _draw_series(ax, series: dict[str, list[float]], title: str) -> None:
     xs = np.arange(1, len(next(iter(series.values()), [])) + 1)
     for name, values in series.items():
         v = np.asarray(values, dtype=np.float64)
         v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
-        ax.plot(xs, v, marker="o" if xs.size <= 30 else None, markersize=3, label=name)
-    for i, (start, stage) in enumerate(bounds):
-        if i:
-            ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=1)
-        if stage:
-            ax.annotate(stage, (start + 1, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=8)
+        if np.isfinite(v).any():  # a field this stage never logged gets no legend entry
+            ax.plot(xs, v, marker="o" if xs.size <= 30 else None, markersize=3, label=name)
     ax.set_yscale("log")
-    ax.set_xlabel("epoch (all stages, in order)")
-    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+    _outside_legend(ax)
+
+
+def training_figure(records: list[dict], *, title: str = "training", source: str = "the log") -> Figure:
+    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) of epoch records: one row
+    of two panels per stage (each stage its own scales), legends beside the panels. ``val_metric`` is left
+    out where it only repeats a named metric. With no records the figure says so."""
+    stages = _by_stage(records)
+    fig = Figure(figsize=(12, 3.2 * max(1, len(stages))), layout="constrained")
+    if not stages:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no epoch records in {source}", ha="center", va="center")
+    for row, (stage, recs) in enumerate(stages.items()):
+        losses, vals = training_series(recs)
+        if any(k != "val_metric" and v == vals.get("val_metric") for k, v in vals.items()):
+            del vals["val_metric"]  # an alias of the stage's metric: its line would hide the named one
+        _draw_series(fig.add_subplot(len(stages), 2, 2 * row + 1), losses, f"{stage}: training losses")
+        _draw_series(fig.add_subplot(len(stages), 2, 2 * row + 2), vals, f"{stage}: validation metrics")
+    fig.suptitle(title)
+    return fig
 
 
 def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str = "training") -> Path:
-    """Loss components (fields ``loss*``) and validation metrics (fields ``val_*``) per epoch record of a
-    train_log.jsonl, stages marked by dotted lines. Missing fields leave gaps; with no epoch records the
-    figure says so instead of failing, so a report can still be written."""
-    records = read_epoch_records(train_log)
-    losses, vals = training_series(records)
-    bounds = _stage_bounds(records)
-    fig = Figure(figsize=(12, 4), layout="constrained")
-    if not records:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"no epoch records in {Path(train_log).name}", ha="center", va="center")
-    else:
-        _draw_series(fig.add_subplot(1, 2, 1), losses, bounds, "training losses")
-        _draw_series(fig.add_subplot(1, 2, 2), vals, bounds, "validation metrics")
-    fig.suptitle(title)
-    return _save(fig, path)
+    """:func:`training_figure` of a train_log.jsonl's epoch records, as a PNG. Missing fields leave gaps;
+    with no epoch records the figure says so instead of failing, so a report can still be written."""
+    return _save(training_figure(read_epoch_records(train_log), title=title, source=Path(train_log).name), path)
 
 
 def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Sequence[float]], samples: int = 3,
