@@ -1,7 +1,15 @@
-"""Data-generation throughput: Burgers nu = 0.01, 1024 cells, 201 frames to t = 2 (PDEBench's setting).
+"""Data-generation throughput per PDE, end to end (initial conditions, solver, float32 HDF5 write).
 
-Generates a few batches end to end with :func:`ups.data.generate.generate_dataset` (initial conditions,
-solver, float32 HDF5 write) and extrapolates the time for 1,000 samples. Target: under 600 s on 2 cores.
+Each PDE is timed on a few batches with :func:`ups.data.generate.generate_dataset` at its benchmark
+setting (one solver thread):
+
+- burgers1d: nu = 0.01, 1024 cells, 201 frames to t = 2 (PDEBench's setting); the top-level keys of
+  the result keep this case (target: 1,000 samples in under 600 s on 2 cores);
+- ks1d: L = 64, 256 points, a 640-frame test trajectory (dt = 0.2) after the 100-time-unit burn-in;
+- diffusion_reaction1d: nu = 0.5, rho = 1, 1024 cells, 201 frames on [0, 1];
+- ns2d: nu = 1e-3, 64 x 64, 51 frames (t = 0 .. 50), internal grid 64.
+
+``pdes`` holds, per PDE, samples/s and the extrapolated seconds per 1,000 trajectories.
 """
 
 from __future__ import annotations
@@ -16,38 +24,60 @@ import torch
 from ups.data.generate import generate_dataset
 from ups.data.pdes import PDES
 
-FULL = {"params": {"nu": 0.01}, "resolution": 1024, "frames": 201, "t_end": 2.0, "batch_size": 64, "batches": 3}
-QUICK = {"params": {"nu": 0.1}, "resolution": 64, "frames": 6, "t_end": 0.1, "batch_size": 2, "batches": 1}
+FULL = {
+    "burgers1d": {"params": {"nu": 0.01}, "resolution": 1024, "frames": 201, "t_end": 2.0, "batch_size": 64,
+                  "batches": 3},
+    "ks1d": {"params": {"length": 64.0}, "resolution": 256, "frames": 640, "t_end": 127.8, "batch_size": 16,
+             "batches": 1},
+    "diffusion_reaction1d": {"params": {"nu": 0.5, "rho": 1.0}, "resolution": 1024, "frames": 201, "t_end": 1.0,
+                             "batch_size": 64, "batches": 1},
+    "ns2d": {"params": {"nu": 1e-3}, "resolution": 64, "frames": 51, "t_end": 50.0, "batch_size": 8, "batches": 1},
+}
+QUICK = {
+    "burgers1d": {"params": {"nu": 0.1}, "resolution": 64, "frames": 6, "t_end": 0.1, "batch_size": 2, "batches": 1},
+    "ks1d": {"params": {"length": 64.0}, "resolution": 64, "frames": 6, "t_end": 1.0, "batch_size": 2,
+             "batches": 1, "solver": {"steps_per_frame": 2}},
+    "diffusion_reaction1d": {"params": {"nu": 0.5, "rho": 1.0}, "resolution": 64, "frames": 6, "t_end": 0.1,
+                             "batch_size": 2, "batches": 1},
+    "ns2d": {"params": {"nu": 1e-3}, "resolution": 16, "frames": 3, "t_end": 2.0, "batch_size": 2, "batches": 1},
+}
 TARGET_SECONDS_1000 = 600.0
+KEYS = ("params", "resolution", "frames", "t_end", "batch_size")
+
+
+def _time_pde(pde: str, cfg: dict, budget: float | None, tmp: Path) -> dict:
+    """Time ``batches`` batches of ``pde`` (fewer if ``budget`` seconds run out; always at least one)."""
+    elapsed, samples = 0.0, 0
+    for i in range(cfg["batches"]):
+        t0 = time.perf_counter()
+        generate_dataset(pde=pde, params=cfg["params"], samples=cfg["batch_size"], seed=i,
+                         out=tmp / f"{pde}{i}.hdf5", resolution=cfg["resolution"], frames=cfg["frames"],
+                         t_end=cfg["t_end"], batch_size=cfg["batch_size"], progress=False, solver=cfg.get("solver"))
+        elapsed += time.perf_counter() - t0
+        samples += cfg["batch_size"]
+        if budget is not None and elapsed * (i + 2) / (i + 1) > budget:
+            break
+    rate = samples / elapsed
+    return {**{k: cfg[k] for k in KEYS}, "samples": samples, "seconds": round(elapsed, 3),
+            "samples_per_s": round(rate, 4), "seconds_for_1000": round(1000 / rate, 1),
+            "solver": PDES.get(pde)(**cfg.get("solver", {})).solver_settings()}
 
 
 def run(budget: float | None = None, quick: bool = False) -> dict:
-    """Time ``batches`` batches (fewer if ``budget`` seconds run out; always at least one)."""
-    cfg = QUICK if quick else FULL
-    elapsed, samples = 0.0, 0
+    """Every PDE of FULL (or QUICK), sharing ``budget`` seconds equally."""
+    table = QUICK if quick else FULL
+    share = None if budget is None else budget / len(table)
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(cfg["batches"]):
-            t0 = time.perf_counter()
-            generate_dataset(pde="burgers1d", params=cfg["params"], samples=cfg["batch_size"], seed=i,
-                             out=Path(tmp) / f"batch{i}.hdf5", resolution=cfg["resolution"], frames=cfg["frames"],
-                             t_end=cfg["t_end"], batch_size=cfg["batch_size"], progress=False)
-            elapsed += time.perf_counter() - t0
-            samples += cfg["batch_size"]
-            if budget is not None and elapsed * (i + 2) / (i + 1) > budget:
-                break
-    rate = samples / elapsed
+        pdes = {pde: _time_pde(pde, cfg, share, Path(tmp)) for pde, cfg in table.items()}
+    burgers = pdes["burgers1d"]
     return {
         "pde": "burgers1d",
-        **{k: cfg[k] for k in ("params", "resolution", "frames", "t_end", "batch_size")},
+        **{k: burgers[k] for k in (*KEYS, "samples", "seconds", "samples_per_s", "seconds_for_1000", "solver")},
         "quick": quick,
-        "samples": samples,
-        "seconds": round(elapsed, 3),
-        "samples_per_s": round(rate, 4),
-        "seconds_for_1000": round(1000 / rate, 1),
         "target_seconds_for_1000": TARGET_SECONDS_1000,
-        "meets_target": bool(1000 / rate < TARGET_SECONDS_1000),
-        "solver": PDES.get("burgers1d")().solver_settings(),
-        "torch_threads": torch.get_num_threads(),  # the solver itself runs on solver["threads"] threads
+        "meets_target": bool(burgers["seconds_for_1000"] < TARGET_SECONDS_1000),
+        "pdes": pdes,
+        "torch_threads": torch.get_num_threads(),  # each solver runs on its own solver["threads"] threads
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "torch_version": torch.__version__,

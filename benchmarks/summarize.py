@@ -71,8 +71,13 @@ def training(res: dict) -> list[str]:
 
 
 def datagen(res: dict) -> list[str]:
-    return [f"Data generation ({res['pde']} {res['params']}, {res['resolution']} cells, {res['frames']} frames): "
-            f"{res['samples_per_s']:.3g} samples/s, {res['seconds_for_1000']:.0f} s per 1,000 trajectories."]
+    out = [f"Data generation ({res['pde']} {res['params']}, {res['resolution']} cells, {res['frames']} frames): "
+           f"{res['samples_per_s']:.3g} samples/s, {res['seconds_for_1000']:.0f} s per 1,000 trajectories."]
+    if "pdes" in res:
+        rows = [[pde, m["params"], m["resolution"], m["frames"], m["samples_per_s"], m["seconds_for_1000"]]
+                for pde, m in res["pdes"].items()]
+        out += ["", *_table(["PDE", "parameters", "points per axis", "frames", "samples / s", "s per 1,000"], rows)]
+    return out
 
 
 SECTIONS = {"accuracy": accuracy, "inference": inference, "training": training, "datagen": datagen}

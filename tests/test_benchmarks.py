@@ -133,3 +133,11 @@ def test_run_all_loads_modules_whose_functions_reach_worker_processes():
 
     module = run_all.load(BENCH / "bench_training.py")
     assert pickle.loads(pickle.dumps(module._measure)) is module._measure  # by reference, importable by name
+
+
+def test_datagen_quick_reports_every_pde(tmp_path):
+    out = _run("bench_datagen")
+    assert set(out["pdes"]) == {"burgers1d", "ks1d", "diffusion_reaction1d", "ns2d"}
+    assert all(m["samples_per_s"] > 0 and m["samples"] >= 1 for m in out["pdes"].values())
+    assert out["samples_per_s"] == out["pdes"]["burgers1d"]["samples_per_s"]
+    assert "| ns2d |" in _summary(tmp_path, "datagen", out)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ups import __version__
-from ups.errors import UPSError
+from ups.errors import ConfigError, UPSError
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -98,9 +98,14 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
     for name in ("nu", "beta"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    t_end = args.t_end
+    if args.dt is not None:
+        if args.t_end is not None or args.frames is None:
+            raise ConfigError("--dt needs --frames and replaces --t-end (t_end = dt * (frames - 1)): drop --t-end")
+        t_end = args.dt * (args.frames - 1)
     out = generate_dataset(
         pde=args.pde, params=params, samples=args.samples, seed=args.seed, out=args.out,
-        resolution=args.resolution, frames=args.frames, t_end=args.t_end, batch_size=args.batch_size,
+        resolution=args.resolution, frames=args.frames, t_end=t_end, batch_size=args.batch_size,
         progress=not args.quiet,
     )
     print(f"wrote {args.samples} {args.pde} samples to {out}")
@@ -116,9 +121,12 @@ def _add_data_generate(data_sub) -> None:
     p.add_argument("--samples", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output .hdf5 file (written atomically)")
-    p.add_argument("--resolution", type=int, default=1024, help="cells on [0, 1) (default 1024)")
-    p.add_argument("--frames", type=int, default=201, help="saved frames including t=0 (default 201)")
-    p.add_argument("--t-end", type=float, default=2.0, help="final time (default 2.0)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="points per axis (default: the PDE's own, e.g. burgers1d 1024, ks1d 256, ns2d 64)")
+    p.add_argument("--frames", type=int, default=None, help="saved frames including t=0 (default: the PDE's)")
+    p.add_argument("--t-end", type=float, default=None, help="final time (default: the PDE's, burgers1d 2.0)")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time between frames instead of --t-end: t_end = dt * (frames - 1) (e.g. ks1d: 0.2)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_generate)

@@ -41,17 +41,34 @@ class GenerateConfig(Strict):
 
     params: dict[str, float] = Field(default_factory=lambda: {"nu": 0.01})
     resolution: int = Field(1024, ge=8)
-    frames: int = Field(201, ge=2)
+    frames: int | dict[Split, int] = Field(201)  # a dict: frames per split (e.g. KS: train 140, test 640)
     t_end: float = Field(2.0, gt=0)
+    frame_dt: float | None = Field(None, gt=0)  # set: t_end = frame_dt * (frames - 1) per split, t_end unused
     samples: dict[Split, int] = Field(default_factory=lambda: {"train": 1000, "val": 100, "test": 200})
     seeds: dict[Split, int] = Field(default_factory=lambda: {"train": 1, "val": 2, "test": 3})
     batch_size: int = Field(64, ge=1)
+    solver: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the PDE class
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> GenerateConfig:
         if len(set(self.seeds.values())) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds}: each split needs its own seed")
+        counts = self.frames.values() if isinstance(self.frames, dict) else [self.frames]
+        if any(c < 2 for c in counts):
+            raise ValueError(f"frames={self.frames}: every split needs at least 2 frames")
         return self
+
+    def frames_for(self, split: Split) -> int:
+        """Saved frames of ``split`` (the one count, or the split's entry of a per-split dict)."""
+        if not isinstance(self.frames, dict):
+            return self.frames
+        if split not in self.frames:
+            raise ConfigError(f"data.generate.frames has no entry for split '{split}' (add frames.{split})")
+        return self.frames[split]
+
+    def t_end_for(self, split: Split) -> float:
+        """Final time of ``split``: ``frame_dt * (frames - 1)`` when frame_dt is set, else ``t_end``."""
+        return self.t_end if self.frame_dt is None else self.frame_dt * (self.frames_for(split) - 1)
 
 
 class DataConfig(Strict):

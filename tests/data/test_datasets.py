@@ -48,7 +48,7 @@ def test_whole_trajectories(burgers):
 
 def test_window_items_2d_multichannel(tmp_path):
     u = indexed_array(3, 6, 8, 6, channels=2)
-    cfg = DataConfig(pde="ns2d", train=str(write_ups_file(tmp_path / "2d.hdf5", u, pde="ns2d",
+    cfg = DataConfig(pde="toy2d", train=str(write_ups_file(tmp_path / "2d.hdf5", u, pde="toy2d",
                                                           params={"nu": 1e-3, "re": 100.0})))
     ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None, spatial_stride=2, temporal_stride=2)
     assert len(ds) == 3 * 2  # strided frames 0, 2, 4: windows of 2 start at t0 in {0, 1}

@@ -210,7 +210,8 @@ def test_persistence_rollout_repeats_the_initial_state():
 
 KEYS = {"nrmse", "nrmse_one_step", "crmse", "brmse", "frmse_low", "frmse_mid", "frmse_high", "max_error",
         "conservation_gap", "conservation_gap_t0", "bc_violation", "negativity", "spectral_energy_error",
-        "corr_time", "valid_time", "nrmse_per_step", "corr_per_step", "samples", "steps"}
+        "corr_time", "valid_time", "nrmse_per_step", "corr_per_step", "samples", "steps", "high_corr",
+        "rel_l2_full", "rel_l2_step"}
 
 
 def test_evaluate_rollout_returns_every_metric_consistently():
@@ -245,19 +246,60 @@ def test_shape_mismatch_is_one_clear_line():
         M.crmse(torch.zeros(2, 3), torch.zeros(2, 3))
 
 
-def test_frmse_2d_single_mode_counts_the_radial_band():
-    # p - y = A cos(2 pi (3 x + 4 y)) on a 16 x 16 grid: one rfft2 coefficient of modulus A n^2 / 2 at |k| = 5,
-    # scaled by (L / n)^2 -> A / 2; the mid band [4, 12) averages it with every other coefficient there.
+def test_frmse_2d_sums_pdebench_radial_shells():
+    # p - y = A cos(2 pi (3 x + 4 y)) on a 16 x 16 grid: FFT coefficient A n^2 / 2 at (3, 4) (in PDEBench's
+    # quadrant) and at (-3, -4) (not counted); shell floor(5) = 5 holds A n^2 / 2 -> scaled by L^2 / n^2: A / 2.
+    # Shells 0 .. 7 exist (min(16, 16) // 2 = 8); the mid band [4, 12) is shells 4 .. 7: mean = A / 2 / 4.
     n, amp = 16, 0.6
     g = torch.arange(n, dtype=torch.float64) / n
     gx, gy = torch.meshgrid(g, g, indexing="ij")
-    err = amp * torch.cos(2 * math.pi * (3 * gx + 4 * gy))
     y = torch.zeros(1, 1, n, n, 1, dtype=torch.float64)
-    kx = [k if k < n // 2 else k - n for k in range(n)]  # full-FFT axis
-    in_mid = sum(1 for a in kx for b in range(n // 2 + 1) if 4 <= math.hypot(a, b) < 12)
-    got = M.frmse_bands(y + err.reshape(1, 1, n, n, 1), y)
-    assert math.isclose(got["mid"], amp / 2 / in_mid, rel_tol=1e-9)
-    assert got["low"] < 1e-12 and math.isnan(got["high"])  # |k| <= hypot(8, 8) < 12 on this grid
+    err = amp * torch.cos(2 * math.pi * (3 * gx + 4 * gy)).reshape(1, 1, n, n, 1)
+    got = M.frmse_bands(y + err, y)
+    assert math.isclose(got["mid"], amp / 2 / 4, rel_tol=1e-9)
+    assert got["low"] < 1e-12 and math.isnan(got["high"])  # no shell >= 12 on this grid
+    assert M.frmse_shells_2d(y + err, y, Lx=(2.0, 3.0))["mid"] == pytest.approx(6.0 * got["mid"])  # Lx Ly
+    # two shells summed, not averaged: modes (1, 0) and (0, 1) share shell 1; low band = shells 0 .. 3
+    two = amp * (torch.cos(2 * math.pi * gx) + torch.cos(2 * math.pi * gy)).reshape(1, 1, n, n, 1)
+    shell_1 = math.sqrt(2 * (amp * n * n / 2) ** 2) / n**2  # sqrt of the summed squares
+    assert math.isclose(M.frmse_low(y + two, y), shell_1 / 4, rel_tol=1e-9)
+    # as in PDEBench, a mode with one negative wavenumber lies outside the counted quadrant
+    hidden = amp * torch.cos(2 * math.pi * (3 * gx - 4 * gy)).reshape(1, 1, n, n, 1)
+    assert max(M.frmse_bands(y + hidden, y)["low"], M.frmse_bands(y + hidden, y)["mid"]) < 1e-12
+
+
+def test_brmse_2d_counts_every_edge_point_as_pdebench():
+    # error 1 on the x = 0 edge only (ny points of the 2 nx + 2 ny edge terms; corners belong to both edges)
+    nx, ny = 4, 6
+    y = torch.zeros(2, 1, nx, ny, 1, dtype=torch.float64)
+    p = y.clone()
+    p[:, :, 0, :] = 1.0
+    expected = math.sqrt((ny + 2) / (2 * nx + 2 * ny))  # ny on the x-edge, + the 2 corners seen by y-edges
+    assert math.isclose(M.brmse(p, y), expected, rel_tol=1e-12)
+
+
+def test_relative_l2_full_and_per_step_by_hand():
+    true = torch.zeros(2, 2, 2, 2, 1, dtype=torch.float64)
+    true[0] = 1.0  # sample 0: ||y|| = sqrt(8) over all frames, sqrt(4) per frame
+    true[1] = 2.0
+    pred = true.clone()
+    pred[0, 0] += 1.0  # sample 0, frame 0 off by 1 at 4 points: error norm 2
+    # full: sample 0: 2 / sqrt(8); sample 1: 0 -> mean
+    assert math.isclose(M.relative_l2_full(pred, true), (2 / math.sqrt(8)) / 2, rel_tol=1e-12)
+    # per step: sample 0 frame 0: 2 / 2 = 1, others 0 -> mean over 4 (sample, frame) pairs
+    assert math.isclose(M.relative_l2_step(pred, true), 1 / 4, rel_tol=1e-12)
+
+
+def test_high_correlation_times_in_steps_and_time_units():
+    x = torch.arange(32, dtype=torch.float64) / 32
+    true = torch.sin(2 * math.pi * x).reshape(1, 1, 32, 1).repeat(1, 5, 1, 1)
+    noise = torch.cos(6 * math.pi * x).reshape(1, 1, 32, 1)  # orthogonal to the truth
+    scale = torch.tensor([0.0, 0.5, 0.8, 1.2, 3.0], dtype=torch.float64).reshape(1, 5, 1, 1)
+    pred = true + scale * noise  # correlation 1 / sqrt(1 + s^2): 1, 0.894, 0.781, 0.640, 0.316
+    out = M.evaluate_rollout(pred, true, frame_dt=0.2)
+    assert out["high_corr"]["0.8"] == {"steps": 2, "time": pytest.approx(0.4)}
+    assert out["high_corr"]["0.9"] == {"steps": 1, "time": pytest.approx(0.2)}
+    assert M.evaluate_rollout(pred, true)["high_corr"]["0.9"] == {"steps": 1, "time": None}
 
 
 def test_bc_violation_needs_three_points():

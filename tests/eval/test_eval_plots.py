@@ -108,7 +108,11 @@ def test_evaluation_plots_for_a_report(tmp_path):
         _png_size(path)
     two_d = evaluation_plots(tmp_path / "2d", pred=torch.zeros(1, 2, 4, 4, 1), true=torch.zeros(1, 2, 4, 4, 1),
                              curves={"model": [0.1, 0.2]})
-    assert list(two_d) == ["nRMSE per rollout step"]
+    assert list(two_d) == ["nRMSE per rollout step", "sample 0: truth, prediction, error snapshots",
+                           "sample 0: animation"]  # 2D: snapshots and a GIF (ups.eval.plots2d)
+    three_d = evaluation_plots(tmp_path / "3d", pred=torch.zeros(1, 2, 4, 4, 4, 1),
+                               true=torch.zeros(1, 2, 4, 4, 4, 1), curves={"model": [0.1, 0.2]})
+    assert list(three_d) == ["nRMSE per rollout step"]
 
 
 def test_training_figure_one_row_per_stage_and_legends_beside_the_data():

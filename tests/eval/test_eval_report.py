@@ -67,7 +67,7 @@ def test_missing_plot_is_a_note_not_a_broken_image(tmp_path):
     parsed = _parse(out)
     assert parsed.imgs == []
     text = out.read_text()
-    assert 'plot "gone" is missing' in text and 'plot "fake" is not a PNG' in text
+    assert 'plot "gone" is missing' in text and 'plot "fake" is not a PNG or GIF' in text
     assert "model + TTC" not in parsed.cells  # eval_json has no "ttc" either
 
 

@@ -1,9 +1,11 @@
 """Generate a trajectory data set with a registered PDE and write it in PDEBench's HDF5 layout.
 
-File layout (see docs/ARCHITECTURE.md): dataset ``tensor`` float32 ``[N, T, X]``, ``x-coordinate`` ``[X]``,
-``t-coordinate`` ``[T]``; attributes ``pde``, one per physical parameter (e.g. ``nu``), ``seed``,
-``generator_version``, ``ups_version``, the grid (``resolution``, ``frames``, ``t_end``, ``dt``,
-``length``) and the solver settings as ``solver_*`` (with, for adaptive solvers, the largest internal
+File layout (see docs/ARCHITECTURE.md): dataset ``tensor`` float32 ``[N, T, X]`` (1D) or
+``[N, T, X, Y, 1]`` (2D), ``x-coordinate`` ``[X]`` (and ``y-coordinate`` ``[Y]``), ``t-coordinate``
+``[T]``; attributes ``pde``, one per physical parameter (e.g. ``nu``), ``seed``, ``generator_version``,
+``ups_version``, every other field of the PDE's parameter dataclass (``resolution``, ``frames``,
+``t_end``, ``length``, e.g. ``burn_in``), ``dt`` and the solver settings as ``solver_*`` (with the
+conventions: equation, initial condition, grid) (with, for adaptive solvers, the largest internal
 grid and step count any batch used, e.g. ``solver_internal_resolution_max``).
 
 Reproducibility: one ``torch.Generator`` seeded with ``seed`` draws the initial conditions in blocks of
@@ -14,6 +16,7 @@ or failed run never leaves a truncated file under the final name (an existing fi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import h5py
@@ -36,10 +39,10 @@ class _InitialStream:
 
     def __init__(self, pde: PDE, *, grid: Grid1D, generator: torch.Generator):
         self.pde, self.grid, self.generator = pde, grid, generator
-        self.buffer = torch.empty(0, grid.resolution, dtype=torch.float64)
+        self.buffer = torch.empty(0, *getattr(grid, "shape", (grid.resolution,)), dtype=torch.float64)
 
     def take(self, k: int) -> torch.Tensor:
-        """The next ``k`` initial conditions.  # -> [k, X] float64"""
+        """The next ``k`` initial conditions.  # -> [k, *spatial] float64"""
         while self.buffer.shape[0] < k:
             block = self.pde.sample_initial(IC_BLOCK, generator=self.generator, grid=self.grid)
             self.buffer = torch.cat([self.buffer, block.to(torch.float64)])
@@ -64,18 +67,20 @@ def file_attributes(pde: PDE, p, seed: int) -> dict:
     """Attributes written to a generated file (parameters, seed, versions, grid, solver settings)."""
     attrs = {"pde": pde.name, "seed": int(seed), "generator_version": GENERATOR_VERSION, "ups_version": __version__}
     attrs.update(p.physical(pde.param_names))
-    attrs.update(resolution=p.resolution, frames=p.frames, t_end=p.t_end, dt=p.dt, length=p.length)
+    attrs.update({k: v for k, v in p.to_dict().items() if k not in attrs})
+    attrs["dt"] = p.dt
     attrs.update({f"solver_{k}": v for k, v in pde.solver_settings().items()})
     return attrs
 
 
 def _write(tmp: Path, *, pde: PDE, p, samples: int, seed: int, batch_size: int, progress: bool) -> None:
     stream = _InitialStream(pde, grid=p.grid, generator=torch.Generator().manual_seed(int(seed)))
-    shape = (samples, p.frames, p.resolution)
+    frame = tuple(p.spatial_shape) + ((1,) if len(p.spatial_shape) > 1 else ())  # 2D files carry C = 1
     with h5py.File(tmp, "w", track_order=True) as f:
-        ds = f.create_dataset("tensor", shape=shape, dtype="float32", chunks=(1, p.frames, p.resolution),
-                              track_times=False)
-        f.create_dataset("x-coordinate", data=p.x.numpy().astype(np.float32), track_times=False)
+        ds = f.create_dataset("tensor", shape=(samples, p.frames, *frame), dtype="float32",
+                              chunks=(1, p.frames, *frame), track_times=False)
+        for name, axis in p.coordinates().items():
+            f.create_dataset(name, data=axis.numpy().astype(np.float32), track_times=False)
         f.create_dataset("t-coordinate", data=p.t.numpy().astype(np.float32), track_times=False)
         for key, value in file_attributes(pde, p, seed).items():
             f.attrs[key] = value
@@ -89,7 +94,7 @@ def _write(tmp: Path, *, pde: PDE, p, samples: int, seed: int, batch_size: int, 
                     raise DataError(
                         f"the solver produced NaN/inf for sample {start + int(bad[0])}: lower the solver cfl"
                     )
-                ds[start : start + u.shape[0]] = u.to(torch.float32).numpy()
+                ds[start : start + u.shape[0]] = u.to(torch.float32).reshape(u.shape[0], p.frames, *frame).numpy()
                 bar.update(u.shape[0])
                 for key, value in getattr(pde, "last_run", {}).items():
                     run_stats[key] = max(run_stats.get(key, value), value)
@@ -104,9 +109,9 @@ def generate_dataset(
     samples: int,
     seed: int,
     out: str | Path,
-    resolution: int = 1024,
-    frames: int = 201,
-    t_end: float = 2.0,
+    resolution: int | None = None,
+    frames: int | None = None,
+    t_end: float | None = None,
     batch_size: int = 64,
     progress: bool = True,
     solver: dict | None = None,
@@ -114,13 +119,16 @@ def generate_dataset(
     """Solve ``samples`` trajectories of ``pde`` and write them to ``out`` (PDEBench layout); returns ``out``.
 
     params: the PDE's physical parameters (e.g. ``{"nu": 0.01}``; missing ones take their defaults);
-    solver: keyword arguments of the PDE class (e.g. ``{"cfl": 0.5}``).
+    solver: keyword arguments of the PDE class (e.g. ``{"cfl": 0.5}``); resolution, frames, t_end: None
+    keeps the PDE's defaults (burgers1d: 1024 cells, 201 frames, t_end 2; ks1d: 256, 140, 27.8; ...).
     """
     out = Path(out)
     model = PDES.get(pde)(**(solver or {}))
     _check_request(model, params, samples, batch_size)
-    p = model.make_params(**params, resolution=resolution, frames=frames, t_end=t_end)
-    check_free_disk(out.parent, samples * p.frames * p.resolution * 4 + (1 << 20), f"{pde} data set")
+    grid = {k: v for k, v in (("resolution", resolution), ("frames", frames), ("t_end", t_end)) if v is not None}
+    p = model.make_params(**params, **grid)
+    points = math.prod(p.spatial_shape)
+    check_free_disk(out.parent, samples * p.frames * points * 4 + (1 << 20), f"{pde} data set")
     with atomic_path(out) as tmp:
         _write(tmp, pde=model, p=p, samples=samples, seed=seed, batch_size=batch_size, progress=progress)
     return out

@@ -75,8 +75,8 @@ def _generate_split(cfg: DataConfig, split: Split, path: Path, *, progress: bool
                         f"seeds.{split})")
     return generate_dataset(
         pde=cfg.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split], out=path,
-        resolution=gen.resolution, frames=gen.frames, t_end=gen.t_end, batch_size=gen.batch_size,
-        progress=progress,
+        resolution=gen.resolution, frames=gen.frames_for(split), t_end=gen.t_end_for(split),
+        batch_size=gen.batch_size, progress=progress, solver=dict(gen.solver),
     )
 
 

@@ -36,7 +36,7 @@ def metrics_of(pred: torch.Tensor, true: torch.Tensor, u0: torch.Tensor, meta: D
     return evaluate_rollout(
         pred, true, pred_one_step=one_step, u0=u0, boundary=meta.boundary, nonnegative=list(meta.nonnegative),
         Lx=[hi - lo for lo, hi in meta.domain], corr_threshold=cfg.corr_threshold,
-        valid_threshold=cfg.valid_threshold, dt=None,
+        valid_threshold=cfg.valid_threshold, dt=None, frame_dt=meta.dt,
     )
 
 

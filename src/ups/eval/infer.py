@@ -4,7 +4,9 @@ Reads frame ``start`` of every sample of the input (our layout or PDEBench's), a
 stride, rolls out ``steps`` steps of the run's time step, decodes at the input points or at the
 query points of ``--points`` (a ``.npy`` file of coordinates ``[Q]`` or ``[Q, d]``), and writes the
 prediction in the PDEBench layout: ``tensor`` ``[N, steps + 1, Q]`` (``[..., C]`` for several
-channels), ``x-coordinate`` ``[Q]``, ``t-coordinate`` ``[steps + 1]``, written atomically.
+channels), ``x-coordinate`` ``[Q]``, ``t-coordinate`` ``[steps + 1]``, written atomically. 2D runs decoded
+on the input grid write ``[N, steps + 1, X, Y, C]`` with ``x-coordinate`` and ``y-coordinate`` (readable by
+``ups data info``); 2D query points keep the point layout with ``x-coordinate`` ``[Q, 2]``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     attrs = output_attributes(sim.meta, params=params[0].tolist(), points=x.shape[0], t=t)
     attrs.update({"ups_version": __version__, "generator": "ups infer", "ups_run": str(run_dir.resolve()),
                   "source_file": str(src.path.resolve()), "source_start_frame": int(start)})
+    if xq is None and sim.meta.spatial_dims == 2:  # on the input grid: the 2D layout [N, T, X, Y, C], x/y axes
+        axes = [a[::stride] for a in src.axes]
+        grid = pred.reshape(pred.shape[0], pred.shape[1], len(axes[0]), len(axes[1]), pred.shape[-1])
+        attrs["resolution"] = len(axes[0])  # points per axis
+        return _write(Path(out), grid, axes[0][:, None], t, attrs, y=axes[1])
     return _write(Path(out), pred, x, t, attrs)
 
 
@@ -88,11 +95,17 @@ def output_attributes(meta, *, params: list[float], points: int, t: np.ndarray) 
     return attrs
 
 
-def _write(out: Path, pred: np.ndarray, x: np.ndarray, t: np.ndarray, attrs: dict) -> Path:
+def _write(out: Path, pred: np.ndarray, x: np.ndarray, t: np.ndarray, attrs: dict,
+           y: np.ndarray | None = None) -> Path:
+    """pred [N, T, Q, C] with x [Q, d] (a point set), or [N, T, X, Y, C] with x [X, 1] and y [Y] (2D grid)."""
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("tensor", data=pred[..., 0] if pred.shape[-1] == 1 else pred, dtype="float32")
+            two_d = y is not None
+            f.create_dataset("tensor", data=pred[..., 0] if pred.shape[-1] == 1 and not two_d else pred,
+                             dtype="float32")
             f.create_dataset("x-coordinate", data=x[:, 0] if x.shape[1] == 1 else x)
+            if two_d:
+                f.create_dataset("y-coordinate", data=y)
             f.create_dataset("t-coordinate", data=t)
             f.attrs.update(attrs)
 

@@ -9,9 +9,18 @@ PDEBench metrics (per frame and channel, then averaged over frames and channels)
 - ``nrmse``       mean_b sqrt(mean_x (p - y)^2) / sqrt(mean_x y^2)
 - ``crmse``       sqrt(mean_b (sum_x p - sum_x y)^2) / n_x            (n_x = number of spatial points)
 - ``brmse``       mean_b sqrt(mean over boundary points (p - y)^2)   (1D: the two end points)
-- ``frmse_*``     mean over the band's wavenumbers k of sqrt(mean_b |P_k - Y_k|^2) * L / n_x, bands
-                  low [0, 4), mid [4, 12), high [12, inf) of |k| (rfft on the last spatial axis)
+- ``frmse_*``     1D: mean over the band's wavenumbers k of sqrt(mean_b |P_k - Y_k|^2) * L / n_x, bands
+                  low [0, 4), mid [4, 12), high [12, inf) of k (rfft). 2D (:func:`frmse_shells_2d`): the
+                  squared FFT errors of the quadrant ``0 <= i < n_x/2, 0 <= j < n_y/2`` summed over each
+                  radial shell ``floor(sqrt(i^2 + j^2))``, then sqrt(mean_b) * L_x L_y / (n_x n_y), then
+                  the mean over the band's shells (PDEBench ``metric_func``). 3D and up: the 1D formula
+                  over every rfftn coefficient with |k| in the band.
 - ``max_error``   max |p - y| over everything
+
+FNO paper (Li et al. 2021) relative L2 on the predicted frames (its ``LpLoss``: per sample
+``||p - y||_2 / ||y||_2``, averaged over samples): ``rel_l2_full`` over all predicted frames, points and
+channels at once (its ``test_l2_full / ntest``, the figure its Navier-Stokes table reports);
+``rel_l2_step`` per predicted frame, then the mean over frames (its ``test_l2_step / ntest / T``).
 
 Physics and rollout metrics are documented on each function. ``evaluate_rollout`` returns them all.
 """
@@ -132,9 +141,12 @@ def _rfft_spatial(x: torch.Tensor) -> torch.Tensor:
 def frmse_bands(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[float] = 1.0) -> dict[str, float]:
     """PDEBench fRMSE in the bands of :data:`FREQ_BANDS`: for each wavenumber k, sqrt(mean_b |P_k - Y_k|^2)
     scaled by prod(L / n); then the mean over the band's k, frames and channels. A band without any
-    coefficient (coarse grids) is NaN. pred, true: [B, T, *spatial, C]; Lx: domain length(s)."""
+    coefficient (coarse grids) is NaN. pred, true: [B, T, *spatial, C]; Lx: domain length(s). 2D rollouts
+    use PDEBench's radial shells (:func:`frmse_shells_2d`)."""
     _check_pair(pred, true)
     dims = _spatial_dims(true)
+    if len(dims) == 2:
+        return frmse_shells_2d(pred, true, Lx)
     spatial = [true.shape[d] for d in dims]
     scale = math.prod(length / n for length, n in zip(_as_lengths(Lx, len(dims)), spatial))
     err = (_rfft_spatial(pred) - _rfft_spatial(true)).abs().double().pow(2).mean(dim=0).sqrt() * scale  # [T, *freq, C]
@@ -145,6 +157,51 @@ def frmse_bands(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[flo
         mask = (kmag >= lo) & (kmag < hi)
         out[name] = float(err[mask].mean()) if bool(mask.any()) else math.nan
     return out
+
+
+def frmse_shells_2d(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[float] = 1.0,
+                    low: int = 4, high: int = 12) -> dict[str, float]:
+    """PDEBench's 2D fRMSE over radial wavenumber shells. pred, true: [B, T, X, Y, C]; Lx: length(s).
+
+    ``E_ij = |FFT2(p - y)_ij|^2`` (unnormalised FFT) on the quadrant ``0 <= i < X // 2``,
+    ``0 <= j < Y // 2`` only (as PDEBench: the modes with one negative wavenumber are not counted),
+    summed per shell ``s = floor(sqrt(i^2 + j^2))`` for ``s < min(X, Y) // 2``; per shell
+    ``sqrt(mean_b sum) * Lx Ly / (X Y)``; bands: the mean over shells [0, low), [low, high),
+    [high, min(X, Y) // 2) (NaN when empty), then over frames and channels.
+    """
+    _check_pair(pred, true)
+    if true.ndim != 5:
+        raise UPSError(f"frmse_shells_2d needs [B, T, X, Y, C] rollouts, got shape {tuple(true.shape)}")
+    nx, ny = true.shape[2], true.shape[3]
+    lx, ly = _as_lengths(Lx, 2)
+    diff = (pred.to(torch.float64) - true.to(torch.float64))
+    power = torch.fft.fftn(diff, dim=(2, 3))[:, :, : nx // 2, : ny // 2].abs().pow(2)  # [B, T, nx/2, ny/2, C]
+    n_shells = min(nx // 2, ny // 2)
+    shell = torch.tensor([[math.isqrt(i * i + j * j) for j in range(ny // 2)] for i in range(nx // 2)])
+    keep = shell < n_shells
+    summed = torch.zeros(*power.shape[:2], n_shells, power.shape[-1], dtype=torch.float64)
+    summed.index_add_(2, shell[keep], power[:, :, keep])  # [B, T, S, C]
+    per_shell = summed.mean(dim=0).sqrt() * lx * ly / (nx * ny)  # [T, S, C]
+    out = {}
+    for name, (lo, hi) in {"low": (0, low), "mid": (low, high), "high": (high, n_shells)}.items():
+        out[name] = float(per_shell[:, lo:hi].mean()) if hi > lo else math.nan
+    return out
+
+
+def relative_l2_full(pred: torch.Tensor, true: torch.Tensor, eps: float = 1e-12) -> float:
+    """FNO paper's relative L2 over all predicted frames: mean_b ||p_b - y_b||_2 / ||y_b||_2, each norm over
+    every frame, point and channel of sample b. pred, true: [B, T, *spatial, C]."""
+    _check_pair(pred, true)
+    err = (pred.double() - true.double()).flatten(1).norm(dim=1)
+    return float((err / true.double().flatten(1).norm(dim=1).clamp_min(eps)).mean())
+
+
+def relative_l2_step(pred: torch.Tensor, true: torch.Tensor, eps: float = 1e-12) -> float:
+    """FNO paper's per-step relative L2: per sample and frame ||p - y||_2 / ||y||_2 over points and channels,
+    averaged over samples and frames. pred, true: [B, T, *spatial, C]."""
+    _check_pair(pred, true)
+    err = (pred.double() - true.double()).flatten(2).norm(dim=2)
+    return float((err / true.double().flatten(2).norm(dim=2).clamp_min(eps)).mean())
 
 
 def frmse_low(pred: torch.Tensor, true: torch.Tensor, Lx: float | Sequence[float] = 1.0) -> float:
@@ -352,6 +409,15 @@ def persistence_rollout(u0: torch.Tensor, steps: int) -> torch.Tensor:
     return u0.unsqueeze(1).expand(u0.shape[0], steps, *u0.shape[1:]).clone()
 
 
+def _high_corr(corr: list[float], frame_dt: float | None, thresholds=(0.8, 0.9)) -> dict:
+    """High-correlation times at ``thresholds``: {"0.8": {"steps": n, "time": n * frame_dt or None}, ...}."""
+    out = {}
+    for th in thresholds:
+        steps = _steps_until(corr, lambda c, th=th: c < th)
+        out[f"{th:g}"] = {"steps": steps, "time": None if frame_dt is None else float(steps * frame_dt)}
+    return out
+
+
 def evaluate_rollout(
     pred: torch.Tensor,
     true: torch.Tensor,
@@ -364,13 +430,16 @@ def evaluate_rollout(
     corr_threshold: float = 0.8,
     valid_threshold: float = 0.2,
     dt: float | None = None,
-) -> dict[str, float | int | list[float]]:
+    frame_dt: float | None = None,
+) -> dict[str, float | int | list[float] | dict]:
     """Every metric of this module on one rollout, as the dict ``ups eval`` writes.
 
     pred, true: [B, T, *spatial, C] de-normalised, input frames dropped. pred_one_step: [B, T, *spatial, C]
     teacher-forced predictions; when None, ``nrmse_one_step`` is the nRMSE of the first rollout step (which is
     itself a prediction from true frames). u0: [B, *spatial, C] the last input frame; when None,
     ``conservation_gap_t0`` takes the first true frame as reference. dt turns corr/valid times into times.
+    ``high_corr`` holds the high-correlation time at 0.8 and 0.9 in steps and, with ``frame_dt`` (the time
+    between rollout steps), in time units.
     """
     _check_pair(pred, true)
     per_step = nrmse_per_step(pred, true)
@@ -394,6 +463,9 @@ def evaluate_rollout(
         "spectral_energy_error": spectral_energy_error(pred, true),
         "corr_time": _as_time(_steps_until(corr, lambda c: c < corr_threshold), dt),
         "valid_time": _as_time(_steps_until(per_step, lambda e: e > valid_threshold), dt),
+        "high_corr": _high_corr(corr, frame_dt),
+        "rel_l2_full": relative_l2_full(pred, true),
+        "rel_l2_step": relative_l2_step(pred, true),
         "nrmse_per_step": per_step,
         "corr_per_step": corr,
         "samples": int(true.shape[0]),

@@ -13,20 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ups.errors import UPSError
-from ups.io_utils import atomic_write_with
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Render ``fig`` as PNG to ``path`` atomically."""
-    path = Path(path)
-    FigureCanvasAgg(fig)
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return path
+from ups.eval.figures import save_figure
 
 
 def _as_array(x, name: str) -> np.ndarray:
@@ -71,7 +62,7 @@ def plot_spacetime(truth, pred, path: str | Path, *, title: str = "", x: Sequenc
         fig.colorbar(im, ax=ax)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "nRMSE per step",
@@ -97,7 +88,7 @@ def plot_error_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     _outside_legend(ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_epoch_records(train_log: str | Path) -> list[dict]:
@@ -197,7 +188,7 @@ def training_figure(records: list[dict], *, title: str = "training", source: str
 def plot_training_curves(train_log: str | Path, path: str | Path, *, title: str = "training") -> Path:
     """:func:`training_figure` of a train_log.jsonl's epoch records, as a PNG. Missing fields leave gaps;
     with no epoch records the figure says so instead of failing, so a report can still be written."""
-    return _save(training_figure(read_epoch_records(train_log), title=title, source=Path(train_log).name), path)
+    return save_figure(training_figure(read_epoch_records(train_log), title=title, source=Path(train_log).name), path)
 
 
 def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Sequence[float]], samples: int = 3,
@@ -206,7 +197,8 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
     """The standard plots of one evaluation, as {caption: PNG path} ready for :func:`ups.eval.report.write_report`.
 
     pred, true: [B, T, X, C] de-normalised rollouts (space-time images of ``channel`` for the first
-    ``samples`` samples; skipped for 2D/3D fields); curves: {name: nRMSE per step} (model, persistence,
+    ``samples`` samples; for [B, T, X, Y, C] snapshots and a GIF per sample, see :mod:`ups.eval.plots2d`;
+    skipped for 3D fields); curves: {name: nRMSE per step} (model, persistence,
     peers) -> ``nrmse_per_step.png``. x: [X], t: [T] coordinates for the image axes.
     """
     out_dir = Path(out_dir)
@@ -218,4 +210,13 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
             plots[f"sample {i}: truth, prediction, error"] = plot_spacetime(
                 true[i, ..., channel], pred[i, ..., channel], out_dir / f"spacetime_{i}.png",
                 title=f"test sample {i}", x=x, t=t)
+    elif getattr(true, "ndim", 0) == 5:  # 2D: snapshots at a few times and an animation per sample
+        from ups.eval.plots2d import animate_2d, plot_snapshots_2d
+
+        for i in range(min(samples, true.shape[0])):
+            y, p = true[i, ..., channel], pred[i, ..., channel]
+            plots[f"sample {i}: truth, prediction, error snapshots"] = plot_snapshots_2d(
+                y, p, out_dir / f"snapshots_{i}.png", times=t, title=f"test sample {i}")
+            plots[f"sample {i}: animation"] = animate_2d(y, p, out_dir / f"animation_{i}.gif",
+                                                         title=f"sample {i}")
     return plots

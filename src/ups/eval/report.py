@@ -115,15 +115,17 @@ def _config_summary(config_yaml: str) -> str:
 
 
 def _embed(name: str, path: Path) -> str:
-    """A <figure> with the PNG as a data URI, or a note when the file is missing or not a PNG."""
+    """A <figure> with the PNG (or animated GIF) as a data URI, or a note when the file is missing or neither."""
     label = html.escape(name)
     try:
         data = Path(path).read_bytes()
     except OSError:
         return f'<p class="note">plot "{label}" is missing ({html.escape(str(path))})</p>'
-    if not data.startswith(PNG_SIGNATURE):
-        return f'<p class="note">plot "{label}" is not a PNG ({html.escape(str(path))})</p>'
-    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    is_gif = data[:6] in (b"GIF87a", b"GIF89a")
+    mime = "image/png" if data.startswith(PNG_SIGNATURE) else "image/gif" if is_gif else None
+    if mime is None:
+        return f'<p class="note">plot "{label}" is not a PNG or GIF ({html.escape(str(path))})</p>'
+    uri = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
     return f'<figure><img alt="{label}" src="{uri}"><figcaption>{label}</figcaption></figure>'
 
 

@@ -1,4 +1,5 @@
-"""Grid peers of the UPS model: neuraloperator's FNO (``fno``) and a compact 1D U-Net (``unet1d``).
+"""Grid peers of the UPS model: neuraloperator's FNO (``fno``, any dimension) and compact U-Nets
+(``unet1d``, ``unet2d``).
 
 Both are autoregressive one-step models on the regular grid of ``DatasetMetadata.spatial_shape``.
 They offer the one-step interface of every registered model::
@@ -181,15 +182,20 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels)
 
 
-class _ConvBlock(nn.Module):
-    """Two (circular conv -> GroupNorm -> GELU) layers. x [B, Cin, X] -> [B, Cout, X]."""
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d}
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, groups: int):
+
+class _ConvBlock(nn.Module):
+    """Two (circular conv -> GroupNorm -> GELU) layers. x [B, Cin, *spatial] -> [B, Cout, *spatial] (1D or 2D)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, groups: int, dims: int = 1):
         super().__init__()
         pad = kernel_size // 2
-        self.conv1 = nn.Conv1d(c_in, c_out, kernel_size, padding=pad, padding_mode="circular")
+        conv = _CONV[dims]
+        self.conv1 = conv(c_in, c_out, kernel_size, padding=pad, padding_mode="circular")
         self.norm1 = _norm(c_out, groups)
-        self.conv2 = nn.Conv1d(c_out, c_out, kernel_size, padding=pad, padding_mode="circular")
+        self.conv2 = conv(c_out, c_out, kernel_size, padding=pad, padding_mode="circular")
         self.norm2 = _norm(c_out, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,27 +204,30 @@ class _ConvBlock(nn.Module):
 
 
 class UNet1dNet(nn.Module):
-    """The U-Net body. x [B, Cin, X] -> [B, Cout, X]; X must be divisible by 2**depth.
+    """The U-Net body. x [B, Cin, *spatial] -> [B, Cout, *spatial] (``dims`` = 1 or 2 spatial axes); each
+    axis must be divisible by 2**depth.
 
     Downsampling is a stride-2 average pooling, upsampling a nearest-neighbour doubling; every
     convolution pads circularly, so the network commutes with shifts by multiples of 2**depth.
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, width: int, depth: int, kernel_size: int,
-                 groups: int):
+                 groups: int, dims: int = 1):
         super().__init__()
         widths = [width * 2**level for level in range(depth + 1)]
-        self.inc = _ConvBlock(in_channels, widths[0], kernel_size, groups)
-        self.down = nn.ModuleList(_ConvBlock(widths[i], widths[i + 1], kernel_size, groups) for i in range(depth))
+        self.pool = _POOL[dims]
+        self.inc = _ConvBlock(in_channels, widths[0], kernel_size, groups, dims)
+        self.down = nn.ModuleList(_ConvBlock(widths[i], widths[i + 1], kernel_size, groups, dims)
+                                  for i in range(depth))
         self.up = nn.ModuleList(
-            _ConvBlock(widths[i + 1] + widths[i], widths[i], kernel_size, groups) for i in reversed(range(depth))
+            _ConvBlock(widths[i + 1] + widths[i], widths[i], kernel_size, groups, dims) for i in reversed(range(depth))
         )
-        self.out = nn.Conv1d(widths[0], out_channels, 1)
+        self.out = _CONV[dims](widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.inc(x)]
         for block in self.down:
-            skips.append(block(F.avg_pool1d(skips[-1], 2)))
+            skips.append(block(self.pool(skips[-1], 2)))
         h = skips.pop()
         for block in self.up:
             h = block(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skips.pop()], dim=1))
@@ -250,5 +259,34 @@ class UNet1d(GridModel):
         cfg = UNet1dConfig.model_validate(params)
         if meta.boundary != "periodic":
             raise ConfigError(f"model 'unet1d' pads circularly and needs periodic data, not '{meta.boundary}'")
+        return cls(**_grid_kwargs(meta, cfg), width=cfg.width, depth=cfg.depth, kernel_size=cfg.kernel_size,
+                   groups=cfg.groups)
+
+
+@MODELS.register("unet2d")
+class UNet2d(GridModel):
+    """The 2D U-Net peer (the blocks of ``unet1d`` with 2D convolutions) on ``[B, C + P (+1), X, Y]``."""
+
+    config_class = UNet1dConfig
+
+    def __init__(self, *, spatial_shape: tuple[int, ...], n_channels: int, n_params: int, width: int = 32,
+                 depth: int = 3, kernel_size: int = 3, groups: int = 8, residual: bool = True,
+                 param_transform: ParamTransform = "log10", dt_channel: bool = False):
+        super().__init__(spatial_shape=spatial_shape, n_channels=n_channels, n_params=n_params, residual=residual,
+                         param_transform=param_transform, dt_channel=dt_channel)
+        if len(self.spatial_shape) != 2:
+            raise ConfigError(f"model 'unet2d' needs 2D data but the data set has spatial shape "
+                              f"{self.spatial_shape}; use model 'unet1d', 'fno' or 'upt'")
+        if any(n % 2**depth for n in self.spatial_shape):
+            raise ConfigError(f"model.params.depth={depth} needs both axes divisible by {2**depth} but the grid is "
+                              f"{self.spatial_shape}; lower depth or change data.spatial_stride")
+        self.net = UNet1dNet(in_channels=self.in_channels, out_channels=self.n_channels, width=width, depth=depth,
+                             kernel_size=kernel_size, groups=groups, dims=2)
+
+    @classmethod
+    def from_config(cls, meta: DatasetMetadata, params: dict) -> UNet2d:
+        cfg = UNet1dConfig.model_validate(params)
+        if meta.boundary != "periodic":
+            raise ConfigError(f"model 'unet2d' pads circularly and needs periodic data, not '{meta.boundary}'")
         return cls(**_grid_kwargs(meta, cfg), width=cfg.width, depth=cfg.depth, kernel_size=cfg.kernel_size,
                    groups=cfg.groups)

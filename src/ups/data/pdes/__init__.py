@@ -13,6 +13,9 @@ _BUILTIN: tuple[str, ...] = (
     "ups.data.pdes.burgers",
     "ups.data.pdes.advection",
     "ups.data.pdes.forced_diffusion",
+    "ups.data.pdes.ks",
+    "ups.data.pdes.diffusion_reaction",
+    "ups.data.pdes.ns2d",
 )
 
 for _mod in _BUILTIN:

@@ -108,12 +108,60 @@ class Params1D:
         """Saved times.  # [T] float64"""
         return torch.arange(self.frames, dtype=torch.float64) * self.dt
 
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape of one saved frame (``(X,)`` in 1D, ``(X, Y)`` in 2D)."""
+        return (self.resolution,)
+
+    def coordinates(self) -> dict[str, torch.Tensor]:
+        """The coordinate datasets of a generated file, by name.  # each [X] float64"""
+        return {"x-coordinate": self.x}
+
     def physical(self, names: tuple[str, ...]) -> dict[str, float]:
         """The physical parameters ``names`` as a dict of floats."""
         return {n: float(getattr(self, n)) for n in names}
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grid2D(Grid1D):
+    """``resolution x resolution`` points on the periodic square ``[0, length)^2``.
+
+    ``offset`` places the points at ``(i + offset) dx``: 0.5 for cell centres (the 1D convention), 0.0
+    for the nodes ``i dx`` of the FNO paper's Navier-Stokes data.
+    """
+
+    offset: float = 0.0
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Point coordinates along each axis.  # [X] float64"""
+        return (torch.arange(self.resolution, dtype=torch.float64) + self.offset) * self.dx
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.resolution, self.resolution)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params2D(Params1D):
+    """Output grid and time axis of 2D PDEs on a square: ``resolution`` points per axis at ``grid_offset``."""
+
+    grid_offset: float = 0.0
+
+    @property
+    def grid(self) -> Grid2D:
+        return Grid2D(resolution=self.resolution, length=self.length, offset=self.grid_offset)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.grid.shape
+
+    def coordinates(self) -> dict[str, torch.Tensor]:
+        """x and y coordinates (the same points on both axes).  # each [X] float64"""
+        return {"x-coordinate": self.x, "y-coordinate": self.x}
 
 
 def build_params(params_class: type[Params1D], values: dict) -> Params1D:
@@ -154,10 +202,11 @@ class PDE(ABC):
 
     @staticmethod
     def check_input(u0: torch.Tensor, params: Params1D) -> torch.Tensor:
-        """Validate ``u0 [B, X]`` against ``params`` and return it as float64."""
-        if u0.ndim != 2 or u0.shape[-1] != params.resolution:
+        """Validate ``u0 [B, *spatial]`` against ``params`` and return it as float64."""
+        shape = tuple(params.spatial_shape)
+        if u0.ndim != 1 + len(shape) or tuple(u0.shape[1:]) != shape:
             raise ConfigError(
-                f"initial condition shape {tuple(u0.shape)} does not match [B, {params.resolution}] "
+                f"initial condition shape {tuple(u0.shape)} does not match [B, {', '.join(map(str, shape))}] "
                 "(pass a batch of fields on the output grid)"
             )
         u0 = u0.to(torch.float64)

@@ -36,7 +36,7 @@ import torch
 from ups.data.pdes import PDES
 from ups.data.pdes.base import PDE, Grid1D, Params1D, torch_threads
 from ups.data.pdes.initial_conditions import sample_pdebench_sines
-from ups.data.pdes.spectral import coefficients, etdrk4_coefficients, evaluate, fft_size
+from ups.data.pdes.spectral import QuadraticETDRK4, coefficients, evaluate, fft_size
 from ups.errors import ConfigError
 
 
@@ -55,45 +55,6 @@ class BurgersParams(Params1D):
     def viscosity(self) -> float:
         """The effective viscosity ``eps = nu / pi`` multiplying ``u_xx``."""
         return self.nu / math.pi
-
-
-class _Stepper:
-    """ETDRK4 for ``w_t = L w + N(w)`` on the coefficients ``w [B, K]`` of one internal grid.
-
-    ``N(w) = g * S(w)`` with ``S(w)`` the retained modes of FFT(w^2) on the N-point grid and
-    ``g = -i k / 2`` (times the grid scale); ``N`` only ever enters multiplied by the coefficients Q, f1,
-    f2, f3, so ``g`` is folded into them once.
-    """
-
-    def __init__(self, *, lin: torch.Tensor, h: float, n: int, length: float, points: int):
-        self.n = n
-        self.k_modes = lin.shape[-1]
-        m = torch.arange(self.k_modes, dtype=torch.float64)
-        # grid values are irfft(w) * n, FFT(w^2) / n gives coefficients: the net scale n goes into g
-        g = -0.5j * (2.0 * math.pi / length) * m * n
-        co = etdrk4_coefficients(lin * h, h, points=points)
-        self.E, self.E2 = co["E"], co["E2"]
-        self.Qg, self.f1g, self.f3g = co["Q"] * g, co["f1"] * g, co["f3"] * g
-        self.f2g2 = 2.0 * co["f2"] * g
-
-    def product(self, w: torch.Tensor) -> torch.Tensor:
-        """Retained modes of FFT(w^2) (dealiased; times 1/n).  # [B, K] -> [B, K]"""
-        phys = torch.fft.irfft(w, n=self.n, dim=-1)
-        return torch.fft.rfft(phys.square_(), dim=-1)[..., : self.k_modes]
-
-    def step(self, w: torch.Tensor) -> torch.Tensor:
-        """One ETDRK4 step.  # [B, K] -> [B, K]"""
-        sw = self.product(w)
-        e2w = self.E2 * w
-        a = torch.addcmul(e2w, self.Qg, sw)
-        sa = self.product(a)
-        b = torch.addcmul(e2w, self.Qg, sa)
-        sb = self.product(b)
-        c = torch.addcmul(self.E2 * a, self.Qg, sb.mul(2.0).sub_(sw))
-        sc = self.product(c)
-        out = torch.addcmul(self.E * w, self.f1g, sw)
-        out.addcmul_(self.f2g2, sa.add_(sb))
-        return out.addcmul_(self.f3g, sc)
 
 
 @PDES.register("burgers1d")
@@ -177,7 +138,7 @@ class Burgers1D(PDE):
         n_sub = self.time_steps(w_max, n, params)
         k = 2.0 * math.pi / params.length * torch.arange(k_modes, dtype=torch.float64)
         lin = -params.viscosity * k**2 - 1j * ubar * k  # [B, K]
-        stepper = _Stepper(lin=lin, h=params.dt / n_sub, n=n, length=params.length, points=self.contour_points)
+        stepper = QuadraticETDRK4(lin=lin, h=params.dt / n_sub, n=n, length=params.length, points=self.contour_points)
         out = torch.empty(u0.shape[0], params.frames, params.resolution, dtype=torch.float64)
         out[:, 0] = u0
         with torch_threads(self.threads):
