@@ -112,6 +112,8 @@ def test_subset_counts_differ_between_items_repeat_per_epoch_and_change_across_e
     torch.testing.assert_close(twin[3]["coords"], item["coords"])  # same seed and epoch: same points
     ds.set_epoch(1)
     assert [ds[i]["mask"].numel() for i in range(len(ds))] != counts
+    twin.set_epoch(1)  # a resumed run's fresh dataset, told the epoch, draws the same points
+    torch.testing.assert_close(twin[5]["coords"], ds[5]["coords"])
     assert not torch.equal(ds[3]["coords"], item["coords"]) or ds[3]["coords"].shape != item["coords"].shape
     dense = WindowDataset(source, window=3, normalizer=None, point_subset=(0.01, 10))
     assert all(dense[i]["mask"].numel() == 10 for i in range(5))  # the minimum holds
