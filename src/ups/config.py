@@ -71,6 +71,14 @@ class GenerateConfig(Strict):
         return self.t_end if self.frame_dt is None else self.frame_dt * (self.frames_for(split) - 1)
 
 
+class PointSubsetConfig(Strict):
+    """Irregular point clouds for training: each training item keeps each grid point with probability
+    ``fraction`` (so counts differ between items), at least ``min_points`` of them (or all, if fewer)."""
+
+    fraction: float = Field(gt=0.0, le=1.0)
+    min_points: int = Field(16, ge=1)
+
+
 class DataConfig(Strict):
     """Trajectory files and how they are sampled. Paths are relative to the working directory.
 
@@ -95,6 +103,8 @@ class DataConfig(Strict):
     # training windows starting at frame t0 drawn with weight 1 + early_oversample * exp(-t0 / early_frames)
     early_oversample: float = Field(0.0, ge=0)
     early_frames: float = Field(5.0, gt=0)
+    # training items as random point subsets of the grid, padded with a mask in batches (None: whole grids)
+    point_subset: PointSubsetConfig | None = None
     generate: GenerateConfig | None = None
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ups.errors import DataError
 from ups.eval.metrics import nrmse_per_sample
 from ups.registry import Registry
 
@@ -146,6 +147,9 @@ def iter_rollouts(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[[
     ``max_steps`` steps), and one step from every true frame but the last; fields through ``denormalize``
     (normalised [..., C] -> physical; the identity keeps them normalised). One :class:`Collected` per batch."""
     for batch in loader:
+        if "mask" in batch and not bool(batch["mask"].all()):
+            raise DataError("rollouts are scored on whole grids, but this batch holds padded point clouds "
+                            "(data.point_subset applies to training items only)")
         if device is not None:
             batch = {k: v.to(device) for k, v in batch.items()}
         u = batch["u"] if max_steps is None else batch["u"][:, :max_steps + 1]

@@ -102,6 +102,11 @@ def test_operator_stage_with_early_oversampling_resumes_exactly(tmp_path):
                           ["operator_last", "operator_ema"])
 
 
+def test_operator_stage_on_point_clouds_resumes_exactly(tmp_path):
+    _interrupt_and_resume(tmp_path, [*TINY_UPT, *OPERATOR, "data.point_subset={fraction: 0.5, min_points: 4}"],
+                          "operator", ["operator_last", "operator_ema"])
+
+
 def test_unet_baseline_resumes_exactly(tmp_path):
     unet = ["model.name=unet1d", "model.params.width=8", "model.params.depth=2", "model.params.groups=4",
             "stages.baseline.unroll_steps=2", "stages.baseline.input_noise=0.05"]

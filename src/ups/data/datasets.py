@@ -12,7 +12,10 @@ the points read, the sample's PDE parameters and the time step::
     sample  int               sample index in its split
     t0      int               first frame of ``u`` on the strided timeline (file frame t0 * stride)
 
-:func:`collate` stacks items into the batch layout of ``docs/ARCHITECTURE.md``.
+With ``point_subset`` an item is an irregular point cloud: ``u`` [W, n, C] and ``coords`` [n, d] at a
+random subset of n of the grid's points (n differs between items) plus ``mask`` [n] (all True).
+:func:`collate` stacks items into the batch layout of ``docs/ARCHITECTURE.md``; point clouds of
+different sizes are padded to the largest, ``mask`` [B, N] marking the real points.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ class WindowDataset(Dataset):
     ``[0, spatial_stride)`` per axis and item (so models see many point sets of the fine grid); the
     offset is a function of ``(seed, epoch, index)``: call :meth:`set_epoch` (or
     :func:`set_loader_epoch`) each epoch for fresh offsets. ``normalizer=None`` leaves values physical.
+    ``point_subset=(fraction, min_points)`` keeps each point of an item with probability ``fraction``,
+    at least ``min_points`` (or all) of them, drawn from ``(seed, epoch, index)`` like the offsets.
     """
 
     def __init__(self, source: SplitSource, *, window: int | None, normalizer: Normalizer | None,
                  temporal_stride: int = 1, spatial_stride: int = 1, random_offset: bool = False,
-                 start: int = 0, seed: int = 0):
+                 start: int = 0, seed: int = 0, point_subset: tuple[float, int] | None = None):
         if temporal_stride < 1 or spatial_stride < 1 or start < 0:
             raise DataError(f"temporal_stride={temporal_stride}, spatial_stride={spatial_stride} must be >= 1 "
                             f"and start={start} >= 0")
@@ -57,6 +62,9 @@ class WindowDataset(Dataset):
             raise DataError(f"a window of {window} frames from frame {start} does not fit in the {self.n_frames} "
                             f"frames of the data (temporal_stride={temporal_stride}); shorten the window")
         self.span = span
+        if point_subset is not None and not (0 < point_subset[0] <= 1 and point_subset[1] >= 1):
+            raise DataError(f"point_subset={point_subset}: the fraction must be in (0, 1] and min_points >= 1")
+        self.point_subset = point_subset
         # largest sub-cell offset (exclusive) that keeps the strided grid's point count
         self.max_offset = tuple(min(spatial_stride, n - spatial_stride * (strided_length(n, spatial_stride) - 1))
                                 for n in source.spatial_shape)
@@ -76,6 +84,16 @@ class WindowDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return tuple(int(rng.integers(0, m)) for m in self.max_offset)
 
+    def subset(self, index: int, n_points: int) -> np.ndarray | None:
+        """The sorted indices of the points item ``index`` keeps among ``n_points`` (None: all, no subset)."""
+        if self.point_subset is None:
+            return None
+        fraction, min_points = self.point_subset
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])  # a stream apart from the offsets'
+        order = rng.permutation(n_points)
+        count = max(int((rng.random(n_points) < fraction).sum()), min(min_points, n_points))
+        return np.sort(order[:count])
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} out of range for {len(self)} items")
@@ -89,7 +107,7 @@ class WindowDataset(Dataset):
         if self.normalizer is not None:
             u = self.normalizer.normalize(u)
         coords = file.coords(spatial_stride=self.spatial_stride, offset=offset)  # [*spatial, d]
-        return {
+        item = {
             "u": torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32)),
             "coords": torch.from_numpy(coords.astype(np.float32)),
             "params": torch.from_numpy(file.params_array(self.source.param_names)),
@@ -97,16 +115,27 @@ class WindowDataset(Dataset):
             "sample": sample,
             "t0": t0,
         }
+        keep = self.subset(index, int(np.prod(coords.shape[:-1])))
+        if keep is not None:  # an irregular point cloud: [W, n, C], [n, d]
+            keep_t = torch.from_numpy(keep)
+            item["u"] = item["u"].flatten(1, -2)[:, keep_t].contiguous()
+            item["coords"] = item["coords"].flatten(0, -2)[keep_t].contiguous()
+            item["mask"] = torch.ones(len(keep), dtype=torch.bool)
+        return item
 
 
 def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
     """THE collate function: a list of items -> one batch (see ``docs/ARCHITECTURE.md``).
 
     ``u`` [B, W, *spatial, C] float32; ``coords`` [B, *spatial, d] float32; ``params`` [B, P] float32;
-    ``dt`` [B] float32; ``sample``, ``t0`` [B] long. Other keys are stacked as tensors.
+    ``dt`` [B] float32; ``sample``, ``t0`` [B] long. Other keys are stacked as tensors. Point clouds (items
+    with a ``mask`` [n]) are padded to the largest n: ``u`` [B, W, N, C] and ``coords`` [B, N, d] repeat
+    each cloud's first point (zeros in ``u``), ``mask`` [B, N] is True at the real points.
     """
     if not items:
         raise DataError("cannot collate an empty list of items")
+    if "mask" in items[0]:
+        items = _pad_points(items)
     dtypes = {"u": torch.float32, "coords": torch.float32, "params": torch.float32, "dt": torch.float32,
               "sample": torch.long, "t0": torch.long}
     batch = {}
@@ -118,6 +147,22 @@ def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
         stacked = torch.stack(values)
         batch[key] = stacked.to(dtypes[key]) if key in dtypes else stacked
     return batch
+
+
+def _pad_points(items: Sequence[dict]) -> list[dict]:
+    """Point-cloud items (``u`` [W, n, C], ``coords`` [n, d], ``mask`` [n]) padded to the largest n."""
+    if any("mask" not in item for item in items):
+        raise DataError("cannot collate point clouds (items with a mask) with whole grids in one batch")
+    size = max(item["mask"].shape[0] for item in items)
+    out = []
+    for item in items:
+        pad = size - item["mask"].shape[0]
+        u, coords, mask = item["u"], item["coords"], item["mask"]
+        out.append({**item,
+                    "u": torch.cat([u, u.new_zeros(u.shape[0], pad, u.shape[-1])], dim=1),
+                    "coords": torch.cat([coords, coords[:1].expand(pad, -1)], dim=0),
+                    "mask": torch.cat([mask, mask.new_zeros(pad)], dim=0)})
+    return out
 
 
 def _domain(axis: np.ndarray) -> tuple[float, float]:

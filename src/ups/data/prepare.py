@@ -36,8 +36,12 @@ class DataBundle:
             self.splits[split], window=window, normalizer=normalizer,
             temporal_stride=self.cfg.temporal_stride, spatial_stride=self.cfg.spatial_stride,
             random_offset=train and self.cfg.random_offset and self.cfg.spatial_stride > 1,
-            start=start, seed=seed,
+            start=start, seed=seed, point_subset=self._point_subset() if train else None,
         )
+
+    def _point_subset(self) -> tuple[float, int] | None:
+        ps = self.cfg.point_subset
+        return None if ps is None else (ps.fraction, ps.min_points)
 
 
 def _files(value: str | list[str] | None) -> list[Path]:

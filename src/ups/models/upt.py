@@ -88,6 +88,7 @@ class UPT(nn.Module):
     """Encoder / operator / decoder surrogate with the latent interface of docs/ARCHITECTURE.md."""
 
     config_class = UPTConfig
+    point_clouds = True  # encodes padded point clouds given a mask (``encode(u, coords, mask)``)
 
     def __init__(self, *, cfg: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
                  domain: tuple[tuple[float, float], ...], periodic: bool):
@@ -144,26 +145,32 @@ class UPT(nn.Module):
     def _period(self) -> torch.Tensor | None:
         return self.period if self.periodic else None
 
-    def _neighbourhoods(self, coords: torch.Tensor, radius: float):
-        """The points within ``radius`` spacings of each token. coords: [B, N, d] ->
-        idx [B, L, m] of points, delta [B, L, m, d] offsets in spacings, mask [B, L, m] (m = largest count)."""
+    def _neighbourhoods(self, coords: torch.Tensor, radius: float, points: torch.Tensor | None = None):
+        """The real points within ``radius`` spacings of each token. coords: [B, N, d]; points: [B, N] bool
+        (True = real point; None: all) -> idx [B, L, m] of points, delta [B, L, m, d] offsets in spacings,
+        mask [B, L, m] (m = largest count). Padded points are never in a neighbourhood."""
         delta = relative_offset(coords[:, None], self.positions[None, :, None], self._period()) / self.spacing
         dist = delta.norm(dim=-1)  # [B, L, N]
+        if points is not None:
+            dist = dist.masked_fill(~points[:, None, :], float("inf"))
         m = min(max(1, int((dist < radius).sum(-1).max())), dist.shape[-1])
         sel, idx = dist.topk(m, dim=-1, largest=False)
         delta = torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
         return idx, delta, sel < radius
 
-    def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """u: [B, N, C] (normalised) at coords [B, N, d] -> z [B, L, D]."""
+    def encode(self, u: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """u: [B, N, C] (normalised) at coords [B, N, d]; mask: [B, N] bool, True at real points (None: all
+        real) -> z [B, L, D]. Padded points (mask False) do not affect z."""
         radius = self.cfg.encoder_radius
-        idx, delta, mask = self._geometry.get(coords, ("encoder", radius), lambda: self._neighbourhoods(coords, radius))
+        key = coords if mask is None else torch.cat([coords, mask.unsqueeze(-1).to(coords.dtype)], dim=-1)
+        idx, delta, nb = self._geometry.get(key, ("encoder", radius),
+                                            lambda: self._neighbourhoods(coords, radius, mask))
         kernel = None
         if not torch.is_grad_enabled():  # inference: the pooling kernel of these points is computed once
-            kernel = self._geometry.get(coords, ("pool", radius, param_versions(self.pool)),
-                                        lambda: self.pool.kernel(delta / radius, mask))
+            kernel = self._geometry.get(key, ("pool", radius, param_versions(self.pool)),
+                                        lambda: self.pool.kernel(delta / radius, nb))
         u_nb = gather_neighbours(u, idx)  # [B, L, m, C]
-        z = self.pool(u_nb, delta / radius, mask, kernel)  # [B, L, D]
+        z = self.pool(u_nb, delta / radius, nb, kernel)  # [B, L, D]
         for blk in self.encoder_blocks:
             z = blk(z, self.token_delta)
         return z
@@ -236,6 +243,8 @@ class UPT(nn.Module):
         attn = logits.softmax(dim=2).unsqueeze(-1)  # [B, Q, k, H, 1]
         return (attn * values.unflatten(-1, (heads, -1))).sum(2).flatten(-2)  # [B, Q, D]
 
-    def forward(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        """One re-encoding step at the input points. u: [B, N, C]; coords: [B, N, d] -> [B, N, C]."""
-        return self.decode(self.step(self.encode(u, coords), params, dt), coords, u)
+    def forward(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One re-encoding step at the input points. u: [B, N, C]; coords: [B, N, d]; mask: [B, N] bool or None
+        -> [B, N, C] (values at padded points are meaningless)."""
+        return self.decode(self.step(self.encode(u, coords, mask), params, dt), coords, u)

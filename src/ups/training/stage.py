@@ -63,6 +63,7 @@ class Stage(ABC):
     config_class: ClassVar[type[StageConfig]] = StageConfig
     requires: ClassVar[tuple[str, ...]] = ()  # checkpoints (stage names) this stage loads first
     val_metric: ClassVar[str] = "val_loss"
+    point_clouds: ClassVar[bool] = False  # trains on padded point-cloud batches with a mask (data.point_subset)
 
     @classmethod
     def stage_config(cls, cfg: Any) -> StageConfig:
@@ -135,3 +136,22 @@ def check_stage_configs(exp) -> None:
                 f"stages.{name}.latent_dim={width} disagrees with model.params.latent_dim="
                 f"{model_width} (they must be equal; drop one of them)"
             )
+    check_point_clouds(exp)
+
+
+def check_point_clouds(exp) -> None:
+    """With ``data.point_subset`` the model and every configured stage must take point clouds (a mask)."""
+    from ups.models import MODELS
+
+    ps = exp.data.point_subset
+    if ps is None:
+        return
+    if not getattr(MODELS.get(exp.model.name), "point_clouds", False):
+        raise ValueError(f"data.point_subset gives irregular point clouds, which the grid model "
+                         f"'{exp.model.name}' cannot take; train it on the grid (remove data.point_subset)")
+    for name in exp.stages:
+        if not STAGES.get(name).point_clouds:
+            raise ValueError(f"stage '{name}' cannot train on point clouds (data.point_subset); "
+                             "remove data.point_subset or that stage")
+    if (exp.stages.get("operator") or {}).get("lambda_spectral", 0.0) > 0:
+        raise ValueError("stages.operator.lambda_spectral > 0 needs whole grids; set it to 0 with data.point_subset")

@@ -37,6 +37,7 @@ from torch.autograd.profiler import record_function
 
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
+from ups.errors import ConfigError
 from ups.models import MODELS
 from ups.rollout import flatten_points, rollout_scores
 from ups.training.stage import STAGES, Stage, StageConfig
@@ -96,11 +97,18 @@ def random_translation(coords: torch.Tensor, domain: torch.Tensor, generator: to
     return lo + torch.remainder(coords - lo + shift, hi - lo)
 
 
+def encode_points(model: nn.Module, u: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``model.encode`` of u [B, N, C] at x [B, N, d], passing the point mask [B, N] only when there is one
+    (latent models that never see point clouds need not take it) -> z [B, L, D]."""
+    return model.encode(u, x) if mask is None else model.encode(u, x, mask)
+
+
 def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.Tensor, dt: torch.Tensor, *,
-            cfg: OperatorStageConfig, unroll: int, keep_reencoded: bool) -> dict:
-    """K = ``unroll`` steps from u0 [B, N, C] at x [B, N, d] -> ``z0`` [B, L, D], ``z_first`` (first predicted
-    latent), ``preds`` [B, K, N, C] and ``reencoded`` (E of each prediction, when computed)."""
-    z = z0 = model.encode(u0, x)
+            cfg: OperatorStageConfig, unroll: int, keep_reencoded: bool, mask: torch.Tensor | None = None) -> dict:
+    """K = ``unroll`` steps from u0 [B, N, C] at x [B, N, d] (real points: mask [B, N] or None) -> ``z0``
+    [B, L, D], ``z_first`` (first predicted latent), ``preds`` [B, K, N, C] and ``reencoded`` (E of each
+    prediction, when computed)."""
+    z = z0 = encode_points(model, u0, x, mask)
     cur, preds, reencoded = u0, [], []
     z_first = None
     for k in range(unroll):
@@ -109,12 +117,23 @@ def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.T
         nxt = model.decode(z_next, x, cur)
         preds.append(nxt)
         if cfg.rollout_mode == "reencode" and (k + 1 < unroll or keep_reencoded):
-            reencoded.append(model.encode(nxt, x))
+            reencoded.append(encode_points(model, nxt, x, mask))
         z = reencoded[-1] if cfg.rollout_mode == "reencode" and k + 1 < unroll else z_next
         cur = nxt
         if cfg.detach_between_steps and k + 1 < unroll:
             z, cur = z.detach(), cur.detach()
     return {"z0": z0, "z_first": z_first, "preds": torch.stack(preds, dim=1), "reencoded": reencoded}
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MSE over the real points only. pred, target: [B, ..., N, C]; mask: [B, N] bool (True = real point) or
+    None (every point real: plain ``F.mse_loss``) -> scalar, the mean over real points, channels and the
+    axes between."""
+    if mask is None:
+        return F.mse_loss(pred, target)
+    weight = mask.reshape(mask.shape[0], *([1] * (pred.dim() - 3)), mask.shape[1], 1).to(pred.dtype)
+    count = weight.expand_as(pred).sum()
+    return ((pred - target).pow(2) * weight).sum() / count.clamp_min(1)
 
 
 def relative_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -141,13 +160,16 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: Op
                     w_enc: float, w_dec: float, spatial: tuple[int, ...], domain: torch.Tensor | None,
                     generator: torch.Generator | None = None, step: int = 0) -> dict[str, torch.Tensor]:
     """The operator-stage loss on one batch (``u`` [B, W >= unroll + 1, *spatial, C], ``coords``,
-    ``params`` [B, P], ``dt`` [B]); returns the weighted total under ``loss``, each computed term and the
+    ``params`` [B, P], ``dt`` [B]; point clouds: ``u`` [B, W, N, C], ``coords`` [B, N, d] and ``mask`` [B, N],
+    every term then a mean over the real points); returns the weighted total under ``loss``, each computed term and the
     effective inverse weights ``w_inv_enc`` / ``w_inv_dec``. Terms whose weight is 0 are not computed; the
     inverse terms only on every ``inverse_loss_frequency``-th ``step``."""
     u, x = flatten_points(batch["u"], batch["coords"])  # [B, W, N, C], [B, N, d]
     if domain is not None and cfg.random_shift:
         x = random_translation(x, domain, generator)
-    params, dt = batch["params"], batch["dt"]
+    params, dt, mask = batch["params"], batch["dt"], batch.get("mask")
+    if mask is not None and cfg.lambda_spectral > 0:
+        raise ConfigError("lambda_spectral needs whole grids, but this batch holds point clouds (data.point_subset)")
     u0 = u[:, 0]
     if cfg.input_noise > 0:
         u0 = u0 + cfg.input_noise * torch.randn(u0.shape, generator=generator).to(u0)
@@ -155,14 +177,14 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: Op
         w_enc = w_dec = 0.0
     with record_function("loss: forward + rollout"):
         r = _unroll(model, u0, x, params, dt, cfg=cfg, unroll=unroll,
-                    keep_reencoded=w_dec > 0 or cfg.latent_forward_weight > 0)
+                    keep_reencoded=w_dec > 0 or cfg.latent_forward_weight > 0, mask=mask)
         pred, z_first = r["preds"], r["z_first"]  # [B, K, N, C], [B, L, D]
         true = u[:, 1:unroll + 1]
-        out = {"loss_forward": F.mse_loss(pred[:, 0], true[:, 0])}
-        out["loss_rollout"] = F.mse_loss(pred[:, 1:], true[:, 1:]) if unroll > 1 else pred.new_zeros(())
+        out = {"loss_forward": masked_mse(pred[:, 0], true[:, 0], mask)}
+        out["loss_rollout"] = masked_mse(pred[:, 1:], true[:, 1:], mask) if unroll > 1 else pred.new_zeros(())
     if cfg.latent_forward_weight > 0:
         with record_function("loss: latent"):
-            out["loss_latent"] = F.mse_loss(z_first, model.encode(u[:, 1], x).detach())
+            out["loss_latent"] = F.mse_loss(z_first, encode_points(model, u[:, 1], x, mask).detach())
     total = cfg.lambda_forward * (out["loss_forward"] + cfg.latent_forward_weight * out.get("loss_latent", 0.0))
     total = total + cfg.lambda_rollout * out["loss_rollout"]
     if cfg.lambda_spectral > 0:
@@ -175,10 +197,11 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: Op
             n = u.shape[2]
             q = max(1, int(round(cfg.query_fraction * n)))
             idx = torch.randperm(n, generator=generator)[:q].to(u.device)
-            inverse["enc"] = (w_enc, F.mse_loss(model.decode(r["z0"], x[:, idx]), u0[:, idx]))
+            sub = None if mask is None else mask[:, idx]
+            inverse["enc"] = (w_enc, masked_mse(model.decode(r["z0"], x[:, idx]), u0[:, idx], sub))
     if w_dec > 0:
         with record_function("loss: inv_dec"):
-            z_re = r["reencoded"][0] if r["reencoded"] else model.encode(pred[:, 0], x)
+            z_re = r["reencoded"][0] if r["reencoded"] else encode_points(model, pred[:, 0], x, mask)
             inverse["dec"] = (w_dec, relative_mse(z_re, z_first))
     weights = balanced_weights(out["loss_forward"], inverse, cfg.inverse_loss_balance)
     for key, (_, value) in inverse.items():
@@ -196,6 +219,7 @@ class OperatorStage(Stage):
     name: ClassVar[str] = "operator"
     config_class: ClassVar[type[StageConfig]] = OperatorStageConfig
     val_metric: ClassVar[str] = "val_rollout_nrmse"
+    point_clouds: ClassVar[bool] = True
 
     def __init__(self, *, model: nn.Module, stage_cfg: OperatorStageConfig, meta: DatasetMetadata, normalizer,
                  model_name: str, model_params: dict, seed: int = 0):
