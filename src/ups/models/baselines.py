@@ -252,59 +252,46 @@ class UNet1dNet(nn.Module):
         return self.out(h)
 
 
-@MODELS.register("unet1d")
-class UNet1d(GridModel):
-    """The 1D U-Net peer on ``[B, C + P (+1), X]`` -> ``[B, C, X]`` (periodic domains)."""
+class _UNet(GridModel):
+    """The U-Net peer on ``[B, C + P (+1), *grid]`` -> ``[B, C, *grid]`` (periodic domains), ``dims`` 1 or 2."""
 
     config_class = UNet1dConfig
+    dims: int = 1
+    name: str = "unet1d"
 
     def __init__(self, *, spatial_shape: tuple[int, ...], n_channels: int, n_params: int, width: int = 32,
                  depth: int = 3, kernel_size: int = 3, groups: int = 8, residual: bool = True,
                  param_transform: ParamTransform = "log10", dt_channel: bool = False):
         super().__init__(spatial_shape=spatial_shape, n_channels=n_channels, n_params=n_params, residual=residual,
                          param_transform=param_transform, dt_channel=dt_channel)
-        if len(self.spatial_shape) != 1:
-            raise ConfigError(f"model 'unet1d' needs 1D data but the data set has spatial shape "
-                              f"{self.spatial_shape}; use model 'fno' or 'upt'")
-        if self.spatial_shape[0] % 2**depth:
-            raise ConfigError(f"model.params.depth={depth} needs a grid divisible by {2**depth} but it has "
-                              f"{self.spatial_shape[0]} points; lower depth or change data.spatial_stride")
+        if len(self.spatial_shape) != self.dims:
+            other = "'unet2d', 'fno' or 'upt'" if self.dims == 1 else "'unet1d', 'fno' or 'upt'"
+            raise ConfigError(f"model '{self.name}' needs {self.dims}D data but the data set has spatial shape "
+                              f"{self.spatial_shape}; use model {other}")
+        if any(n % 2**depth for n in self.spatial_shape):
+            raise ConfigError(f"model.params.depth={depth} needs every axis divisible by {2**depth} but the grid is "
+                              f"{self.spatial_shape}; lower depth or change data.spatial_stride")
         self.net = UNet1dNet(in_channels=self.in_channels, out_channels=self.n_channels, width=width, depth=depth,
-                             kernel_size=kernel_size, groups=groups)
+                             kernel_size=kernel_size, groups=groups, dims=self.dims)
 
     @classmethod
-    def from_config(cls, meta: DatasetMetadata, params: dict) -> UNet1d:
+    def from_config(cls, meta: DatasetMetadata, params: dict) -> _UNet:
         cfg = UNet1dConfig.model_validate(params)
         if meta.boundary != "periodic":
-            raise ConfigError(f"model 'unet1d' pads circularly and needs periodic data, not '{meta.boundary}'")
+            raise ConfigError(f"model '{cls.name}' pads circularly and needs periodic data, not '{meta.boundary}'")
         return cls(**_grid_kwargs(meta, cfg), width=cfg.width, depth=cfg.depth, kernel_size=cfg.kernel_size,
                    groups=cfg.groups)
+
+
+@MODELS.register("unet1d")
+class UNet1d(_UNet):
+    """The 1D U-Net peer on ``[B, C + P (+1), X]`` -> ``[B, C, X]``."""
+
+    dims, name = 1, "unet1d"
 
 
 @MODELS.register("unet2d")
-class UNet2d(GridModel):
+class UNet2d(_UNet):
     """The 2D U-Net peer (the blocks of ``unet1d`` with 2D convolutions) on ``[B, C + P (+1), X, Y]``."""
 
-    config_class = UNet1dConfig
-
-    def __init__(self, *, spatial_shape: tuple[int, ...], n_channels: int, n_params: int, width: int = 32,
-                 depth: int = 3, kernel_size: int = 3, groups: int = 8, residual: bool = True,
-                 param_transform: ParamTransform = "log10", dt_channel: bool = False):
-        super().__init__(spatial_shape=spatial_shape, n_channels=n_channels, n_params=n_params, residual=residual,
-                         param_transform=param_transform, dt_channel=dt_channel)
-        if len(self.spatial_shape) != 2:
-            raise ConfigError(f"model 'unet2d' needs 2D data but the data set has spatial shape "
-                              f"{self.spatial_shape}; use model 'unet1d', 'fno' or 'upt'")
-        if any(n % 2**depth for n in self.spatial_shape):
-            raise ConfigError(f"model.params.depth={depth} needs both axes divisible by {2**depth} but the grid is "
-                              f"{self.spatial_shape}; lower depth or change data.spatial_stride")
-        self.net = UNet1dNet(in_channels=self.in_channels, out_channels=self.n_channels, width=width, depth=depth,
-                             kernel_size=kernel_size, groups=groups, dims=2)
-
-    @classmethod
-    def from_config(cls, meta: DatasetMetadata, params: dict) -> UNet2d:
-        cfg = UNet1dConfig.model_validate(params)
-        if meta.boundary != "periodic":
-            raise ConfigError(f"model 'unet2d' pads circularly and needs periodic data, not '{meta.boundary}'")
-        return cls(**_grid_kwargs(meta, cfg), width=cfg.width, depth=cfg.depth, kernel_size=cfg.kernel_size,
-                   groups=cfg.groups)
+    dims, name = 2, "unet2d"
