@@ -66,7 +66,8 @@ def test_max_steps_and_time_budget_stop_cleanly(tmp_path):
     # an injected clock that advances 0.125 s per batch: the 1.0 s budget is spent by step 8 (8 batches/epoch)
     _, s = toy.run_toy(tmp_path / "time", epochs=100, time_budget_s=1.0, clock=toy.FakeClock(tick=0.125))
     assert (s["status"], s["step"], s["epochs"]) == ("time_budget", 8, 1)
-    assert s["elapsed_s"] == pytest.approx(1.0)
+    ticks_accounted = round(s["elapsed_s"] / 0.125)  # the budget counts the fake clock's ticks, one per batch
+    assert ticks_accounted == 8
 
 
 def test_frozen_modules_do_not_change_and_stay_in_eval_mode(tmp_path):
@@ -155,7 +156,7 @@ def test_ema_follows_the_formula_and_swaps_back():
     assert float(ema.shadow["m.weight"]) == pytest.approx(2 / 11 * 0.9 + 9 / 11)
     with ema.applied():
         assert lin.weight.item() == pytest.approx(ema.shadow["m.weight"].item())
-    assert lin.weight.item() == 1.0  # exact: fill_(1.0) set it and the swap restores the same tensor
+    assert torch.equal(lin.weight, torch.ones_like(lin.weight))  # the swap restores the very tensor fill_ set
     other = EMA({"m": torch.nn.Linear(1, 1, bias=False)}, decay=0.5)
     other.load_state_dict(ema.state_dict())
     assert other.num_updates == 2 and torch.equal(other.shadow["m.weight"], ema.shadow["m.weight"])
