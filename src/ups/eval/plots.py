@@ -35,12 +35,14 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _as_array(x, name: str) -> np.ndarray:
+def _as_array(x, name: str, *, dims: int = 1) -> np.ndarray:
+    """One sample as float64 ``[T, X]`` (``dims=1``) or ``[T, X, Y]`` (``dims=2``); a trailing channel of 1 dropped."""
     arr = x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
+    if arr.ndim == dims + 2 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise UPSError(f"{name} must be one 1D sample [T, X] (or [T, X, 1]), got shape {tuple(arr.shape)}")
+    if arr.ndim != dims + 1:
+        axes = "T, X" if dims == 1 else "T, X, Y"
+        raise UPSError(f"{name} must be one {dims}D sample [{axes}] (or [{axes}, 1]), got shape {tuple(arr.shape)}")
     return arr
 
 
@@ -237,18 +239,8 @@ def evaluation_plots(out_dir: str | Path, *, pred, true, curves: Mapping[str, Se
 
 
 # ------------------------------------------------------------------------------------------ 2D
-def _as_fields(x, name: str) -> np.ndarray:
-    """One sample as float64 ``[T, X, Y]``."""
-    arr = x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise UPSError(f"{name} must be one 2D sample [T, X, Y] (or [T, X, Y, 1]), got shape {tuple(arr.shape)}")
-    return arr
-
-
 def _pair(truth, pred) -> tuple[np.ndarray, np.ndarray]:
-    y, p = _as_fields(truth, "truth"), _as_fields(pred, "prediction")
+    y, p = _as_array(truth, "truth", dims=2), _as_array(pred, "prediction", dims=2)
     if y.shape != p.shape:
         raise UPSError(f"truth {y.shape} and prediction {p.shape} differ in shape")
     return y, p
