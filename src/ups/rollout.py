@@ -46,7 +46,10 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
     frames = [uq]
     for _ in range(steps):
         z_next = model.step(z, params, dt)
-        u_next = clamp_to_bounds(model.decode(z_next, coords, u), bounds)
+        u_next = model.decode(z_next, coords, u)
+        if hasattr(model, "refine_field"):  # a physical-space corrector refines the field at the data points
+            u_next = model.refine_field(u, u_next, params, dt)
+        u_next = clamp_to_bounds(u_next, bounds)
         uq = u_next if query_coords is None else clamp_to_bounds(model.decode(z_next, query_coords, uq), bounds)
         frames.append(uq)
         u = u_next
@@ -89,6 +92,8 @@ def rollout(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
     Burgers, advection), every decoded frame is kept inside that range, so an error can never grow
     into a blow-up; the same rule applies in validation, evaluation and the Simulator.
     """
+    if hasattr(model, "refine_field"):  # its refined field must be re-encoded: a latent rollout cannot carry it
+        mode = "reencode"
     fn: Callable = ROLLOUTS.get(mode)
     bounds = initial_bounds(u0) if max_principle else None
     return fn(model, u0, coords, params, dt, steps, query_coords=query_coords, bounds=bounds)

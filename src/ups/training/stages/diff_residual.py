@@ -1,5 +1,16 @@
-"""Stage 2, ``diff_residual``: a flow-matching corrector of the frozen operator's one-step residual.
+"""Stage 2, ``diff_residual``: a corrector of the frozen operator, in physical or latent space.
 
+``space: physical`` (default): a :class:`ups.models.refiner.FieldRefiner` (PDE-Refiner style, see that
+module) refines the decoded field at the data points. It is trained on the states the model meets in
+rollouts: each training window ``u [B, P + 1, ...]`` (P = ``pushforward_steps``) is rolled out by the
+frozen operator from its first true frame without gradients; step j gives the pair (state s_j, the
+operator's prediction from s_j, the true frame j + 1), so j = 0 is the teacher-forced pair and j >= 1
+are pushforward pairs. With ``rollout_with_refiner`` the states are those of the *corrected* rollout
+(the current refiner applied after every step). Loss: level-0 correction MSE plus the denoising MSE
+of a random level. Validation rolls whole validation trajectories out with and without the refiner;
+``val_metric`` = ``val_rollout_ratio`` (corrected / operator rollout nRMSE; below 1: it helps).
+
+``space: latent``: a flow-matching corrector of the operator's one-step latent residual (below).
 The operator's modules (``model``: encoder, operator, decoder) are loaded from ``operator_best`` and
 frozen. On every one-step pair ``(u_t, u_{t+1})``::
 
@@ -42,7 +53,8 @@ from ups.errors import CheckpointError
 from ups.eval.metrics import nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
-from ups.rollout import flatten_points
+from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
+from ups.rollout import flatten_points, rollout
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 
@@ -50,7 +62,11 @@ from ups.training.stage import STAGES, Stage, StageConfig
 class DiffResidualConfig(StageConfig):
     """Settings of ``stages.diff_residual``."""
 
-    corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)
+    space: Literal["physical", "latent"] = "physical"  # refine the decoded field, or the latent tokens
+    refiner: RefinerConfig = Field(default_factory=RefinerConfig)  # space: physical
+    pushforward_steps: int = Field(3, ge=1)  # physical: operator steps rolled out per training window
+    rollout_with_refiner: bool = False  # physical: train on the corrected rollout's states
+    corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)  # space: latent
     tau_distribution: Literal["uniform", "beta"] = "uniform"
     tau_beta: tuple[float, float] = (1.0, 1.0)  # (a, b) of the Beta distribution
     stats_batches: int = Field(8, ge=1)  # training batches the residual statistics are measured on
@@ -136,6 +152,25 @@ def latent_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, t
             "cond": condition_vector(batch["params"], batch["dt"])}
 
 
+@torch.no_grad()
+def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor],
+                  refiner: FieldRefiner | None = None) -> dict[str, torch.Tensor]:
+    """The (state, prediction, truth) pairs a rollout meets: ``batch["u"]`` [B, W, *spatial, C] rolled out
+    W - 1 re-encoding steps by the frozen ``model`` from its first frame (each state refined by
+    ``refiner`` when given). Returns u_prev, u_pred, u_true [(W - 1) B, N, C] (step-major) and cond."""
+    u, x = flatten_points(batch["u"], batch["coords"])
+    params, dt = batch["params"], batch["dt"]
+    cond = condition_vector(params, dt)
+    state, prev, preds = u[:, 0], [], []
+    for _ in range(u.shape[1] - 1):
+        pred = model.decode(model.step(model.encode(state, x), params, dt), x, state)
+        prev.append(state)
+        preds.append(pred)
+        state = pred if refiner is None else refiner.refine(state, pred, cond)
+    return {"u_prev": torch.cat(prev), "u_pred": torch.cat(preds), "u_true": u[:, 1:].transpose(0, 1).flatten(0, 1),
+            "cond": cond.repeat(len(preds), 1)}
+
+
 def surrogate_meta(cfg, meta: DatasetMetadata, normalizer) -> dict[str, Any]:
     """What ``Simulator.from_run`` needs to rebuild the surrogate from any corrector-stage checkpoint."""
     out: dict[str, Any] = {"model": cfg.model.name, "model_params": cfg.model.params, "data_meta": meta.to_dict()}
@@ -191,25 +226,40 @@ class OneStepPairs:
 
 @STAGES.register("diff_residual")
 class DiffResidualStage(OneStepPairs, Stage):
-    """Trains ``corrector`` on the residual of the frozen ``model``."""
+    """Trains ``corrector`` (a field refiner or a latent corrector) on the frozen ``model``'s errors."""
 
     name: ClassVar[str] = "diff_residual"
     config_class: ClassVar[type[StageConfig]] = DiffResidualConfig
     requires: ClassVar[tuple[str, ...]] = ("operator",)
-    val_metric: ClassVar[str] = "val_one_step_ratio"
+    val_metric: ClassVar[str] = "val_rollout_ratio (space: latent: val_one_step_ratio)"
 
-    def __init__(self, *, model: nn.Module, corrector: Corrector, stage_cfg: DiffResidualConfig,
+    def __init__(self, *, model: nn.Module, corrector: Corrector | FieldRefiner, stage_cfg: DiffResidualConfig,
                  normalizer=None, meta_info: dict[str, Any] | None = None):
         self.model, self.corrector, self.cfg = freeze(model), corrector, stage_cfg
         self.normalizer = normalizer
         self.meta_info = meta_info or {}
+        self.physical = isinstance(corrector, FieldRefiner)
+
+    @classmethod
+    def train_window(cls, cfg) -> int:
+        stage_cfg = cls.stage_config(cfg)
+        return stage_cfg.pushforward_steps + 1 if stage_cfg.space == "physical" else 2
+
+    @classmethod
+    def val_window(cls, cfg) -> int | None:
+        return None if cls.stage_config(cfg).space == "physical" else 2  # physical: whole trajectories
 
     @classmethod
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> DiffResidualStage:
         stage_cfg = cls.stage_config(cfg)
         model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
-        corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
+        if stage_cfg.space == "physical":
+            corrector = FieldRefiner(channels=meta.n_channels, n_cond=meta.n_params + 1,
+                                     spatial_shape=tuple(meta.spatial_shape), periodic=meta.boundary == "periodic",
+                                     config=stage_cfg.refiner)
+        else:
+            corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
         return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
                    meta_info=surrogate_meta(cfg, meta, normalizer))
 
@@ -220,12 +270,24 @@ class DiffResidualStage(OneStepPairs, Stage):
         return ["corrector"]
 
     def residual(self, pair: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The configured residual target of a :func:`latent_pair` -> [B, L, D]."""
+        """The configured latent residual target of a :func:`latent_pair` -> [B, L, D]."""
         if self.cfg.residual_target == "encoded" or not hasattr(self.model, "decode"):
             return pair["z_true"] - pair["z_pred"]
         return decoded_residual(self.model, pair, iters=self.cfg.residual_iters, reg=self.cfg.residual_reg)
 
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        return self._field_loss(batch) if self.physical else self._latent_loss(batch)
+
+    def _field_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        refiner = self.corrector
+        pairs = rollout_pairs(self.model, batch, refiner if self.cfg.rollout_with_refiner else None)
+        if int(refiner.stats_updates) < self.cfg.stats_batches:
+            refiner.update_scale(pairs["u_true"] - pairs["u_pred"])
+        parts = refiner.losses(pairs["u_prev"], pairs["u_pred"], pairs["u_true"], pairs["cond"])
+        loss = sum(parts.values())
+        return {"loss": loss, **{f"loss_{k}": v.detach() for k, v in parts.items()}}
+
+    def _latent_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pair = latent_pair(self.model, batch)
         z_pred, residual = pair["z_pred"], self.residual(pair)
         if int(self.corrector.stats_updates) < self.cfg.stats_batches:
@@ -243,6 +305,9 @@ class DiffResidualStage(OneStepPairs, Stage):
 
     @torch.no_grad()
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        if self.physical:
+            return field_rollout_scores(self.model, FieldCorrectedSurrogate(model=self.model, corrector=self.corrector),
+                                        loader, self.normalizer)
         device = self.corrector.res_mean.device
         scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
         for batch in loader:
@@ -254,6 +319,39 @@ class DiffResidualStage(OneStepPairs, Stage):
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
+        if self.physical:
+            return {**self.meta_info, **refiner_meta(self.corrector), "corrector_kind": "multi",
+                    "refine_steps": self.corrector.config.steps}
         return {**self.meta_info, "corrector": self.cfg.corrector.model_dump(), "corrector_kind": "multi",
                 "latent_dim": self.corrector.latent_dim, "n_cond": self.corrector.n_cond,
                 "refine_steps": self.cfg.val_steps or self.cfg.corrector.steps}
+
+
+def refiner_meta(refiner: FieldRefiner) -> dict[str, Any]:
+    """What :func:`ups.rundir.load_corrector` needs to rebuild a field refiner."""
+    return {"space": "physical", "refiner": refiner.config.model_dump(), "channels": refiner.channels,
+            "n_cond": refiner.n_cond, "spatial_shape": list(refiner.spatial_shape), "periodic": refiner.periodic}
+
+
+@torch.no_grad()
+def field_rollout_scores(model: nn.Module, corrected: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
+                         normalizer=None) -> dict[str, float]:
+    """Rollout nRMSE (physical units) of ``model`` and ``corrected`` over every trajectory of ``loader``
+    (``u`` [B, T, *spatial, C]) from its first frame, their ratio (``val_metric``) and the one-step ratio."""
+    den = normalizer.denormalize if normalizer is not None else (lambda v: v)
+    errs: dict[str, list[torch.Tensor]] = {"op": [], "corr": [], "op1": [], "corr1": []}
+    device = next(corrected.parameters()).device
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        u, x = flatten_points(batch["u"], batch["coords"])
+        true = den(u[:, 1:])
+        for key, m in (("op", model), ("corr", corrected)):
+            pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1)[:, 1:])
+            err = nrmse_per_sample(pred, true)  # [B, T - 1, C]
+            errs[key].append(err.mean(dim=(1, 2)))
+            errs[key + "1"].append(err[:, 0].mean(-1))
+    out = {k: float(torch.cat(v).mean()) for k, v in errs.items()}
+    return {"val_rollout_nrmse": out["corr"], "val_rollout_nrmse_operator": out["op"],
+            "val_rollout_ratio": out["corr"] / max(out["op"], 1e-30),
+            "val_first_step_ratio": out["corr1"] / max(out["op1"], 1e-30),
+            "val_metric": out["corr"] / max(out["op"], 1e-30)}
