@@ -194,7 +194,8 @@ def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, p
         "<h2>Configuration</h2>", _config_summary(config_yaml),
         "<h2>Metrics</h2>", _ratio_line(columns),
         "<p>Physical space, de-normalised, over the whole rollout; lower is better except corr_time and "
-        "valid_time (steps, or times when dt is known).</p>", _metrics_table(columns), _variants_section(eval_json, ttc), _ttc_section(ttc),
+        "valid_time (steps, or times when dt is known).</p>", _metrics_table(columns),
+        _variants_section(eval_json, ttc), _ttc_section(ttc),
         "<h2>Plots</h2>",
         *(_embed(name, path) for name, path in _with_training_curves(run_dir, plots).items()),
         "</body></html>\n",
