@@ -58,7 +58,7 @@ def test_every_parameter_gets_a_gradient_after_the_first_update():
         assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
 
 
-def test_refiner_learns_a_fixed_correction_and_the_denoiser_removes_noise():
+def test_refiner_learns_a_systematic_error_of_the_operator():
     torch.manual_seed(0)
     ref = _refiner(steps=2)
     x = torch.linspace(0, 2 * math.pi, 33)[:-1]
@@ -108,3 +108,14 @@ def test_wrapper_refines_every_step_of_a_rollout():
     for mode in ("reencode", "latent"):  # a latent rollout of a field refiner runs as a re-encoding one
         out = rollout(wrapped, u0, torch.zeros(2, 32, 1), torch.zeros(2, 1), torch.ones(2), 3, mode=mode)
         torch.testing.assert_close(out[:, :, 0, 0], torch.arange(4.0).expand(2, 4))
+
+
+def test_stochastic_refinement_draws_the_ladders_noise():
+    ref = _refiner(steps=3)  # untrained: every level keeps its noised input, so u - u_pred = sum_k sigma_k eps_k
+    u_pred = torch.zeros(64, 32, 1)
+    g = torch.Generator().manual_seed(0)
+    a = ref.refine(u_pred, u_pred, torch.zeros(64, 2), generator=g)
+    b = ref.refine(u_pred, u_pred, torch.zeros(64, 2), generator=g)
+    assert not torch.allclose(a, b)  # TTC candidates differ
+    var = float(noise_levels(3, 4e-7).pow(2).sum())
+    assert math.isclose(float(a.var()), var, rel_tol=0.05)  # 2048 draws
