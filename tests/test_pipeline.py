@@ -46,7 +46,8 @@ def test_pipeline_writes_everything_and_promotes(first_run):
     assert set(saved["variants"]) == {"none", "multi", "distilled"}
     assert all(v["per_step_ms"] > 0 for v in saved["variants"].values())  # the cost of each, side by side
     meta = read_checkpoint_meta(run / "checkpoints" / "diff_residual_best")
-    assert meta["space"] == "physical" and meta["refine_steps"] == 3  # the default: the field refiner
+    assert meta["space"] == "physical" and meta["refiner"]["steps"] == 3  # the default: the field refiner
+    assert meta["network_calls"] == meta["refine_steps"] + 1 <= 4  # levels chosen on validation
     assert saved["ttc"]["evaluations"] == 2 * saved["ttc"]["plain_evaluations"]  # K = 2 candidates
     assert saved["metrics"]["nrmse"] < saved["baselines"]["persistence"]["nrmse"]  # the gate demanded it on val
     assert saved["data"]["split"] == "test" and saved["data"]["samples"] == 8

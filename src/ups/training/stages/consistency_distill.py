@@ -252,8 +252,10 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
             sq["student"] += float(r_s.pow(2).sum())
         student = FieldCorrectedSurrogate(model=self.model, corrector=self.student, steps=self.cfg.student_steps - 1)
         teacher_sq = max(sq["teacher"], 1e-30)
+        rolled = field_rollout_scores(self.model, {"student": student}, batches, self.normalizer)
         return {"val_distill_rel_err": sq["diff"] / teacher_sq, "val_norm_ratio": (sq["student"] / teacher_sq) ** 0.5,
-                **field_rollout_scores(self.model, student, batches, self.normalizer)}
+                "val_rollout_nrmse_operator": rolled["val_rollout_nrmse_operator"],
+                **{k.removesuffix("_student"): v for k, v in rolled.items()}}
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         out = self.compare(loader)

@@ -8,7 +8,10 @@ operator's prediction from s_j, the true frame j + 1), so j = 0 is the teacher-f
 are pushforward pairs. With ``rollout_with_refiner`` the states are those of the *corrected* rollout
 (the current refiner applied after every step). Loss: level-0 correction MSE plus the denoising MSE
 of a random level. Validation rolls whole validation trajectories out with and without the refiner;
-``val_metric`` = ``val_rollout_ratio`` (corrected / operator rollout nRMSE; below 1: it helps).
+``val_metric`` = ``val_rollout_ratio`` (corrected / operator rollout nRMSE; below 1: it helps). With
+``select_levels`` (default) it does so with 0, 1, .., K denoising levels after the correction and keeps
+the best count for inference (``refine_steps`` in the checkpoint): an under-trained denoiser applied
+without noise can move the field by more than the operator's own error, the level-0 correction cannot.
 
 ``space: latent``: a flow-matching corrector of the operator's one-step latent residual (below).
 The operator's modules (``model``: encoder, operator, decoder) are loaded from ``operator_best`` and
@@ -66,6 +69,7 @@ class DiffResidualConfig(StageConfig):
     refiner: RefinerConfig = Field(default_factory=RefinerConfig)  # space: physical
     pushforward_steps: int = Field(3, ge=1)  # physical: operator steps rolled out per training window
     rollout_with_refiner: bool = False  # physical: train on the corrected rollout's states
+    select_levels: bool = True  # physical: validation picks how many of the K denoising levels inference uses
     corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)  # space: latent
     tau_distribution: Literal["uniform", "beta"] = "uniform"
     tau_beta: tuple[float, float] = (1.0, 1.0)  # (a, b) of the Beta distribution
@@ -306,8 +310,7 @@ class DiffResidualStage(OneStepPairs, Stage):
     @torch.no_grad()
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         if self.physical:
-            return field_rollout_scores(self.model, FieldCorrectedSurrogate(model=self.model, corrector=self.corrector),
-                                        loader, self.normalizer)
+            return self._validate_fields(loader)
         device = self.corrector.res_mean.device
         scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
         for batch in loader:
@@ -318,10 +321,25 @@ class DiffResidualStage(OneStepPairs, Stage):
         out["val_metric"] = out.get("val_one_step_ratio", out["val_latent_rel_err"])
         return out
 
+    def _validate_fields(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Validation rollouts with 0..K denoising levels (only K unless ``select_levels``); the number of
+        levels with the lowest rollout nRMSE is the one inference uses (``refine_steps`` of the checkpoint)."""
+        k_max = self.corrector.config.steps
+        ks = range(k_max + 1) if self.cfg.select_levels else (k_max,)
+        variants = {f"k{k}": FieldCorrectedSurrogate(model=self.model, corrector=self.corrector, steps=k) for k in ks}
+        out = field_rollout_scores(self.model, variants, list(loader), self.normalizer)
+        self.levels = min(ks, key=lambda k: out[f"val_rollout_ratio_k{k}"])
+        for key in ("val_rollout_nrmse", "val_rollout_ratio", "val_first_step_ratio"):
+            out[key] = out[f"{key}_k{self.levels}"]
+        out["val_levels"] = float(self.levels)
+        out["val_metric"] = out["val_rollout_ratio"]
+        return out
+
     def checkpoint_meta(self) -> dict[str, Any]:
         if self.physical:
+            levels = getattr(self, "levels", self.corrector.config.steps)
             return {**self.meta_info, **refiner_meta(self.corrector), "corrector_kind": "multi",
-                    "refine_steps": self.corrector.config.steps}
+                    "refine_steps": levels, "network_calls": levels + 1}
         return {**self.meta_info, "corrector": self.cfg.corrector.model_dump(), "corrector_kind": "multi",
                 "latent_dim": self.corrector.latent_dim, "n_cond": self.corrector.n_cond,
                 "refine_steps": self.cfg.val_steps or self.cfg.corrector.steps}
@@ -334,24 +352,28 @@ def refiner_meta(refiner: FieldRefiner) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def field_rollout_scores(model: nn.Module, corrected: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
+def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loader: Iterable[dict[str, torch.Tensor]],
                          normalizer=None) -> dict[str, float]:
-    """Rollout nRMSE (physical units) of ``model`` and ``corrected`` over every trajectory of ``loader``
-    (``u`` [B, T, *spatial, C]) from its first frame, their ratio (``val_metric``) and the one-step ratio."""
+    """Rollout nRMSE (physical units) of ``model`` and of each corrected variant over every trajectory of
+    ``loader`` (``u`` [B, T, *spatial, C]) from its first frame. Returns ``val_rollout_nrmse_operator`` and,
+    per variant name v, ``val_rollout_nrmse_v``, ``val_rollout_ratio_v`` (corrected / operator) and
+    ``val_first_step_ratio_v``."""
     den = normalizer.denormalize if normalizer is not None else (lambda v: v)
-    errs: dict[str, list[torch.Tensor]] = {"op": [], "corr": [], "op1": [], "corr1": []}
-    device = next(corrected.parameters()).device
+    errs: dict[str, list[torch.Tensor]] = {}
+    device = next(iter(variants.values())).corrector.res_scale.device
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         u, x = flatten_points(batch["u"], batch["coords"])
         true = den(u[:, 1:])
-        for key, m in (("op", model), ("corr", corrected)):
+        for key, m in (("operator", model), *variants.items()):
             pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1)[:, 1:])
             err = nrmse_per_sample(pred, true)  # [B, T - 1, C]
-            errs[key].append(err.mean(dim=(1, 2)))
-            errs[key + "1"].append(err[:, 0].mean(-1))
-    out = {k: float(torch.cat(v).mean()) for k, v in errs.items()}
-    return {"val_rollout_nrmse": out["corr"], "val_rollout_nrmse_operator": out["op"],
-            "val_rollout_ratio": out["corr"] / max(out["op"], 1e-30),
-            "val_first_step_ratio": out["corr1"] / max(out["op1"], 1e-30),
-            "val_metric": out["corr"] / max(out["op"], 1e-30)}
+            errs.setdefault(key, []).append(err.mean(dim=(1, 2)))
+            errs.setdefault(key + "/1", []).append(err[:, 0].mean(-1))
+    mean = {k: float(torch.cat(v).mean()) for k, v in errs.items()}
+    out = {"val_rollout_nrmse_operator": mean["operator"]}
+    for v in variants:
+        out[f"val_rollout_nrmse_{v}"] = mean[v]
+        out[f"val_rollout_ratio_{v}"] = mean[v] / max(mean["operator"], 1e-30)
+        out[f"val_first_step_ratio_{v}"] = mean[v + "/1"] / max(mean["operator/1"], 1e-30)
+    return out
