@@ -126,6 +126,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
         self.teacher_steps = stage_cfg.teacher_steps or teacher_steps
         self.normalizer, self.meta_info = normalizer, meta_info or {}
         self.physical = isinstance(teacher, FieldRefiner)
+        self.max_principle = bool(self.meta_info.get("max_principle", False))
         if self.physical:
             self.teacher_steps = teacher_steps if stage_cfg.teacher_steps is None else stage_cfg.teacher_steps
             return
@@ -140,8 +141,9 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
     def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> ConsistencyDistillStage:
         stage_cfg = cls.stage_config(cfg)
         model, teacher, info = load_teacher(cfg, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
+        meta_info = {**surrogate_meta(cfg, meta, normalizer), "max_principle": bool(info.get("max_principle", False))}
         return cls(model=model, teacher=teacher, stage_cfg=stage_cfg, teacher_steps=int(info["refine_steps"]),
-                   normalizer=normalizer, meta_info=surrogate_meta(cfg, meta, normalizer), run_dir=run_dir)
+                   normalizer=normalizer, meta_info=meta_info, run_dir=run_dir)
 
     @classmethod
     def _physical(cls, cfg) -> bool:
@@ -187,7 +189,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
 
     def field_pairs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rollout pairs of ``batch`` with the teacher's refined field ``u_T`` (no gradients)."""
-        pairs = rollout_pairs(self.model, batch)
+        pairs = rollout_pairs(self.model, batch, max_principle=self.max_principle)
         with torch.no_grad():
             pairs["u_T"] = self.teacher.refine(pairs["u_prev"], pairs["u_pred"], pairs["cond"],
                                                steps=self.teacher_steps)
@@ -252,7 +254,8 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
             sq["student"] += float(r_s.pow(2).sum())
         student = FieldCorrectedSurrogate(model=self.model, corrector=self.student, steps=self.cfg.student_steps - 1)
         teacher_sq = max(sq["teacher"], 1e-30)
-        rolled = field_rollout_scores(self.model, {"student": student}, batches, self.normalizer)
+        rolled = field_rollout_scores(self.model, {"student": student}, batches, self.normalizer,
+                                      max_principle=self.max_principle)
         return {"val_distill_rel_err": sq["diff"] / teacher_sq, "val_norm_ratio": (sq["student"] / teacher_sq) ** 0.5,
                 "val_rollout_nrmse_operator": rolled["val_rollout_nrmse_operator"],
                 **{k.removesuffix("_student"): v for k, v in rolled.items()}}

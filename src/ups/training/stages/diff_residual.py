@@ -57,7 +57,7 @@ from ups.eval.metrics import nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
-from ups.rollout import flatten_points, rollout
+from ups.rollout import clamp_to_bounds, flatten_points, initial_bounds, rollout
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 
@@ -157,20 +157,22 @@ def latent_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, t
 
 
 @torch.no_grad()
-def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor],
-                  refiner: FieldRefiner | None = None) -> dict[str, torch.Tensor]:
+def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor], refiner: FieldRefiner | None = None, *,
+                  max_principle: bool = False) -> dict[str, torch.Tensor]:
     """The (state, prediction, truth) pairs a rollout meets: ``batch["u"]`` [B, W, *spatial, C] rolled out
     W - 1 re-encoding steps by the frozen ``model`` from its first frame (each state refined by
-    ``refiner`` when given). Returns u_prev, u_pred, u_true [(W - 1) B, N, C] (step-major) and cond."""
+    ``refiner`` when given, and kept in the initial range with ``max_principle``, as ``ups.rollout`` does).
+    Returns u_prev, u_pred, u_true [(W - 1) B, N, C] (step-major) and cond."""
     u, x = flatten_points(batch["u"], batch["coords"])
     params, dt = batch["params"], batch["dt"]
     cond = condition_vector(params, dt)
+    bounds = initial_bounds(u[:, 0]) if max_principle else None
     state, prev, preds = u[:, 0], [], []
     for _ in range(u.shape[1] - 1):
         pred = model.decode(model.step(model.encode(state, x), params, dt), x, state)
         prev.append(state)
         preds.append(pred)
-        state = pred if refiner is None else refiner.refine(state, pred, cond)
+        state = clamp_to_bounds(pred if refiner is None else refiner.refine(state, pred, cond), bounds)
     return {"u_prev": torch.cat(prev), "u_pred": torch.cat(preds), "u_true": u[:, 1:].transpose(0, 1).flatten(0, 1),
             "cond": cond.repeat(len(preds), 1)}
 
@@ -243,6 +245,7 @@ class DiffResidualStage(OneStepPairs, Stage):
         self.normalizer = normalizer
         self.meta_info = meta_info or {}
         self.physical = isinstance(corrector, FieldRefiner)
+        self.max_principle = bool(self.meta_info.get("max_principle", False))  # the operator's rollout rule
 
     @classmethod
     def train_window(cls, cfg) -> int:
@@ -264,8 +267,9 @@ class DiffResidualStage(OneStepPairs, Stage):
                                      config=stage_cfg.refiner)
         else:
             corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
-        return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
-                   meta_info=surrogate_meta(cfg, meta, normalizer))
+        op_info = read_checkpoint_meta(RunFiles(run_dir).stem(stage_cfg.operator_checkpoint))
+        info = {**surrogate_meta(cfg, meta, normalizer), "max_principle": bool(op_info.get("max_principle", False))}
+        return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer, meta_info=info)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "corrector": self.corrector}
@@ -284,7 +288,8 @@ class DiffResidualStage(OneStepPairs, Stage):
 
     def _field_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         refiner = self.corrector
-        pairs = rollout_pairs(self.model, batch, refiner if self.cfg.rollout_with_refiner else None)
+        pairs = rollout_pairs(self.model, batch, refiner if self.cfg.rollout_with_refiner else None,
+                              max_principle=self.max_principle)
         if int(refiner.stats_updates) < self.cfg.stats_batches:
             refiner.update_scale(pairs["u_true"] - pairs["u_pred"])
         parts = refiner.losses(pairs["u_prev"], pairs["u_pred"], pairs["u_true"], pairs["cond"])
@@ -327,7 +332,8 @@ class DiffResidualStage(OneStepPairs, Stage):
         k_max = self.corrector.config.steps
         ks = range(k_max + 1) if self.cfg.select_levels else (k_max,)
         variants = {f"k{k}": FieldCorrectedSurrogate(model=self.model, corrector=self.corrector, steps=k) for k in ks}
-        out = field_rollout_scores(self.model, variants, list(loader), self.normalizer)
+        out = field_rollout_scores(self.model, variants, list(loader), self.normalizer,
+                                   max_principle=self.max_principle)
         self.levels = min(ks, key=lambda k: out[f"val_rollout_ratio_k{k}"])
         for key in ("val_rollout_nrmse", "val_rollout_ratio", "val_first_step_ratio"):
             out[key] = out[f"{key}_k{self.levels}"]
@@ -353,7 +359,7 @@ def refiner_meta(refiner: FieldRefiner) -> dict[str, Any]:
 
 @torch.no_grad()
 def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loader: Iterable[dict[str, torch.Tensor]],
-                         normalizer=None) -> dict[str, float]:
+                         normalizer=None, *, max_principle: bool = False) -> dict[str, float]:
     """Rollout nRMSE (physical units) of ``model`` and of each corrected variant over every trajectory of
     ``loader`` (``u`` [B, T, *spatial, C]) from its first frame. Returns ``val_rollout_nrmse_operator`` and,
     per variant name v, ``val_rollout_nrmse_v``, ``val_rollout_ratio_v`` (corrected / operator) and
@@ -366,7 +372,8 @@ def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loade
         u, x = flatten_points(batch["u"], batch["coords"])
         true = den(u[:, 1:])
         for key, m in (("operator", model), *variants.items()):
-            pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1)[:, 1:])
+            pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1,
+                               max_principle=max_principle)[:, 1:])
             err = nrmse_per_sample(pred, true)  # [B, T - 1, C]
             errs.setdefault(key, []).append(err.mean(dim=(1, 2)))
             errs.setdefault(key + "/1", []).append(err[:, 0].mean(-1))
