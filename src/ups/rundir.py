@@ -73,6 +73,10 @@ class RunFiles:
     def has(self, name: str) -> bool:
         return checkpoint_exists(self.stem(name))
 
+    def has_stage(self, stage: str, kind: str = "best") -> bool:
+        """Whether checkpoint ``{stage}_{kind}`` exists."""
+        return checkpoint_exists(self.stage_stem(stage, kind))
+
     # ---------------------------------------------------------------------------- small files
     def stages_done(self) -> dict[str, Any]:
         """Finished stages and their summaries (empty when none finished)."""

@@ -204,9 +204,9 @@ def _model_stage(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
     """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers), as the run's config
     says (so a run whose checkpoints are missing is told which stage to train); else by its checkpoints."""
     stages = set(cfg.stages) if cfg is not None else set()
-    if "operator" in stages or "baseline" not in stages and RunFiles(run_dir).has("operator_best"):
+    if "operator" in stages or "baseline" not in stages and RunFiles(run_dir).has_stage("operator"):
         return "operator"
-    return "baseline" if "baseline" in stages or RunFiles(run_dir).has("baseline_best") \
+    return "baseline" if "baseline" in stages or RunFiles(run_dir).has_stage("baseline") \
         else "operator"
 
 

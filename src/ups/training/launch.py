@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ups.checkpoint import checkpoint_exists, seed_everything
+from ups.checkpoint import seed_everything
 from ups.config import ExperimentConfig
 from ups.data.normalization import Normalizer
 from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loaders
@@ -47,7 +47,7 @@ def stages_to_run(exp: ExperimentConfig, stage: str) -> list[str]:
 def check_prerequisites(run: RunDir, stage: str) -> None:
     """Fail with one line when a stage's required checkpoints are not in the run directory."""
     for req in STAGES.get(stage).requires:
-        if not checkpoint_exists(run.stage_stem(req)):
+        if not run.has_stage(req):
             raise CheckpointError(
                 f"stage '{stage}' needs the '{req}' checkpoint ({run.stage_stem(req)}.safetensors), "
                 f"which is missing: run `ups train CONFIG --stage {req}` first, or `--stage all`"

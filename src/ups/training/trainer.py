@@ -288,7 +288,7 @@ class Trainer:
             self.save_checkpoints("best")
         elif metric is not None:
             self.bad_validations += 1
-            if self.best_metric is None and not ckpt.checkpoint_exists(self.run.checkpoints / f"{self.name}_best"):
+            if self.best_metric is None and not self.run.has_stage(self.name, "best"):
                 # a diverged validation (NaN/inf) must not leave later stages without a checkpoint: keep
                 # these weights as 'best' until a finite validation replaces them, and say so
                 self._event("nonfinite_validation", f"{self.name} epoch {self.epoch}: validation metric is {metric}; "
@@ -314,21 +314,21 @@ class Trainer:
         """``best``: the validated weights; ``last``: live weights, EMA weights and the training state."""
         if not is_main_process():
             return
-        folder = self.run.checkpoints
         meta = {**self.stage.checkpoint_meta(), "stage": self.name, "epoch": self.epoch, "step": self.step,
                 "val": self.last_val, "val_metric": (self.last_val or {}).get("val_metric")}
         ema_ctx = self.ema.applied() if self.ema is not None else nullcontext()
         if which == "best":
             with ema_ctx:
-                ckpt.save_checkpoint(folder / f"{self.name}_best", self.modules,
+                ckpt.save_checkpoint(self.run.stage_stem(self.name, "best"), self.modules,
                                      {**meta, "kind": "best", "weights": "ema" if self.ema else "live"})
             return
-        ckpt.save_checkpoint(folder / f"{self.name}_last", self.modules, {**meta, "kind": "last", "weights": "live"})
+        ckpt.save_checkpoint(self.run.stage_stem(self.name, "last"), self.modules,
+                             {**meta, "kind": "last", "weights": "live"})
         if self.ema is not None:
             with ema_ctx:
-                ckpt.save_checkpoint(folder / f"{self.name}_ema", self.modules,
+                ckpt.save_checkpoint(self.run.stage_stem(self.name, "ema"), self.modules,
                                      {**meta, "kind": "ema", "weights": "ema"})
-        ckpt.save_state(folder / f"{self.name}_state.pt", self._state())
+        ckpt.save_state(self.run.state_path(self.name), self._state())
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -353,8 +353,7 @@ class Trainer:
         Restored here: the stage's own generators (``Stage.load_rng_state``) and, at an epoch boundary,
         the global and loader RNGs; mid-epoch ``train_one_epoch`` restores the epoch-start states,
         re-reads the consumed batches and then restores the current ones."""
-        folder = self.run.checkpoints
-        state_path = folder / f"{self.name}_state.pt"
+        state_path = self.run.state_path(self.name)
         state = ckpt.load_state(state_path)
         # the live weights travel inside the (atomically written) state file, so they always match it
         ckpt.load_tensors(self.modules, state["modules"], source=f"training state {state_path}")
@@ -363,8 +362,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (ValueError, KeyError) as err:
-            raise ckpt.CheckpointError(f"training state of stage '{self.name}' in {folder} does not fit this "
-                                       f"optimizer/scheduler ({err}); resume with the run's own config") from None
+            raise ckpt.CheckpointError(f"training state of stage '{self.name}' in {self.run.checkpoints} does not fit "
+                                       f"this optimizer/scheduler ({err}); resume with the run's own config") from None
         self.precision.load_state_dict(state["precision"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -427,7 +426,8 @@ class Trainer:
         self.save_checkpoints("last")
         distributed.barrier()  # rank 0's checkpoint is on disk before any rank exits
         signame = self._signals.name or "a signal to another rank"
-        self._event("interrupted", f"{signame} received; saved {self.name}_last at step {self.step}")
+        saved = self.run.stage_stem(self.name, "last").name
+        self._event("interrupted", f"{signame} received; saved {saved} at step {self.step}")
         error = TrainingInterrupted(self.run.path, self.name, self.step)
         self.reporter.warn(str(error))
         raise error
