@@ -22,7 +22,7 @@ TINY = dict(latent_dim=8, num_supernodes=4, heads=2, operator_depth=1, kernel_hi
 
 def _model(seed: int = 0) -> UPT:
     torch.manual_seed(seed)
-    return UPT(cfg=UPTConfig(**TINY), dims=1, channels=1, n_params=1, dt_ref=0.1, domain=((0.0, 1.0),),
+    return UPT(config=UPTConfig(**TINY), dims=1, channels=1, n_params=1, dt_ref=0.1, domain=((0.0, 1.0),),
                periodic=True)
 
 
