@@ -55,8 +55,8 @@ def test_quick_config_generates_and_runs(name, dims, params, tmp_path):
             assert f.attrs["dt"] == pytest.approx(0.2) and g.attrs["t_end"] == pytest.approx(4.0)
     if dims == 2:  # the 2D peers on the same data
         for peer in ("fno_ns2d", "unet2d_ns2d"):
-            peer_cfg = load_config(CONFIGS / f"{peer}.yaml", [f"data.{s}={tmp_path / s}.h5" for s in TINY])
-            _one_step(peer_cfg, meta, bundle)
+            peer_exp = load_config(CONFIGS / f"{peer}.yaml", [f"data.{s}={tmp_path / s}.h5" for s in TINY])
+            _one_step(peer_exp, meta, bundle)
 
 
 def test_ns2d_train_eval_infer_end_to_end(tmp_path):

@@ -110,9 +110,9 @@ def test_every_stage_trains_under_ddp_and_a_nan_on_rank_one_skips_the_step_on_bo
     assert skipped == [("operator", 3), ("diff_residual", 3), ("consistency_distill", 3)]  # rank 0 skipped too
     assert sum("non-finite loss" in line for line in err.splitlines()) == 3  # printed once each, by rank 0
     # one process with the NaN in its global batch 3 skips that batch: the same weights
-    one_cfg = h.config_file(tmp_path, data, [*h.OPERATOR, *SGD, *nan])
+    one_config_path = h.config_file(tmp_path, data, [*h.OPERATOR, *SGD, *nan])
     torch.set_num_threads(1)
-    train(load_config(one_cfg), stage="operator", run_dir=tmp_path / "one", progress=False)
+    train(load_config(one_config_path), stage="operator", run_dir=tmp_path / "one", progress=False)
     two, one = h.weights(tmp_path / "two", "operator_last"), h.weights(tmp_path / "one", "operator_last")
     assert h.max_abs_diff(two, one) <= TOL
 
