@@ -91,7 +91,7 @@ class TTCStepper:
     surrogate: torch.nn.Module  # next_field(u, coords, params, dt, generator=None) -> [B, N, C]
     normalizer: Normalizer
     reward: PhysicsReward
-    cfg: TTCConfig
+    ttc_cfg: TTCConfig
     generator: torch.Generator
     evaluations: int = 0  # surrogate steps (candidates and look-ahead), summed over samples
 
@@ -99,8 +99,8 @@ class TTCStepper:
         """K candidate next states, the deterministic prediction first. u: [B, N, C] -> [K, B, N, C]."""
         outs = [self.surrogate.next_field(u, coords, params, dt)]
         outs += [self.surrogate.next_field(u, coords, params, dt, generator=self.generator)
-                 for _ in range(self.cfg.candidates - 1)]
-        self.evaluations += self.cfg.candidates * u.shape[0]
+                 for _ in range(self.ttc_cfg.candidates - 1)]
+        self.evaluations += self.ttc_cfg.candidates * u.shape[0]
         return torch.stack(outs)
 
     def _deterministic(self, u, coords, params, dt):
@@ -117,7 +117,7 @@ class TTCStepper:
         scores = torch.stack([self._score(u, c, params, dt, cands[0]) for c in cands])  # [K, B]
         for k in range(cands.shape[0]):
             prev = cands[k]
-            for _ in range(self.cfg.horizon - 1):
+            for _ in range(self.ttc_cfg.horizon - 1):
                 cur = self._deterministic(prev, coords, params, dt)
                 scores[k] += self._score(prev, cur, params, dt)
                 prev = cur
@@ -125,13 +125,13 @@ class TTCStepper:
         return cands[best, torch.arange(u.shape[0])]
 
 
-def ttc_rollout_fn(surrogate, normalizer: Normalizer, reward: PhysicsReward, cfg: TTCConfig,
+def ttc_rollout_fn(surrogate, normalizer: Normalizer, reward: PhysicsReward, ttc_cfg: TTCConfig,
                    *, seed: int = 0, max_principle: bool = False):
     """A rollout function (see ``ups.eval.evaluate``) with best-of-K TTC over a corrected ``surrogate``;
     ``.stepper.evaluations`` counts its surrogate steps."""
     from ups.rollout import clamp_to_bounds, initial_bounds
 
-    stepper = TTCStepper(surrogate=surrogate, normalizer=normalizer, reward=reward, cfg=cfg,
+    stepper = TTCStepper(surrogate=surrogate, normalizer=normalizer, reward=reward, ttc_cfg=ttc_cfg,
                          generator=torch.Generator().manual_seed(seed))
 
     @torch.inference_mode()
