@@ -119,3 +119,14 @@ def test_stochastic_refinement_draws_the_ladders_noise():
     assert not torch.allclose(a, b)  # TTC candidates differ
     var = float(noise_levels(3, 4e-7).pow(2).sum())
     assert math.isclose(float(a.var()), var, rel_tol=0.05)  # 2048 draws
+
+
+def test_wrapper_samples_through_every_level_but_refines_deterministically_with_its_own():
+    ref = _refiner(steps=3)  # untrained: a sample is u_pred + sum_k sigma_k eps_k, the mean path u_pred
+    model = torch.nn.Identity()
+    wrapped = FieldCorrectedSurrogate(model=model, corrector=ref, steps=0)
+    u = torch.zeros(64, 32, 1)
+    params, dt = torch.zeros(64, 1), torch.ones(64)
+    assert torch.equal(wrapped.refine_field(u, u, params, dt), u)
+    sample = wrapped.refine_field(u, u, params, dt, generator=torch.Generator().manual_seed(0))
+    assert math.isclose(float(sample.var()), float(noise_levels(3, 4e-7).pow(2).sum()), rel_tol=0.05)

@@ -225,7 +225,8 @@ class FieldCorrectedSurrogate(nn.Module):
     Offers encode / step / decode unchanged plus ``refine_field``, which ``ups.rollout`` applies to the
     decoded field at the data points after every step (re-encoding rollouts: the refined field is what
     the next step encodes; a latent-mode rollout of it is run as a re-encoding one). ``generator=None``
-    refines along the deterministic path; a generator draws one stochastic sample per step.
+    refines along the deterministic path with ``steps`` levels; a generator draws one stochastic sample
+    through all K levels per step.
     """
 
     def __init__(self, *, model: nn.Module, corrector: FieldRefiner, steps: int | None = None,
@@ -255,11 +256,15 @@ class FieldCorrectedSurrogate(nn.Module):
 
     def refine_field(self, u_prev: torch.Tensor, u_pred: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """u_prev, u_pred: [B, N, C] at the data points; params [B, P]; dt [B] -> refined [B, N, C]."""
+        """u_prev, u_pred: [B, N, C] at the data points; params [B, P]; dt [B] -> refined [B, N, C].
+
+        Deterministic: the wrapper's ``steps`` levels (chosen on validation). With a generator: one
+        PDE-Refiner sample through all K noised levels (what TTC draws its candidates from)."""
         from ups.models.corrector import condition_vector
 
-        return self.corrector.refine(u_prev, u_pred, condition_vector(params, dt), steps=self.steps,
-                                   generator=generator or self.generator)
+        generator = generator or self.generator
+        return self.corrector.refine(u_prev, u_pred, condition_vector(params, dt),
+                                     steps=self.steps if generator is None else None, generator=generator)
 
     def next_field(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
                    generator: torch.Generator | None = None) -> torch.Tensor:
