@@ -130,3 +130,15 @@ def test_wrapper_samples_through_every_level_but_refines_deterministically_with_
     assert torch.equal(wrapped.refine_field(u, u, params, dt), u)
     sample = wrapped.refine_field(u, u, params, dt, generator=torch.Generator().manual_seed(0))
     assert math.isclose(float(sample.var()), float(noise_levels(3, 4e-7).pow(2).sum()), rel_tol=0.05)
+
+
+def test_conserve_mean_keeps_the_previous_states_mean_exactly():
+    torch.manual_seed(0)
+    cfg = RefinerConfig(width=8, depth=1, kernel=3, steps=2, conserve_mean=True)
+    ref = FieldRefiner(channels=2, n_cond=0, spatial_shape=(16,), periodic=True, config=cfg)
+    torch.nn.init.normal_(ref.net.out.weight)  # a trained-looking, biased correction
+    torch.nn.init.constant_(ref.net.out.bias, 0.3)
+    u_prev, u_pred = torch.randn(3, 16, 2), torch.randn(3, 16, 2)
+    out = ref.refine(u_prev, u_pred)
+    torch.testing.assert_close(out.mean(dim=1), u_prev.mean(dim=1))
+    assert not torch.allclose(out - out.mean(1, keepdim=True), u_pred - u_pred.mean(1, keepdim=True))

@@ -18,7 +18,9 @@ serves K + 1 levels ``k = 0..K``:
   trained on ``x = u_true + sigma_k eps``, ``f -> eps`` (the small levels teach the low-amplitude,
   high-frequency detail a plain MSE fit neglects).
 
-K + 1 network calls per step. Networks live in ``REFINER_NETS`` (registry); ``conv_unet`` is a small
+With ``conserve_mean`` the refined field is shifted to the spatial mean of ``u_prev`` (for PDEs that
+conserve it exactly, periodic Burgers and KS): a small biased correction would otherwise drift the mean
+a little every step. K + 1 network calls per step. Networks live in ``REFINER_NETS`` (registry); ``conv_unet`` is a small
 U-Net over the grid (1D or 2D, circular padding on periodic domains) with FiLM conditioning on the
 level and ``cond``.
 """
@@ -47,6 +49,7 @@ class RefinerConfig(Strict):
     kernel: int = Field(5, ge=1)
     steps: int = Field(3, ge=0)  # K denoising levels after the correction (0: the correction alone)
     sigma_min: float = Field(4e-7, gt=0, lt=1)
+    conserve_mean: bool = False  # the refined field keeps the spatial mean of u_prev (periodic Burgers, KS)
 
 
 def noise_levels(steps: int, sigma_min: float) -> torch.Tensor:
@@ -202,6 +205,8 @@ class FieldRefiner(nn.Module):
             eps = None if generator is None else torch.randn(
                 u.shape, generator=generator, device=generator.device).to(u)
             u = self.denoise(u, k, u_prev, u_pred, cond, eps)
+        if self.config.conserve_mean:  # mean over the points, per sample and channel (an affine normaliser keeps it)
+            u = u - u.mean(dim=1, keepdim=True) + u_prev.mean(dim=1, keepdim=True)
         return u
 
     def losses(self, u_prev: torch.Tensor, u_pred: torch.Tensor, u_true: torch.Tensor,
