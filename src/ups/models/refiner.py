@@ -20,9 +20,9 @@ serves K + 1 levels ``k = 0..K``:
 
 With ``conserve_mean`` the refined field is shifted to the spatial mean of ``u_prev`` (for PDEs that
 conserve it exactly, periodic Burgers and KS): a small biased correction would otherwise drift the
-mean a little every step. K + 1 network calls per step. Networks live in ``REFINER_NETS`` (registry); ``conv_unet`` is a small
-U-Net over the grid (1D or 2D, circular padding on periodic domains) with FiLM conditioning on the
-level and ``cond``.
+mean a little every step. K + 1 network calls per step. Networks live in ``REFINER_NETS`` (registry);
+``conv_unet`` is a small U-Net over the grid (1D or 2D, circular padding on periodic domains) with FiLM
+conditioning on the level and ``cond``.
 """
 
 from __future__ import annotations
