@@ -9,6 +9,9 @@ Two modes, both differentiable (the operator stage trains through them) and both
 
 Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
 reconstruction of the encoded input; later frames chain the decoder's increments at those points.
+A model with ``refine_field`` (a physical-space corrector, ``ups.models.refiner``) has the decoded field at
+the input points refined after every step; it always rolls out by re-encoding, and query points see the
+refinement through the re-encoded state (their own frame at that step is the unrefined decode).
 The one place for rollouts: stage validation, ``ups eval``, TTC, the Simulator and every benchmark call
 these functions. Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
 """
