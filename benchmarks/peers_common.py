@@ -44,29 +44,36 @@ QUICK_MODEL_PARAMS = {
     "upt": UPS_QUICK,
     "fno": {"n_modes": 8, "hidden_channels": 16, "n_layers": 2},
     "unet1d": {"width": 4, "depth": 2},
+    "unet2d": {"width": 4, "depth": 2},
 }
 
 
-def quick_overrides(work: Path, model: str | None = None) -> list[str]:
-    """Overrides that point a config at a tiny data set under ``work`` (and shrink the model)."""
+def quick_overrides(work: Path, model: str | None = None, *, generate: dict | None = None,
+                    model_params: dict | None = None) -> list[str]:
+    """Overrides that point a config at a tiny data set under ``work`` (``generate``: its ``data.generate``
+    keys, default a tiny Burgers set) and shrink the model (``model_params``: model name -> params replacing
+    the defaults of ``QUICK_MODEL_PARAMS``)."""
     folder = work / "data"
     out = [f"data.{s}={folder / f'{s}.hdf5'}" for s in ("train", "val", "test")]
-    out += [f"data.generate.{k}={v}" for k, v in QUICK_GENERATE.items()]
+    out += [f"data.generate.{k}={v}" for k, v in (generate or QUICK_GENERATE).items()]
     out += ["data.batch_size=4", "eval.batch_size=4", "training.progress=none", "training.health_every=1000"]
-    for key, value in QUICK_MODEL_PARAMS.get(model or "", {}).items():
+    sizes = {**QUICK_MODEL_PARAMS, **(model_params or {})}
+    for key, value in sizes.get(model or "", {}).items():
         out.append(f"model.params.{key}={value}")
     return out
 
 
-def load_bench_config(name: str, *, quick: bool, work: Path, extra: list[str] | None = None) -> ExperimentConfig:
-    """``configs/{name}.yaml`` with the quick-mode overrides (when asked) and ``extra`` ones.
+def load_bench_config(name: str, *, quick: bool, work: Path, extra: list[str] | None = None,
+                      generate: dict | None = None, model_params: dict | None = None) -> ExperimentConfig:
+    """``configs/{name}.yaml`` with the quick-mode overrides (when asked; ``generate`` and ``model_params`` as
+    :func:`quick_overrides` takes them) and ``extra`` ones.
 
     Relative data paths are taken from the repository root, wherever the benchmark is started.
     """
     path = CONFIGS / f"{name}.yaml"
     base = load_config(path)
     if quick:
-        overrides = quick_overrides(work, base.model.name)
+        overrides = quick_overrides(work, base.model.name, generate=generate, model_params=model_params)
     else:
         overrides = [f"data.{s}={ROOT / p}" for s in SPLITS
                      if (p := getattr(base.data, s)) and not Path(p).is_absolute()]

@@ -52,6 +52,27 @@ def accuracy(res: dict) -> list[str]:
     return out
 
 
+def _corr(m: dict, level: str) -> str | None:
+    hc = (m.get("high_corr") or {}).get(level)
+    return None if hc is None else f"{hc['steps']} ({hc['time']:.3g})"
+
+
+def accuracy_problem(res: dict) -> list[str]:
+    """Another PDE's accuracy benchmark (KS, 2D Navier-Stokes): the same columns plus the correlation times
+    and the FNO paper's relative L2."""
+    d = res["data"]
+    together = "; ".join(" + ".join(r) for r in res.get("trained_together", []))
+    out = [f"{d['pde']} {d['params']}: {res['budget_s']:.0f} s of training per model, one thread each, trained "
+           f"side by side ({together}); {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
+           f"rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
+    rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"], m["one_step_nrmse"],
+             m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")] for name, m in res["models"].items()]
+    out += _table(["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "one-step nRMSE",
+                   "relative L2", "corr. > 0.8: steps (time)", "corr. > 0.9: steps (time)"], rows)
+    ratios = ", ".join(f"{k.replace('_over_', ' / ').upper()} = {v:.3g}" for k, v in res["ratios"].items())
+    return out + ["", f"Rollout nRMSE ratios: {ratios}."]
+
+
 def inference(res: dict) -> list[str]:
     """Rollout of the whole test set against the solver, in one process, at each resolution measured."""
     out = []
@@ -94,7 +115,8 @@ def datagen(res: dict) -> list[str]:
     return out
 
 
-SECTIONS = {"accuracy": accuracy, "inference": inference, "training": training, "datagen": datagen}
+SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
+            "inference": inference, "training": training, "datagen": datagen}
 
 
 def summarize(results: Path) -> str:

@@ -177,3 +177,40 @@ def test_datagen_quick_reports_every_pde(tmp_path):
     assert all(m["samples_per_s"] > 0 and m["samples"] >= 1 for m in out["pdes"].values())
     assert out["samples_per_s"] == out["pdes"]["burgers1d"]["samples_per_s"]
     assert "| ns2d |" in _summary(tmp_path, "datagen", out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,pde", [("bench_accuracy_ks", "ks1d"), ("bench_accuracy_ns2d", "ns2d")])
+def test_other_pde_accuracy_quick(tmp_path, name, pde):
+    out = _run(name, budget=1.0)
+    assert out["data"]["pde"] == pde and set(out["models"]) == {"ups", "fno", "unet", "persistence"}
+    steps = out["data"]["rollout_steps"]
+    for key in ("ups", "fno", "unet"):
+        m = out["models"][key]
+        assert MODEL_KEYS <= set(m) and len(m["nrmse_per_step"]) == steps
+        assert set(m["high_corr"]) == {"0.8", "0.9"} and m["high_corr"]["0.9"]["steps"] <= m["high_corr"]["0.8"]["steps"]
+        assert m["rel_l2_full"] > 0
+    for key, ratio in out["ratios"].items():
+        peer = key.removeprefix("ups_over_")
+        assert ratio == pytest.approx(out["models"]["ups"]["rollout_nrmse"] / out["models"][peer]["rollout_nrmse"])
+    table = _summary(tmp_path, out["benchmark"], out)
+    assert f"| ups | {out['models']['ups']['params']} |" in table and "corr. > 0.8" in table
+
+
+@pytest.mark.slow
+def test_accuracy_models_train_side_by_side_in_worker_processes():
+    """parallel=2: UPS and FNO train together in two spawned processes (one thread each), then the U-Net; the
+    parent's thread setting is untouched."""
+    threads = torch.get_num_threads()
+    out = _run("bench_accuracy", budget=0.5, parallel=2, models=["ups", "fno"])
+    assert out["trained_together"] == [["ups", "fno"]] and set(out["models"]) == {"ups", "fno", "persistence"}
+    assert all(out["models"][k]["steps"] >= 1 for k in ("ups", "fno"))
+    assert torch.get_num_threads() == threads
+
+
+def test_accuracy_rejects_an_unknown_model():
+    import bench_accuracy
+    from ups.errors import UPSError
+
+    with pytest.raises(UPSError, match="choose among ups, fno, unet"):
+        bench_accuracy.run(quick=True, models=["ups", "gno"])
