@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peers_common import Bench, evaluate, load_bench_config, n_params, same_data, stage_model, train_for_budget
 
 from ups.config import ExperimentConfig
 from ups.errors import UPSError
 from ups.models.persistence import Persistence
-from peers_common import Bench, evaluate, load_bench_config, n_params, same_data, stage_model, train_for_budget
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def test_other_pde_accuracy_quick(tmp_path, name, pde):
     for key in ("ups", "fno", "unet"):
         m = out["models"][key]
         assert MODEL_KEYS <= set(m) and len(m["nrmse_per_step"]) == steps
-        assert set(m["high_corr"]) == {"0.8", "0.9"} and m["high_corr"]["0.9"]["steps"] <= m["high_corr"]["0.8"]["steps"]
+        corr = m["high_corr"]
+        assert set(corr) == {"0.8", "0.9"} and corr["0.9"]["steps"] <= corr["0.8"]["steps"]
         assert m["rel_l2_full"] > 0
     for key, ratio in out["ratios"].items():
         peer = key.removeprefix("ups_over_")
@@ -210,6 +211,7 @@ def test_accuracy_models_train_side_by_side_in_worker_processes():
 
 def test_accuracy_rejects_an_unknown_model():
     import bench_accuracy
+
     from ups.errors import UPSError
 
     with pytest.raises(UPSError, match="choose among ups, fno, unet"):
