@@ -12,6 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from ups.errors import UPSError
+from ups.io_utils import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -129,14 +132,35 @@ def summarize(results: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+BEGIN, END = "<!-- benchmark tables: begin -->", "<!-- benchmark tables: end -->"
+
+
+def update_readme(readme: Path, markdown: str) -> None:
+    """Replace what lies between the README's benchmark-table markers with ``markdown`` (atomically)."""
+    text = readme.read_text()
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise UPSError(f"{readme} needs one '{BEGIN}' line followed by one '{END}' line")
+    head, rest = text.split(BEGIN)
+    atomic_write_text(readme, head + BEGIN + "\n" + markdown + rest[rest.index(END):])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the tables between the benchmark-table markers of this README")
     args = parser.parse_args(argv)
     if not any((args.results / f"{n}.json").is_file() for n in SECTIONS):
         print(f"error: no benchmark results in {args.results}; run `make bench` first", file=sys.stderr)
         return 2
-    print(summarize(args.results), end="")
+    markdown = summarize(args.results)
+    print(markdown, end="")
+    if args.readme is not None:
+        try:
+            update_readme(args.readme, markdown)
+        except (UPSError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

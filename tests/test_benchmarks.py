@@ -216,3 +216,20 @@ def test_accuracy_rejects_an_unknown_model():
 
     with pytest.raises(UPSError, match="choose among ups, fno, unet"):
         bench_accuracy.run(quick=True, models=["ups", "gno"])
+
+
+def test_summarize_writes_the_tables_between_the_readme_markers(tmp_path):
+    import summarize
+
+    from ups.errors import UPSError
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{summarize.BEGIN}\nold table\n{summarize.END}\noutro\n")
+    summarize.update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"intro\n{summarize.BEGIN}\n| new |\n{summarize.END}\noutro\n"
+    summarize.update_readme(readme, "| newer |\n")  # idempotent: the markers stay, the old tables go
+    assert readme.read_text().count("| new") == 1 and "| newer |" in readme.read_text()
+    readme.write_text("no markers\n")
+    with pytest.raises(UPSError, match="benchmark-table markers|needs one"):
+        summarize.update_readme(readme, "| x |\n")
+    assert readme.read_text() == "no markers\n"  # nothing lost
