@@ -18,6 +18,7 @@ import torch
 from peers_common import Bench, evaluate, load_bench_config, n_params, same_data, stage_model, train_for_budget
 
 from ups.config import ExperimentConfig
+from ups.data.prepare import prepare_data
 from ups.errors import UPSError
 from ups.models.persistence import Persistence
 
@@ -36,6 +37,9 @@ class Problem:
     quick_generate: dict = field(default_factory=dict)
     quick_eval: tuple[str, ...] = ()
     quick_models: dict = field(default_factory=dict)  # model name -> quick model params replacing the defaults
+    data_dir: Path | None = None  # where the full-mode files lie (the super-resolution test file goes there)
+    superres: dict = field(default_factory=dict)  # data.generate keys of a finer test file (super-resolution)
+    quick_superres: dict = field(default_factory=dict)
 
     def configs(self) -> dict[str, str]:
         """Model name in the results -> config stem, UPS first."""
@@ -44,9 +48,35 @@ class Problem:
     def overrides(self, quick: bool) -> list[str]:
         return list(self.quick_eval) if quick else list(self.data)
 
-    def load(self, stem: str, *, quick: bool, work: Path) -> ExperimentConfig:
-        return load_bench_config(stem, quick=quick, work=work, extra=self.overrides(quick),
+    def load(self, stem: str, *, quick: bool, work: Path, superres: bool = False) -> ExperimentConfig:
+        extra = self.overrides(quick) + (self._superres_overrides(quick, work) if superres else [])
+        return load_bench_config(stem, quick=quick, work=work, extra=extra,
                                  generate=self.quick_generate or None, model_params=self.quick_models)
+
+    def _superres_overrides(self, quick: bool, work: Path) -> list[str]:
+        folder = work / "data" if quick else self.data_dir
+        gen = self.quick_superres if quick else self.superres
+        return [f"data.test={folder / 'test_superres.h5'}"] + [f"data.generate.{k}={v}" for k, v in gen.items()]
+
+    def superres_bench(self, bench: Bench, *, quick: bool, work: Path, generate: bool) -> Bench | None:
+        """The test split at the finer resolution (generated when missing and ``generate``), with the training
+        data's normaliser; None when the problem has no super-resolution test."""
+        if not (self.quick_superres if quick else self.superres):
+            return None
+        exp = self.load(self.peers[next(iter(self.peers))], quick=quick, work=work, superres=True)
+        bundle = prepare_data(exp.data, splits=("test",), generate=generate, progress=False)
+        return Bench(cfg=exp, bundle=bundle, normalizer=bench.normalizer)
+
+
+def _superres(model: torch.nn.Module, fine: Bench | None, rules: dict) -> dict:
+    """Rollout nRMSE on the finer-resolution test file, the model unchanged (None where it cannot run there)."""
+    if fine is None:
+        return {}
+    try:
+        return {"rollout_nrmse_superres": evaluate(model, fine, **rules)["nrmse"],
+                "superres_points": fine.meta.n_points}
+    except UPSError as err:  # a grid model bound to its training grid
+        return {"rollout_nrmse_superres": None, "superres_error": str(err), "superres_points": fine.meta.n_points}
 
 
 def _scores(model: torch.nn.Module, bench: Bench, rules: dict) -> dict:
@@ -84,11 +114,12 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
     model = stage_model(trained)
     info = trained.checkpoint_meta()  # the rollout rules ups eval reads from the checkpoint
     rules = {"mode": info.get("rollout_mode", "reencode"), "max_principle": bool(info.get("max_principle", False))}
+    fine = problem.superres_bench(bench, quick=quick, work=work, generate=False)
     return {"model": exp.model.name, "config": stem, "params": n_params(model), "steps": summary["step"],
             "epochs": summary["epochs"], "train_wall_s": round(summary["wall_s"], 2),
             "ms_per_step": round(1e3 * summary["wall_s"] / max(1, summary["step"]), 1),
             "status": summary["status"], "best_val_rollout_nrmse": summary["best_metric"],
-            **_scores(model, bench, rules)}
+            **_scores(model, bench, rules), **_superres(model, fine, rules)}
 
 
 def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, budget: float,
@@ -115,6 +146,7 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
         raise UPSError(f"models {keys}: choose among {', '.join(problem.configs())} (ups included)")
     budget = float(budget if budget is not None else problem.budget_s)
     bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))  # generate once
+    problem.superres_bench(bench, quick=quick, work=work, generate=True)
     by_budget = {b: _train_all(problem, keys, quick=quick, work=work, budget=b, parallel=parallel)
                  for b in sorted({budget, *[float(x) for x in budgets or []]})}
     persistence = evaluate(Persistence(), bench)

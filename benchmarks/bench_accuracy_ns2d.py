@@ -1,7 +1,8 @@
 """Accuracy at equal compute on 2D incompressible Navier-Stokes (FNO paper convention, nu = 1e-3, 64 x 64,
 one frame per time unit, rollout from frame 10 over frames 11 .. 50), at a benchmark size that fits a 2-core
 machine: UPS, FNO-2D and U-Net-2D trained side by side for the same wall clock on 96 training trajectories,
-scored on 16 test trajectories: rollout nRMSE and the FNO paper's relative L2.
+scored on 16 test trajectories: rollout nRMSE and the FNO paper's relative L2, and (super-resolution) on the
+same 16 test trajectories generated at 128 x 128, the models unchanged.
 
 Usage: python benchmarks/bench_accuracy_ns2d.py [--budget SECONDS] [--parallel N] [--quick]
 """
@@ -26,6 +27,8 @@ NS2D = Problem(
                     "samples": "{train: 6, val: 2, test: 2}", "seeds": "{train: 31, val: 32, test: 33}",
                     "batch_size": 8},
     quick_eval=("eval.rollout_start=2",),
+    data_dir=DATA, superres={"resolution": 128, "solver": "{internal: 128}"},  # the same test trajectories at 128^2
+    quick_superres={"resolution": 32, "solver": "{internal: 32}"},
     quick_models={"upt": {**UPS_QUICK, "num_supernodes": 16}, "fno": {"n_modes": 4, "hidden_channels": 8,
                                                                        "n_layers": 2}},
 )

@@ -68,10 +68,13 @@ def accuracy_problem(res: dict) -> list[str]:
     out = [f"{d['pde']} {d['params']}: {res['budget_s']:.0f} s of training per model, one thread each, trained "
            f"side by side ({together}); {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
+    fine = next((m["superres_points"] for m in res["models"].values() if m.get("superres_points")), None)
     rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"], m["one_step_nrmse"],
-             m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")] for name, m in res["models"].items()]
-    out += _table(["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "one-step nRMSE",
-                   "relative L2", "corr. > 0.8: steps (time)", "corr. > 0.9: steps (time)"], rows)
+             m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")]
+            + ([m.get("rollout_nrmse_superres")] if fine else []) for name, m in res["models"].items()]
+    header = ["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "one-step nRMSE", "relative L2",
+              "corr. > 0.8: steps (time)", "corr. > 0.9: steps (time)"]
+    out += _table(header + ([f"rollout nRMSE at {fine} points (no retraining)"] if fine else []), rows)
     ratios = ", ".join(f"{k.replace('_over_', ' / ').upper()} = {v:.3g}" for k, v in res["ratios"].items())
     return out + ["", f"Rollout nRMSE ratios: {ratios}."]
 

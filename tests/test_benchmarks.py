@@ -196,6 +196,13 @@ def test_other_pde_accuracy_quick(tmp_path, name, pde):
         assert ratio == pytest.approx(out["models"]["ups"]["rollout_nrmse"] / out["models"][peer]["rollout_nrmse"])
     table = _summary(tmp_path, out["benchmark"], out)
     assert f"| ups | {out['models']['ups']['params']} |" in table and "corr. > 0.8" in table
+    if pde == "ns2d":  # super-resolution: the same test trajectories at twice the resolution, models unchanged
+        for key in ("ups", "fno"):
+            assert out["models"][key]["superres_points"] == 4 * out["data"]["points"]
+            assert out["models"][key]["rollout_nrmse_superres"] > 0
+        assert out["models"]["unet"]["rollout_nrmse_superres"] is None
+        assert "training grid" in out["models"]["unet"]["superres_error"]
+        assert f"at {4 * out['data']['points']} points" in table
 
 
 @pytest.mark.slow
