@@ -1,5 +1,6 @@
 """Accuracy at equal compute for one problem: UPS and its grid peers trained on the same files for the same
-wall-clock budget, side by side, then scored on the same test trajectories by the code of ``ups eval``.
+budget of compute seconds (CPU seconds of one thread, ``peers_common.compute_clock``), side by side, then
+scored on the same test trajectories by the code of ``ups eval``.
 
 A problem names its configs (``configs/NAME.yaml``), a default budget, and the overrides that size its data
 for the benchmark. Models train in separate processes, ``parallel`` at a time, one thread each, so that the
@@ -65,7 +66,7 @@ class Problem:
             return None
         exp = self.load(self.peers[next(iter(self.peers))], quick=quick, work=work, superres=True)
         bundle = prepare_data(exp.data, splits=("test",), generate=generate, progress=False)
-        return Bench(cfg=exp, bundle=bundle, normalizer=bench.normalizer)
+        return Bench(exp=exp, bundle=bundle, normalizer=bench.normalizer)
 
 
 def _superres(model: torch.nn.Module, fine: Bench | None, rules: dict) -> dict:
@@ -86,11 +87,11 @@ def _scores(model: torch.nn.Module, bench: Bench, rules: dict) -> dict:
     keys = ("corr_time", "valid_time", "high_corr", "rel_l2_full", "rel_l2_step")
     out = {"rollout_nrmse": head["nrmse"], "one_step_nrmse": head["nrmse_one_step"],
            **{k: head.get(k) for k in keys}, "nrmse_per_step": head["nrmse_per_step"]}
-    start = bench.cfg.eval.rollout_start
+    start = bench.exp.eval.rollout_start
     later = start + 10 if start == 0 else None
     out["rollout_nrmse_from_10"] = (evaluate(model, bench, start=later, **rules)["nrmse"]
                                     if later is not None and bench.meta.n_frames > later + 2 else None)
-    if bench.cfg.data.spatial_stride == 1:
+    if bench.exp.data.spatial_stride == 1:
         out["rollout_nrmse_full_resolution"] = None
         out["full_resolution_error"] = "the benchmark already uses every cell of the data"
         return out
@@ -108,7 +109,7 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
     bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))
     stem = problem.configs()[model_key]
     exp = problem.load(stem, quick=quick, work=work)
-    same_data(bench.cfg, exp)
+    same_data(bench.exp, exp)
     stage_name = "operator" if exp.model.name == "upt" else "baseline"
     trained, summary = train_for_budget(bench, exp, stage_name, work / "runs" / f"{exp.name}_{budget:g}", budget)
     model = stage_model(trained)
@@ -117,7 +118,8 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
     fine = problem.superres_bench(bench, quick=quick, work=work, generate=False)
     return {"model": exp.model.name, "config": stem, "params": n_params(model), "steps": summary["step"],
             "epochs": summary["epochs"], "train_wall_s": round(summary["wall_s"], 2),
-            "ms_per_step": round(1e3 * summary["wall_s"] / max(1, summary["step"]), 1),
+            "train_cpu_s": round(summary["cpu_s"], 2),
+            "ms_per_step": round(1e3 * summary["cpu_s"] / max(1, summary["step"]), 1),
             "status": summary["status"], "best_val_rollout_nrmse": summary["best_metric"],
             **_scores(model, bench, rules), **_superres(model, fine, rules)}
 
@@ -167,7 +169,7 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
 
 def data_summary(bench: Bench) -> dict:
     m = bench.meta
-    gen = bench.cfg.data.generate
+    gen = bench.exp.data.generate
     return {"pde": m.pde, "params": dict(gen.params) if gen else {}, "points": m.n_points, "frames": m.n_frames,
             "dt": m.dt, "train": len(bench.train), "val": len(bench.val), "test": len(bench.test),
-            "rollout_start": bench.cfg.eval.rollout_start}
+            "rollout_start": bench.exp.eval.rollout_start}
