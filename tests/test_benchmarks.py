@@ -240,3 +240,15 @@ def test_summarize_writes_the_tables_between_the_readme_markers(tmp_path):
     with pytest.raises(UPSError, match="benchmark-table markers|needs one"):
         summarize.update_readme(readme, "| x |\n")
     assert readme.read_text() == "no markers\n"  # nothing lost
+
+
+def test_readme_benchmark_tables_are_the_committed_json():
+    """The README's tables between the markers are exactly what summarize.py makes from benchmarks/results."""
+    import summarize
+
+    results = BENCH / "results"
+    if not any((results / f"{n}.json").is_file() for n in summarize.SECTIONS):
+        pytest.skip("no benchmark results committed")
+    readme = (BENCH.parent / "README.md").read_text()
+    block = readme.split(summarize.BEGIN + "\n", 1)[1].split(summarize.END, 1)[0]
+    assert block == summarize.summarize(results), "run: python benchmarks/summarize.py --readme README.md"
