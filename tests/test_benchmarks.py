@@ -52,6 +52,7 @@ def test_accuracy_quick(tmp_path):
         m = out["models"][name]
         assert MODEL_KEYS <= set(m), name
         assert m["steps"] >= 1 and m["params"] > 0 and len(m["nrmse_per_step"]) == out["data"]["rollout_steps"]
+        assert m["status"] == "time_budget", name  # every model trains for its whole budget, none stops early
     assert out["ratio_ups_over_fno_rollout_nrmse"] == pytest.approx(
         out["models"]["ups"]["rollout_nrmse"] / out["models"]["fno"]["rollout_nrmse"])
     assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
