@@ -29,7 +29,7 @@ test: install
 
 bench: install
 	OMP_NUM_THREADS=2 $(PY) benchmarks/run_all.py $(if $(BUDGET),--budget $(BUDGET),)
-	$(PY) benchmarks/summarize.py
+	$(PY) benchmarks/summarize.py --readme README.md
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,5 +1,6 @@
 """Inference speed: rolling out the whole test set with UPS (every rollout mode), FNO and U-Net against the
-numerical solver producing the same frames at the same output resolution, all timed in this one process, at
+numerical solver producing the same frames at the same output resolution, all timed in this one process (CPU
+seconds of its one thread, ``peers_common.compute_clock``: other jobs on the machine do not skew them), at
 the benchmark's 256 points and again at every cell of the data (1,024 points; ``full_resolution``).
 
 Weights are freshly initialised: the cost of a rollout does not depend on their values (accuracy is the
@@ -13,14 +14,13 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers_common import Bench, load_bench_config, n_params, one_step_model, ups_config  # noqa: E402
+from peers_common import Bench, compute_clock, load_bench_config, n_params, one_step_model, ups_config  # noqa: E402
 
 from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
@@ -60,11 +60,11 @@ def _time_rollout(step_fn, data: dict, batch: int, repeats: int) -> float:
     steps = data["u"].shape[1] - 1
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = compute_clock()
         for i in range(0, data["u"].shape[0], batch):
             sl = slice(i, i + batch)
             step_fn(data["u"][sl, 0], data["coords"][sl], data["params"][sl], data["dt"][sl], steps)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, compute_clock() - t0)
     return best
 
 
@@ -79,7 +79,7 @@ def _rollout_fn(model: torch.nn.Module, mode: str | None):
 
 def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[float, float]:
     """Best wall time (s) of the solver over the test set, and its nRMSE against the test frames."""
-    gen = bench.cfg.data.generate
+    gen = bench.exp.data.generate
     meta = bench.meta
     pde = PDES.get(meta.pde)()
     params = pde.make_params(**dict(gen.params), resolution=meta.n_points, frames=meta.n_frames,
@@ -87,9 +87,9 @@ def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[fl
     phys = bench.normalizer.denormalize(data["u"]).double()  # [S, T, N, 1]
     best, out = float("inf"), None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = compute_clock()
         parts = [pde.solve(phys[i:i + batch, 0, :, 0], params=params) for i in range(0, phys.shape[0], batch)]
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, compute_clock() - t0)
         out = torch.cat(parts)
     return best, nrmse(out[:, 1:, :, None], phys[:, 1:])
 
@@ -99,7 +99,7 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     extra = [] if stride is None else [f"data.spatial_stride={stride}"]
     bench = Bench.open(load_bench_config("fno_burgers1d", quick=quick, work=work, extra=extra))
     data = _test_set(bench)
-    batch = bench.cfg.eval.batch_size
+    batch = bench.exp.eval.batch_size
     configs = {"ups": ups_config(quick=quick, work=work)[0],
                "fno": load_bench_config("fno_burgers1d", quick=quick, work=work),
                "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}

@@ -32,6 +32,7 @@ from ups.training.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DEFAULT_BUDGET_S = 900.0
+STEP_CAP_FACTOR = 10
 QUICK_BUDGET_S = 2.0
 
 # A tiny Burgers data set for quick mode (nu=0.1: few solver steps): 32 points, 5 frames after the strides.
@@ -44,29 +45,36 @@ QUICK_MODEL_PARAMS = {
     "upt": UPS_QUICK,
     "fno": {"n_modes": 8, "hidden_channels": 16, "n_layers": 2},
     "unet1d": {"width": 4, "depth": 2},
+    "unet2d": {"width": 4, "depth": 2},
 }
 
 
-def quick_overrides(work: Path, model: str | None = None) -> list[str]:
-    """Overrides that point a config at a tiny data set under ``work`` (and shrink the model)."""
+def quick_overrides(work: Path, model: str | None = None, *, generate: dict | None = None,
+                    model_params: dict | None = None) -> list[str]:
+    """Overrides that point a config at a tiny data set under ``work`` (``generate``: its ``data.generate``
+    keys, default a tiny Burgers set) and shrink the model (``model_params``: model name -> params replacing
+    the defaults of ``QUICK_MODEL_PARAMS``)."""
     folder = work / "data"
     out = [f"data.{s}={folder / f'{s}.hdf5'}" for s in ("train", "val", "test")]
-    out += [f"data.generate.{k}={v}" for k, v in QUICK_GENERATE.items()]
+    out += [f"data.generate.{k}={v}" for k, v in (generate or QUICK_GENERATE).items()]
     out += ["data.batch_size=4", "eval.batch_size=4", "training.progress=none", "training.health_every=1000"]
-    for key, value in QUICK_MODEL_PARAMS.get(model or "", {}).items():
+    sizes = {**QUICK_MODEL_PARAMS, **(model_params or {})}
+    for key, value in sizes.get(model or "", {}).items():
         out.append(f"model.params.{key}={value}")
     return out
 
 
-def load_bench_config(name: str, *, quick: bool, work: Path, extra: list[str] | None = None) -> ExperimentConfig:
-    """``configs/{name}.yaml`` with the quick-mode overrides (when asked) and ``extra`` ones.
+def load_bench_config(name: str, *, quick: bool, work: Path, extra: list[str] | None = None,
+                      generate: dict | None = None, model_params: dict | None = None) -> ExperimentConfig:
+    """``configs/{name}.yaml`` with the quick-mode overrides (when asked; ``generate`` and ``model_params`` as
+    :func:`quick_overrides` takes them) and ``extra`` ones.
 
     Relative data paths are taken from the repository root, wherever the benchmark is started.
     """
     path = CONFIGS / f"{name}.yaml"
     base = load_config(path)
     if quick:
-        overrides = quick_overrides(work, base.model.name)
+        overrides = quick_overrides(work, base.model.name, generate=generate, model_params=model_params)
     else:
         overrides = [f"data.{s}={ROOT / p}" for s in SPLITS
                      if (p := getattr(base.data, s)) and not Path(p).is_absolute()]
@@ -113,13 +121,13 @@ def ups_config(*, quick: bool, work: Path) -> tuple[ExperimentConfig, str]:
     """The UPS model's config and its first stage: ``configs/burgers1d.yaml`` when present, else the peers'
     data section with the ``upt`` model and the ``operator`` stage at their defaults."""
     if (CONFIGS / "burgers1d.yaml").is_file():
-        cfg = load_bench_config("burgers1d", quick=quick, work=work)
+        exp = load_bench_config("burgers1d", quick=quick, work=work)
     else:
         params = "{" + ", ".join(f"{k}: {v}" for k, v in UPS_QUICK.items()) + "}" if quick else "{}"
-        cfg = load_bench_config("fno_burgers1d", quick=quick, work=work,
+        exp = load_bench_config("fno_burgers1d", quick=quick, work=work,
                                 extra=["name=ups_burgers1d", "model.name=upt", f"model.params={params}",
                                        "stages={operator: {}}", "data.random_offset=true"])
-    return cfg, "operator"
+    return exp, "operator"
 
 
 @dataclass
@@ -127,14 +135,14 @@ class Bench:
     """The data of one benchmark: the splits (``ups.data.prepare.DataBundle``, missing files generated), the
     train-split normaliser and the metadata, as ``ups train`` prepares them."""
 
-    cfg: ExperimentConfig
+    exp: ExperimentConfig
     bundle: DataBundle
     normalizer: Normalizer
 
     @classmethod
-    def open(cls, cfg: ExperimentConfig) -> Bench:
-        bundle = prepare_data(cfg.data, splits=SPLITS, progress=False)
-        return cls(cfg=cfg, bundle=bundle, normalizer=fit_normalizer(bundle))
+    def open(cls, exp: ExperimentConfig) -> Bench:
+        bundle = prepare_data(exp.data, splits=SPLITS, progress=False)
+        return cls(exp=exp, bundle=bundle, normalizer=fit_normalizer(bundle))
 
     meta = property(lambda self: self.bundle.meta)
     train = property(lambda self: self.bundle.splits["train"])
@@ -144,49 +152,64 @@ class Bench:
     def dataset(self, split: str, window: int | None, *, start: int | None = None) -> WindowDataset:
         """Windows of ``window`` frames, or whole trajectories from ``start`` (default ``eval.rollout_start``)."""
         if start is None:
-            start = self.cfg.eval.rollout_start if window is None else 0
+            start = self.exp.eval.rollout_start if window is None else 0
         return self.bundle.windows(split, window=window, normalizer=self.normalizer, start=start)
 
 
-def build_stage(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: Path) -> Stage:
-    return STAGES.get(stage_name).from_experiment(cfg, meta=bench.meta, normalizer=bench.normalizer, run_dir=run_dir)
+def build_stage(bench: Bench, exp: ExperimentConfig, stage_name: str, run_dir: Path) -> Stage:
+    return STAGES.get(stage_name).from_experiment(exp, meta=bench.meta, normalizer=bench.normalizer, run_dir=run_dir)
 
 
-def loaders(bench: Bench, cfg: ExperimentConfig, stage: Stage) -> tuple[Any, Any]:
+def loaders(bench: Bench, exp: ExperimentConfig, stage: Stage) -> tuple[Any, Any]:
     """Training windows and whole validation trajectories for ``stage``: the loaders ``ups train`` builds."""
-    return stage_loaders(bench.bundle, cfg, normalizer=bench.normalizer,
+    return stage_loaders(bench.bundle, exp, normalizer=bench.normalizer,
                          train_window=type(stage).train_window(stage.stage_cfg),
-                         val_window=type(stage).val_window(stage.stage_cfg), seed=cfg.training.seed)
+                         val_window=type(stage).val_window(stage.stage_cfg), seed=exp.training.seed)
 
 
-def train_for_budget(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: Path,
+def compute_clock() -> float:
+    """Seconds of CPU this process has used: the benchmarks' clock for training budgets and timings.
+
+    Every model trains and rolls out on one thread, so CPU seconds are compute seconds; unlike the wall
+    clock they do not shrink when other jobs share the machine, so budgets stay equal between models
+    that run side by side or one after another (on an idle machine the two clocks agree)."""
+    return time.process_time()
+
+
+def train_for_budget(bench: Bench, exp: ExperimentConfig, stage_name: str, run_dir: Path,
                      budget_s: float) -> tuple[Stage, dict[str, Any]]:
-    """Train ``stage_name`` for ``budget_s`` seconds of wall clock, with its schedule fitted to the budget.
+    """Train ``stage_name`` for ``budget_s`` seconds of compute (:func:`compute_clock`), with its schedule
+    fitted to the budget.
 
-    A short calibration run measures the training steps per second; ``max_steps`` is then set to what the
-    budget allows (so a cosine schedule ends on time) and ``time_budget_s`` stops training in any case.
+    ``time_budget_s`` stops training, and the cosine schedule anneals on the same clock (``ups.training.optim``:
+    its progress is the larger of the step and budget fractions). A short calibration run measures the steps
+    per second to space validations (about 10 per run); ``max_steps`` and ``epochs`` are set well above what
+    the budget allows (x ``STEP_CAP_FACTOR``), so no model stops early on a rate measured while the machine
+    was busier than later (a calibrated ``max_steps`` had stopped FNO after 571 of its 900 seconds).
     """
-    torch.manual_seed(cfg.training.seed)
-    stage = build_stage(bench, cfg, stage_name, run_dir)
-    train_loader, val_loader = loaders(bench, cfg, stage)
-    rate = steps_per_second(stage, train_loader, cfg, seconds=min(10.0, max(0.5, budget_s / 30)))
-    tcfg = cfg.stage_training(stage_name)
+    torch.manual_seed(exp.training.seed)
+    stage = build_stage(bench, exp, stage_name, run_dir)
+    train_loader, val_loader = loaders(bench, exp, stage)
+    rate = steps_per_second(stage, train_loader, exp, seconds=min(10.0, max(0.5, budget_s / 30)))
+    train_cfg = exp.stage_training(stage_name)
     val_cost = 0.05 * budget_s  # validation passes take part of the budget
     steps = max(1, int(rate * (budget_s - val_cost)))
     per_epoch = max(1, len(train_loader))
-    tcfg = tcfg.model_copy(update={"max_steps": steps, "time_budget_s": budget_s,
-                                   "epochs": max(1, math.ceil(steps / per_epoch)),
-                                   "val_every": max(1, math.ceil(steps / per_epoch / 10))})
-    torch.manual_seed(cfg.training.seed)
-    stage = build_stage(bench, cfg, stage_name, run_dir)  # fresh weights after the calibration
-    t0 = time.perf_counter()
-    summary = Trainer(stage=stage, config=tcfg, run_dir=run_dir).fit(train_loader, val_loader)
-    summary = {**summary, "wall_s": time.perf_counter() - t0, "calibrated_steps_per_s": rate,
-               "planned_steps": steps}
+    cap = STEP_CAP_FACTOR * steps  # the budget stops training; the caps only guard a runaway calibration
+    train_cfg = train_cfg.model_copy(update={"max_steps": cap, "time_budget_s": budget_s,
+                                             "epochs": max(1, math.ceil(cap / per_epoch)),
+                                             "val_every": max(1, math.ceil(steps / per_epoch / 10))})
+    torch.manual_seed(exp.training.seed)
+    stage = build_stage(bench, exp, stage_name, run_dir)  # fresh weights after the calibration
+    t0, c0 = time.perf_counter(), compute_clock()
+    summary = Trainer(stage=stage, config=train_cfg, run_dir=run_dir, clock=compute_clock).fit(train_loader,
+                                                                                                val_loader)
+    summary = {**summary, "wall_s": time.perf_counter() - t0, "cpu_s": compute_clock() - c0,
+               "calibrated_steps_per_s": rate, "planned_steps": steps}
     return stage, summary
 
 
-def steps_per_second(stage: Stage, loader: Any, cfg: ExperimentConfig, *, seconds: float) -> float:
+def steps_per_second(stage: Stage, loader: Any, exp: ExperimentConfig, *, seconds: float) -> float:
     """Optimizer steps per second of ``stage`` on ``loader`` (forward, backward, AdamW), measured."""
     module = {n: stage.modules()[n] for n in stage.trainable_modules()}
     params = [p for m in module.values() for p in m.parameters() if p.requires_grad]
@@ -200,9 +223,9 @@ def steps_per_second(stage: Stage, loader: Any, cfg: ExperimentConfig, *, second
             opt.step()
             done += 1
             if t0 is None:  # the first step (allocations, lazy init) is not timed
-                t0, done = time.perf_counter(), 0
-            elif time.perf_counter() - t0 >= seconds:
-                return done / (time.perf_counter() - t0)
+                t0, done = compute_clock(), 0
+            elif compute_clock() - t0 >= seconds:
+                return done / (compute_clock() - t0)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -217,7 +240,7 @@ def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode:
     model's rollout obeys the PDE's maximum principle when it has one), from frame ``start`` (default
     ``eval.rollout_start``) at ``spatial_stride`` (default the config's; 1 = every cell of the file, the
     model unchanged); without the per-step lists but ``nrmse_per_step``."""
-    exp, bundle = bench.cfg, bench.bundle
+    exp, bundle = bench.exp, bench.bundle
     if start is not None:
         exp = exp.model_copy(update={"eval": exp.eval.model_copy(update={"rollout_start": start})})
     if spatial_stride is not None and spatial_stride != exp.data.spatial_stride:

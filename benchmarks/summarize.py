@@ -12,6 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from ups.errors import UPSError
+from ups.io_utils import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -50,6 +53,30 @@ def accuracy(res: dict) -> list[str]:
         out += _table(["model"] + [f"{b} s" for b in budgets],
                       [[name] + [c.get(b, {}).get("rollout_nrmse") for b in budgets] for name, c in curve.items()])
     return out
+
+
+def _corr(m: dict, level: str) -> str | None:
+    hc = (m.get("high_corr") or {}).get(level)
+    return None if hc is None else f"{hc['steps']} ({hc['time']:.3g})"
+
+
+def accuracy_problem(res: dict) -> list[str]:
+    """Another PDE's accuracy benchmark (KS, 2D Navier-Stokes): the same columns plus the correlation times
+    and the FNO paper's relative L2."""
+    d = res["data"]
+    together = "; ".join(" + ".join(r) for r in res.get("trained_together", []))
+    out = [f"{d['pde']} {d['params']}: {res['budget_s']:.0f} s of training per model, one thread each, trained "
+           f"side by side ({together}); {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
+           f"rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
+    fine = next((m["superres_points"] for m in res["models"].values() if m.get("superres_points")), None)
+    rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"], m["one_step_nrmse"],
+             m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")]
+            + ([m.get("rollout_nrmse_superres")] if fine else []) for name, m in res["models"].items()]
+    header = ["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "one-step nRMSE", "relative L2",
+              "corr. > 0.8: steps (time)", "corr. > 0.9: steps (time)"]
+    out += _table(header + ([f"rollout nRMSE at {fine} points (no retraining)"] if fine else []), rows)
+    ratios = ", ".join(f"{k.replace('_over_', ' / ').upper()} = {v:.3g}" for k, v in res["ratios"].items())
+    return out + ["", f"Rollout nRMSE ratios: {ratios}."]
 
 
 def inference(res: dict) -> list[str]:
@@ -94,7 +121,8 @@ def datagen(res: dict) -> list[str]:
     return out
 
 
-SECTIONS = {"accuracy": accuracy, "inference": inference, "training": training, "datagen": datagen}
+SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
+            "inference": inference, "training": training, "datagen": datagen}
 
 
 def summarize(results: Path) -> str:
@@ -107,14 +135,35 @@ def summarize(results: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+BEGIN, END = "<!-- benchmark tables: begin -->", "<!-- benchmark tables: end -->"
+
+
+def update_readme(readme: Path, markdown: str) -> None:
+    """Replace what lies between the README's benchmark-table markers with ``markdown`` (atomically)."""
+    text = readme.read_text()
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise UPSError(f"{readme} needs one '{BEGIN}' line followed by one '{END}' line")
+    head, rest = text.split(BEGIN)
+    atomic_write_text(readme, head + BEGIN + "\n" + markdown + rest[rest.index(END):])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the tables between the benchmark-table markers of this README")
     args = parser.parse_args(argv)
     if not any((args.results / f"{n}.json").is_file() for n in SECTIONS):
         print(f"error: no benchmark results in {args.results}; run `make bench` first", file=sys.stderr)
         return 2
-    print(summarize(args.results), end="")
+    markdown = summarize(args.results)
+    print(markdown, end="")
+    if args.readme is not None:
+        try:
+            update_readme(args.readme, markdown)
+        except (UPSError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -52,6 +52,7 @@ def test_accuracy_quick(tmp_path):
         m = out["models"][name]
         assert MODEL_KEYS <= set(m), name
         assert m["steps"] >= 1 and m["params"] > 0 and len(m["nrmse_per_step"]) == out["data"]["rollout_steps"]
+        assert m["status"] == "time_budget", name  # every model trains for its whole budget, none stops early
     assert out["ratio_ups_over_fno_rollout_nrmse"] == pytest.approx(
         out["models"]["ups"]["rollout_nrmse"] / out["models"]["fno"]["rollout_nrmse"])
     assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
@@ -177,3 +178,78 @@ def test_datagen_quick_reports_every_pde(tmp_path):
     assert all(m["samples_per_s"] > 0 and m["samples"] >= 1 for m in out["pdes"].values())
     assert out["samples_per_s"] == out["pdes"]["burgers1d"]["samples_per_s"]
     assert "| ns2d |" in _summary(tmp_path, "datagen", out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,pde", [("bench_accuracy_ks", "ks1d"), ("bench_accuracy_ns2d", "ns2d")])
+def test_other_pde_accuracy_quick(tmp_path, name, pde):
+    out = _run(name, budget=1.0)
+    assert out["data"]["pde"] == pde and set(out["models"]) == {"ups", "fno", "unet", "persistence"}
+    steps = out["data"]["rollout_steps"]
+    for key in ("ups", "fno", "unet"):
+        m = out["models"][key]
+        assert MODEL_KEYS <= set(m) and len(m["nrmse_per_step"]) == steps
+        corr = m["high_corr"]
+        assert set(corr) == {"0.8", "0.9"} and corr["0.9"]["steps"] <= corr["0.8"]["steps"]
+        assert m["rel_l2_full"] > 0
+    for key, ratio in out["ratios"].items():
+        peer = key.removeprefix("ups_over_")
+        assert ratio == pytest.approx(out["models"]["ups"]["rollout_nrmse"] / out["models"][peer]["rollout_nrmse"])
+    table = _summary(tmp_path, out["benchmark"], out)
+    assert f"| ups | {out['models']['ups']['params']} |" in table and "corr. > 0.8" in table
+    if pde == "ns2d":  # super-resolution: the same test trajectories at twice the resolution, models unchanged
+        for key in ("ups", "fno"):
+            assert out["models"][key]["superres_points"] == 4 * out["data"]["points"]
+            assert out["models"][key]["rollout_nrmse_superres"] > 0
+        assert out["models"]["unet"]["rollout_nrmse_superres"] is None
+        assert "training grid" in out["models"]["unet"]["superres_error"]
+        assert f"at {4 * out['data']['points']} points" in table
+
+
+@pytest.mark.slow
+def test_accuracy_models_train_side_by_side_in_worker_processes():
+    """parallel=2: UPS and FNO train together in two spawned processes (one thread each), then the U-Net; the
+    parent's thread setting is untouched."""
+    threads = torch.get_num_threads()
+    out = _run("bench_accuracy", budget=0.5, parallel=2, models=["ups", "fno"])
+    assert out["trained_together"] == [["ups", "fno"]] and set(out["models"]) == {"ups", "fno", "persistence"}
+    assert all(out["models"][k]["steps"] >= 1 for k in ("ups", "fno"))
+    assert torch.get_num_threads() == threads
+
+
+def test_accuracy_rejects_an_unknown_model():
+    import bench_accuracy
+
+    from ups.errors import UPSError
+
+    with pytest.raises(UPSError, match="choose among ups, fno, unet"):
+        bench_accuracy.run(quick=True, models=["ups", "gno"])
+
+
+def test_summarize_writes_the_tables_between_the_readme_markers(tmp_path):
+    import summarize
+
+    from ups.errors import UPSError
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{summarize.BEGIN}\nold table\n{summarize.END}\noutro\n")
+    summarize.update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"intro\n{summarize.BEGIN}\n| new |\n{summarize.END}\noutro\n"
+    summarize.update_readme(readme, "| newer |\n")  # idempotent: the markers stay, the old tables go
+    assert readme.read_text().count("| new") == 1 and "| newer |" in readme.read_text()
+    readme.write_text("no markers\n")
+    with pytest.raises(UPSError, match="benchmark-table markers|needs one"):
+        summarize.update_readme(readme, "| x |\n")
+    assert readme.read_text() == "no markers\n"  # nothing lost
+
+
+def test_readme_benchmark_tables_are_the_committed_json():
+    """The README's tables between the markers are exactly what summarize.py makes from benchmarks/results."""
+    import summarize
+
+    results = BENCH / "results"
+    if not any((results / f"{n}.json").is_file() for n in summarize.SECTIONS):
+        pytest.skip("no benchmark results committed")
+    readme = (BENCH.parent / "README.md").read_text()
+    block = readme.split(summarize.BEGIN + "\n", 1)[1].split(summarize.END, 1)[0]
+    assert block == summarize.summarize(results), "run: python benchmarks/summarize.py --readme README.md"

@@ -68,3 +68,26 @@ def test_grid_rollout_obeys_the_maximum_principle_when_asked():
     assert float(free.abs().max()) > 60  # 2^5 * 2 + ...
     assert float(kept.min()) >= -1.0 and float(kept.max()) <= 2.0
     torch.testing.assert_close(kept[0, 0], torch.tensor([[-1.0], [1.1], [2.0]]))  # clamp(2u + 0.1)
+
+
+def test_teacher_forced_steps_run_in_chunks_of_the_batch_size():
+    """The one-step predictions from every true frame equal one big call, but no call sees more than B
+    samples (a 640-frame trajectory would otherwise put B * 639 samples in one forward pass)."""
+    from ups.rollout import teacher_forced
+
+    b, w, n, c = 3, 7, 5, 2
+    g = torch.Generator().manual_seed(0)
+    flat, coords = torch.randn(b, w, n, c, generator=g), torch.rand(b, n, 1, generator=g)
+    params, dt = torch.rand(b, 2, generator=g), torch.full((b,), 0.1)
+    sizes = []
+
+    def fn(u0, x, p, d, steps):  # a deterministic per-sample step: depends on the sample's own inputs only
+        sizes.append(u0.shape[0])
+        return (u0 * (1 + p[:, :1, None]) + x.sum(-1, keepdim=True) * d[:, None, None]).unsqueeze(1)
+
+    got = teacher_forced(fn, flat, coords, params, dt)
+    assert got.shape == (b * (w - 1), n, c) and max(sizes) == b and sum(sizes) == b * (w - 1)
+    reps = [t.repeat_interleave(w - 1, dim=0) for t in (coords, params, dt)]
+    sizes.clear()
+    whole = fn(flat[:, :-1].reshape(b * (w - 1), n, c), *reps, 1)[:, 0]
+    torch.testing.assert_close(got, whole)
