@@ -32,17 +32,18 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def accuracy(res: dict) -> list[str]:
-    """Equal wall-clock training budget, same data, same test rollouts."""
+    """Equal training compute (CPU seconds), same data, same test rollouts."""
     d = res["data"]
-    out = [f"Accuracy at equal compute: {res['budget_s']:.0f} s of training each on {res['threads']} thread(s); "
+    out = [f"Accuracy at equal compute: {res['budget_s']:.0f} CPU seconds of training each on "
+           f"{res['threads']} thread(s); "
            f"{d['pde']} {d['params']}, {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame 0.", ""]
-    rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"],
+    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), m["rollout_nrmse"],
              m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"),
              m["corr_time"]]
             for name, m in res["models"].items()]
-    out += _table(["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "from frame 10",
-                   "one-step nRMSE", "every cell (no retraining)", "corr. time (steps)"], rows)
+    out += _table(["model", "parameters", "training steps", "training CPU s", "ms / step", "rollout nRMSE",
+                   "from frame 10", "one-step nRMSE", "every cell (no retraining)", "corr. time (steps)"], rows)
     verdict = "beats" if res["ups_beats_fno"] else "does not beat"
     out += ["", f"UPS / FNO rollout nRMSE = {res['ratio_ups_over_fno_rollout_nrmse']:.3g}: UPS {verdict} FNO "
                 "at equal compute."]
@@ -65,15 +66,17 @@ def accuracy_problem(res: dict) -> list[str]:
     and the FNO paper's relative L2."""
     d = res["data"]
     together = "; ".join(" + ".join(r) for r in res.get("trained_together", []))
-    out = [f"{d['pde']} {d['params']}: {res['budget_s']:.0f} s of training per model, one thread each, trained "
-           f"side by side ({together}); {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
+    out = [f"{d['pde']} {d['params']}: {res['budget_s']:.0f} CPU seconds of training per model, one thread each, "
+           f"trained side by side ({together}); {d['train']} train / {d['test']} test trajectories, "
+           f"{d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
     fine = next((m["superres_points"] for m in res["models"].values() if m.get("superres_points")), None)
-    rows = [[name, m.get("params"), m.get("steps"), m.get("ms_per_step"), m["rollout_nrmse"], m["one_step_nrmse"],
+    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), m["rollout_nrmse"],
+             m["one_step_nrmse"],
              m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")]
             + ([m.get("rollout_nrmse_superres")] if fine else []) for name, m in res["models"].items()]
-    header = ["model", "parameters", "training steps", "ms / step", "rollout nRMSE", "one-step nRMSE", "relative L2",
-              "corr. > 0.8: steps (time)", "corr. > 0.9: steps (time)"]
+    header = ["model", "parameters", "training steps", "training CPU s", "ms / step", "rollout nRMSE",
+              "one-step nRMSE", "relative L2", "corr. > 0.8: steps (time)", "corr. > 0.9: steps (time)"]
     out += _table(header + ([f"rollout nRMSE at {fine} points (no retraining)"] if fine else []), rows)
     ratios = ", ".join(f"{k.replace('_over_', ' / ').upper()} = {v:.3g}" for k, v in res["ratios"].items())
     return out + ["", f"Rollout nRMSE ratios: {ratios}."]
