@@ -115,6 +115,9 @@ def prepare_mixture(data_cfg: DataConfig, *, splits: tuple[str, ...], generate: 
         if tuple(meta.param_names) != layout.member_params[name]:
             raise DataError(f"mixture member {name} has parameters {list(meta.param_names)} but the model was "
                             f"trained with {list(layout.member_params[name])}")
+        for source in members[name].splits.values():  # every file's parameters encode (log needs > 0)
+            for file in source.files:
+                layout.encode_params(name, file.params_array(source.param_names))
     return MixtureBundle(data_cfg=data_cfg, members=members, layout=layout,
                          meta=mixture_metadata(metas, layout))
 
