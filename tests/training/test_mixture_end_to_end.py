@@ -75,3 +75,11 @@ def test_eval_on_a_file_of_another_pde_is_one_line(trained, monkeypatch, capsys)
     assert main(["eval", "run", "--data", "adv.h5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds pde=advection1d" in err[0] and "burgers1d, ks1d, diffusion_reaction1d" in err[0]
+
+
+def test_pipeline_and_infer_say_what_to_use_for_a_mixture(trained, monkeypatch, capsys):
+    monkeypatch.chdir(trained)
+    assert main(["pipeline", str(CONFIG)]) == 2
+    assert main(["infer", "run", "--input", "data/multi1d_quick/ks1d/test.h5", "--steps", "2", "--out", "o.h5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "ups eval RUN_DIR" in err[0] and "ups eval RUN_DIR --data FILE" in err[1]

@@ -153,18 +153,7 @@ def _evaluate_mixture(run_dir: Path, exp: ExperimentConfig, *, data: str | None,
 
     sim = Simulator.from_run(run_dir, stage="operator")
     layout = MixtureLayout.from_meta(sim.meta)
-    members, rule = exp.data.mixture.members, f"data.{split} of the run's config, every sample of it"
-    if data is not None:
-        pde = TrajectoryFile(data).pde
-        members = [m.model_copy(update={"train": None, "val": None, "test": data, "pdebench_file": None,
-                                        "generate": None}) for m in members if m.pde == pde]
-        if not members:
-            raise UPSError(f"{data} holds pde={pde}, but this run was trained on a mixture of "
-                           f"{', '.join(layout.names)}: give a file of one of them")
-        split, rule = "test", "every sample of the file"
-    if cap:
-        members = [m.model_copy(update={"max_samples": {**m.max_samples, split: cap}}) for m in members]
-    data_cfg = exp.data.model_copy(update={"mixture": exp.data.mixture.model_copy(update={"members": members})})
+    data_cfg, split, rule = _mixture_data(exp, layout.names, data=data, split=split, cap=cap)
     bundle = prepare_mixture(data_cfg, splits=(split,), generate=False, layout=layout)
     fn = rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)
     target = eval_out_dir(run_dir, data=data, split=split, out=out)
@@ -190,6 +179,25 @@ def _evaluate_mixture(run_dir: Path, exp: ExperimentConfig, *, data: str | None,
     if write:
         atomic_write_json(target / f"eval_{split}.json", result)
     return {**result, "_per_pde": per_pde}
+
+
+def _mixture_data(exp: ExperimentConfig, names: tuple[str, ...], *, data: str | None, split: str,
+                  cap: int | None) -> tuple[DataConfig, str, str]:
+    """The mixture data section to evaluate (the run's members, or the one member whose PDE ``data`` holds,
+    reading that file whole as its test split), the split to read and why it holds its samples."""
+    members, rule = exp.data.mixture.members, f"data.{split} of the run's config, every sample of it"
+    if data is not None:
+        pde = TrajectoryFile(data).pde
+        members = [m.model_copy(update={"train": None, "val": None, "test": data, "pdebench_file": None,
+                                        "generate": None}) for m in members if m.pde == pde]
+        if not members:
+            raise UPSError(f"{data} holds pde={pde}, but this run was trained on a mixture of "
+                           f"{', '.join(names)}: give a file of one of them")
+        split, rule = "test", "every sample of the file"
+    if cap:
+        members = [m.model_copy(update={"max_samples": {**m.max_samples, split: cap}}) for m in members]
+    mixture = exp.data.mixture.model_copy(update={"members": members})
+    return exp.data.model_copy(update={"mixture": mixture}), split, rule
 
 
 def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = None) -> Path:
