@@ -122,7 +122,6 @@ def identity_normalizer(n_channels: int) -> Normalizer:
     return Normalizer(mean=[0.0] * n_channels, std=[1.0] * n_channels)
 
 
-
 class MixtureNormalizer:
     """One :class:`Normalizer` per member of a data mixture (``ups.data.mixture``), each fitted on that
     member's own train split. Fields are (de-)normalised per sample by the member they belong to:
