@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command(config: str, overrides: list[str], data: str, budget: float, run_dir: Path) -> list[str]:
-    d = load_config(ROOT / data).data
-    paths = [f"data.{s}={ROOT / getattr(d, s)}" for s in ("train", "val", "test")]
+    data_cfg = load_config(ROOT / data).data
+    paths = [f"data.{s}={ROOT / getattr(data_cfg, s)}" for s in ("train", "val", "test")]
     stage = "baseline" if "baseline" in (load_config(ROOT / config).stages or {}) else "operator"
     return [sys.executable, "-m", "ups.cli", "train", str(ROOT / config), *paths, "data.max_samples={val: 20}",
             f"training.time_budget_s={budget}", "training.max_steps=100000", "training.epochs=1000",

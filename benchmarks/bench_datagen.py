@@ -45,22 +45,23 @@ TARGET_SECONDS_1000 = 600.0
 KEYS = ("params", "resolution", "frames", "t_end", "batch_size")
 
 
-def _time_pde(pde: str, cfg: dict, budget: float | None, tmp: Path) -> dict:
+def _time_pde(pde: str, settings: dict, budget: float | None, tmp: Path) -> dict:
     """Time ``batches`` batches of ``pde`` (fewer if ``budget`` seconds run out; always at least one)."""
     elapsed, samples = 0.0, 0
-    for i in range(cfg["batches"]):
+    for i in range(settings["batches"]):
         t0 = time.perf_counter()
-        generate_dataset(pde=pde, params=cfg["params"], samples=cfg["batch_size"], seed=i,
-                         out=tmp / f"{pde}{i}.hdf5", resolution=cfg["resolution"], frames=cfg["frames"],
-                         t_end=cfg["t_end"], batch_size=cfg["batch_size"], progress=False, solver=cfg.get("solver"))
+        generate_dataset(pde=pde, params=settings["params"], samples=settings["batch_size"], seed=i,
+                         out=tmp / f"{pde}{i}.hdf5", resolution=settings["resolution"], frames=settings["frames"],
+                         t_end=settings["t_end"], batch_size=settings["batch_size"], progress=False,
+                         solver=settings.get("solver"))
         elapsed += time.perf_counter() - t0
-        samples += cfg["batch_size"]
+        samples += settings["batch_size"]
         if budget is not None and elapsed * (i + 2) / (i + 1) > budget:
             break
     rate = samples / elapsed
-    return {**{k: cfg[k] for k in KEYS}, "samples": samples, "seconds": round(elapsed, 3),
+    return {**{k: settings[k] for k in KEYS}, "samples": samples, "seconds": round(elapsed, 3),
             "samples_per_s": round(rate, 4), "seconds_for_1000": round(1000 / rate, 1),
-            "solver": PDES.get(pde)(**cfg.get("solver", {})).solver_settings()}
+            "solver": PDES.get(pde)(**settings.get("solver", {})).solver_settings()}
 
 
 def run(budget: float | None = None, quick: bool = False) -> dict:
@@ -68,7 +69,7 @@ def run(budget: float | None = None, quick: bool = False) -> dict:
     table = QUICK if quick else FULL
     share = None if budget is None else budget / len(table)
     with tempfile.TemporaryDirectory() as tmp:
-        pdes = {pde: _time_pde(pde, cfg, share, Path(tmp)) for pde, cfg in table.items()}
+        pdes = {pde: _time_pde(pde, settings, share, Path(tmp)) for pde, settings in table.items()}
     burgers = pdes["burgers1d"]
     return {
         "pde": "burgers1d",

@@ -27,16 +27,16 @@ from ups.eval.metrics import nrmse  # noqa: E402
 from ups.models import MODELS  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
 from ups.rollout import ROLLOUTS, flatten_points, rollout, rollout_grid  # noqa: E402
-from ups.training.stages.consistency_distill import ConsistencyDistillConfig  # noqa: E402
-from ups.training.stages.diff_residual import DiffResidualConfig  # noqa: E402
-from ups.training.stages.operator import OperatorStageConfig  # noqa: E402
+from ups.training.stages.consistency_distill import ConsistencyDistillStage  # noqa: E402
+from ups.training.stages.diff_residual import DiffResidualStage  # noqa: E402
+from ups.training.stages.operator import OperatorStage  # noqa: E402
 
 
-def _with_correctors(model: torch.nn.Module, cfg, n_cond: int) -> dict[str, torch.nn.Module]:
+def _with_correctors(model: torch.nn.Module, exp, n_cond: int) -> dict[str, torch.nn.Module]:
     """The UPS model refined every step by its corrector, as the config sizes it: the multi-step sampler
     (``diff_residual``'s steps) and the distilled one (``consistency_distill``'s student steps)."""
-    multi = DiffResidualConfig(**(cfg.stages.get("diff_residual") or {}))
-    student = ConsistencyDistillConfig(**(cfg.stages.get("consistency_distill") or {}))
+    multi = DiffResidualStage.stage_config(exp)
+    student = ConsistencyDistillStage.stage_config(exp)
     corrector = Corrector(latent_dim=model.latent_dim, n_cond=n_cond, config=multi.corrector)
     return {"ups_multi_corrector": CorrectedSurrogate(model=model, corrector=corrector, steps=multi.corrector.steps),
             "ups_distilled_corrector": CorrectedSurrogate(model=model, corrector=corrector,
@@ -105,9 +105,9 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
                "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}
     solver_s, solver_err = _time_solver(bench, data, batch, repeats)
     torch.manual_seed(0)
-    built = {name: MODELS.get(cfg.model.name).from_config(bench.meta, cfg.model.params)
-             for name, cfg in configs.items()}
-    ups_mode = OperatorStageConfig(**(configs["ups"].stages.get("operator") or {})).rollout_mode
+    built = {name: MODELS.get(exp.model.name).from_config(bench.meta, exp.model.params)
+             for name, exp in configs.items()}
+    ups_mode = OperatorStage.stage_config(configs["ups"]).rollout_mode
     runs = {"ups": (built["ups"], ups_mode), "fno": (built["fno"], None), "unet": (built["unet"], None)}
     runs |= {f"ups_{mode}": (built["ups"], mode) for mode in ROLLOUTS.names() if mode != ups_mode}
     if correctors:

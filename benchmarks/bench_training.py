@@ -35,12 +35,12 @@ from ups.config import ExperimentConfig  # noqa: E402
 from ups.models import MODELS  # noqa: E402
 
 
-def matched_fno_width(bench: Bench, cfg: ExperimentConfig, target: int) -> tuple[int, int]:
+def matched_fno_width(bench: Bench, exp: ExperimentConfig, target: int) -> tuple[int, int]:
     """The FNO ``hidden_channels`` (multiple of 4) whose parameter count is closest to ``target``."""
     cls = MODELS.get("fno")
     best = None
     for width in range(4, 513, 4):
-        count = n_params(cls.from_config(bench.meta, {**cfg.model.params, "hidden_channels": width}))
+        count = n_params(cls.from_config(bench.meta, {**exp.model.params, "hidden_channels": width}))
         if best is None or abs(count - target) < abs(best[1] - target):
             best = (width, count)
         if count > target:
@@ -48,19 +48,19 @@ def matched_fno_width(bench: Bench, cfg: ExperimentConfig, target: int) -> tuple
     return best
 
 
-def _measure(cfg_json: str, stage_name: str, work: str, seconds: float) -> dict:
+def _measure(exp_json: str, stage_name: str, work: str, seconds: float) -> dict:
     """In a fresh process: samples/s of ``stage_name`` on the train split and the process's peak RSS."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = ExperimentConfig.model_validate_json(cfg_json)
-    bench = Bench.open(cfg)
-    stage = build_stage(bench, cfg, stage_name, Path(work) / "run")
-    train_loader, _ = loaders(bench, cfg, stage)
+    exp = ExperimentConfig.model_validate_json(exp_json)
+    bench = Bench.open(exp)
+    stage = build_stage(bench, exp, stage_name, Path(work) / "run")
+    train_loader, _ = loaders(bench, exp, stage)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rate = steps_per_second(stage, train_loader, cfg, seconds=seconds)
+    rate = steps_per_second(stage, train_loader, exp, seconds=seconds)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"steps_per_s": rate, "ms_per_step": 1e3 / rate, "samples_per_s": rate * cfg.data.batch_size,
-            "batch_size": cfg.data.batch_size,
+    return {"steps_per_s": rate, "ms_per_step": 1e3 / rate, "samples_per_s": rate * exp.data.batch_size,
+            "batch_size": exp.data.batch_size,
             "peak_rss_mib": peak_kib / 1024, "rss_before_training_mib": rss_before / 1024}
 
 
@@ -75,28 +75,28 @@ def rate_from_log(records: list[dict], *, stage: str, global_batch: int, skip: i
             "samples_per_s": steps * global_batch / seconds}
 
 
-def measure_processes(cfg: ExperimentConfig, stage: str, work: Path, *, nproc: int, steps: int) -> dict:
+def measure_processes(exp: ExperimentConfig, stage: str, work: Path, *, nproc: int, steps: int) -> dict:
     """``ups train`` of ``stage`` under torchrun with ``nproc`` processes for ``steps`` optimizer steps."""
     from ups.training.runs import JsonlLog
 
     work.mkdir(parents=True, exist_ok=True)
-    cfg_path = work / "config.yaml"
-    cfg_path.write_text(cfg.to_yaml())
+    config_path = work / "config.yaml"
+    config_path.write_text(exp.to_yaml())
     run_dir = work / f"run{nproc}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "ups",
-           "train", str(cfg_path), f"training.max_steps={steps}", "training.epochs=1000", "training.val_every=1000",
+           "train", str(config_path), f"training.max_steps={steps}", "training.epochs=1000", "training.val_every=1000",
            "training.health_every=1", "training.progress=none", "training.time_budget_s=null",
            "--stage", stage, "--run-dir", str(run_dir)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"torchrun with {nproc} processes failed: {done.stderr[-2000:]}")
-    out = rate_from_log(JsonlLog.read(run_dir / "train_log.jsonl"), stage=stage, global_batch=cfg.data.batch_size,
+    out = rate_from_log(JsonlLog.read(run_dir / "train_log.jsonl"), stage=stage, global_batch=exp.data.batch_size,
                         skip=min(3, steps // 4))
-    return {"processes": nproc, "global_batch": cfg.data.batch_size, **out}
+    return {"processes": nproc, "global_batch": exp.data.batch_size, **out}
 
 
-def scaling(cfg: ExperimentConfig, stage: str, work: Path, *, processes: tuple[int, ...], steps: int) -> dict:
-    runs = {str(n): measure_processes(cfg, stage, work / f"p{n}", nproc=n, steps=steps) for n in processes}
+def scaling(exp: ExperimentConfig, stage: str, work: Path, *, processes: tuple[int, ...], steps: int) -> dict:
+    runs = {str(n): measure_processes(exp, stage, work / f"p{n}", nproc=n, steps=steps) for n in processes}
     base = runs.get("1")
     for r in runs.values():
         r["speedup_vs_1"] = r["samples_per_s"] / base["samples_per_s"] if base else None
@@ -111,28 +111,28 @@ def run(budget: float | None = None, quick: bool = False, processes: tuple[int, 
     seconds = min(seconds, 120.0)
     with tempfile.TemporaryDirectory(prefix="ups-bench-train-") as tmp:
         work = Path(tmp)
-        fno_cfg = load_bench_config("fno_burgers1d", quick=quick, work=work)
-        bench = Bench.open(fno_cfg)  # generates the data once, in this process
-        ups_cfg, ups_stage = ups_config(quick=quick, work=work)
-        ups_params = n_params(MODELS.get(ups_cfg.model.name).from_config(bench.meta, ups_cfg.model.params))
-        width, fno_params = matched_fno_width(bench, fno_cfg, ups_params)
+        fno_exp = load_bench_config("fno_burgers1d", quick=quick, work=work)
+        bench = Bench.open(fno_exp)  # generates the data once, in this process
+        ups_exp, ups_stage = ups_config(quick=quick, work=work)
+        ups_params = n_params(MODELS.get(ups_exp.model.name).from_config(bench.meta, ups_exp.model.params))
+        width, fno_params = matched_fno_width(bench, fno_exp, ups_params)
         shipped = load_bench_config("fno_burgers1d", quick=quick, work=work)  # the accuracy benchmark's FNO
-        fno_cfg = load_bench_config("fno_burgers1d", quick=quick, work=work,
+        fno_exp = load_bench_config("fno_burgers1d", quick=quick, work=work,
                                     extra=[f"model.params.hidden_channels={width}"])
-        jobs = {"ups": (ups_cfg, ups_stage, ups_params), "fno": (fno_cfg, "baseline", fno_params),
+        jobs = {"ups": (ups_exp, ups_stage, ups_params), "fno": (fno_exp, "baseline", fno_params),
                 "fno_benchmark_config": (shipped, "baseline", n_params(MODELS.get("fno").from_config(
                     bench.meta, shipped.model.params)))}
         results = {}
-        for name, (cfg, stage, count) in jobs.items():
-            args = (cfg.model_dump_json(), stage, str(work / name), seconds)
+        for name, (exp, stage, count) in jobs.items():
+            args = (exp.model_dump_json(), stage, str(work / name), seconds)
             if quick:  # in this process: seconds instead of a fresh interpreter per model
                 out = _measure(*args)
             else:
                 with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
                     out = pool.submit(_measure, *args).result()
-            results[name] = {"model": cfg.model.name, "params": count, "isolated_process": not quick, **out}
+            results[name] = {"model": exp.model.name, "params": count, "isolated_process": not quick, **out}
         steps = 12 if quick else max(20, int(seconds * results["ups"]["steps_per_s"]))
-        dist = scaling(ups_cfg, ups_stage, work / "ddp", processes=tuple(processes), steps=steps) if processes else None
+        dist = scaling(ups_exp, ups_stage, work / "ddp", processes=tuple(processes), steps=steps) if processes else None
     return {"benchmark": "training", "quick": quick, "timed_seconds_per_model": seconds, "threads": 1,
             "fno_hidden_channels": width, "points": bench.meta.n_points, "models": results,
             "ratio_ups_over_fno_samples_per_s": results["ups"]["samples_per_s"] / results["fno"]["samples_per_s"],

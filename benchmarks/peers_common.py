@@ -149,13 +149,14 @@ class Bench:
 
 
 def build_stage(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: Path) -> Stage:
-    return STAGES.get(stage_name).build(cfg=cfg, meta=bench.meta, normalizer=bench.normalizer, run_dir=run_dir)
+    return STAGES.get(stage_name).from_experiment(cfg, meta=bench.meta, normalizer=bench.normalizer, run_dir=run_dir)
 
 
 def loaders(bench: Bench, cfg: ExperimentConfig, stage: Stage) -> tuple[Any, Any]:
     """Training windows and whole validation trajectories for ``stage``: the loaders ``ups train`` builds."""
-    return stage_loaders(bench.bundle, cfg, normalizer=bench.normalizer, train_window=type(stage).train_window(cfg),
-                         val_window=type(stage).val_window(cfg), seed=cfg.training.seed)
+    return stage_loaders(bench.bundle, cfg, normalizer=bench.normalizer,
+                         train_window=type(stage).train_window(stage.stage_cfg),
+                         val_window=type(stage).val_window(stage.stage_cfg), seed=cfg.training.seed)
 
 
 def train_for_budget(bench: Bench, cfg: ExperimentConfig, stage_name: str, run_dir: Path,

@@ -172,11 +172,11 @@ def _rollout_call(model: torch.nn.Module, batch: dict, mode: str, steps: int):
 
 
 def profile_ups(batch_size: int, points: int, repeats: int, overrides: list[str] | None = None) -> dict:
-    cfg = load_config(ROOT / "configs" / "burgers1d.yaml", list(overrides or []))
-    stage = STAGES.get("operator").build(cfg=cfg, meta=_meta(points), normalizer=None)
+    exp = load_config(ROOT / "configs" / "burgers1d.yaml", list(overrides or []))
+    stage = STAGES.get("operator").from_experiment(exp, meta=_meta(points), normalizer=None)
     stage.on_epoch_start(1000)
     model = stage.model
-    window = type(stage).train_window(cfg)
+    window = type(stage).train_window(stage.stage_cfg)
     batch = synthetic_batch(batch=batch_size, points=points, window=window)
     full_k = 10**9  # far past the unroll ramp: K = rollout_steps
     out = {"config": "configs/burgers1d.yaml", "params": sum(p.numel() for p in model.parameters()),
@@ -197,10 +197,10 @@ def profile_ups(batch_size: int, points: int, repeats: int, overrides: list[str]
 
 
 def profile_fno(batch_size: int, points: int, repeats: int) -> dict:
-    cfg = load_config(ROOT / "configs" / "fno_burgers1d.yaml")
-    stage = STAGES.get("baseline").build(cfg=cfg, meta=_meta(points), normalizer=None, run_dir=None)
+    exp = load_config(ROOT / "configs" / "fno_burgers1d.yaml")
+    stage = STAGES.get("baseline").from_experiment(exp, meta=_meta(points), normalizer=None)
     model = stage.model
-    batch = synthetic_batch(batch=batch_size, points=points, window=type(stage).train_window(cfg))
+    batch = synthetic_batch(batch=batch_size, points=points, window=type(stage).train_window(stage.stage_cfg))
     u0, x = batch["u"][:, 0], batch["coords"]
 
     def one():

@@ -251,8 +251,8 @@ def _(c):
     meta = json.loads(meta_path.read_text())
     meta["data_meta"]["n_channels"] = 2  # as if trained on a two-field data set
     meta_path.write_text(json.dumps(meta))
-    cfg = (run / "config.yaml").read_text().replace("stages:\n", "stages:\n  diff_residual: {}\n", 1)
-    (run / "config.yaml").write_text(cfg)
+    config_text = (run / "config.yaml").read_text().replace("stages:\n", "stages:\n  diff_residual: {}\n", 1)
+    (run / "config.yaml").write_text(config_text)
     return ["train", str(run / "config.yaml"), "--stage", "diff_residual", "--resume", str(run)]
 
 

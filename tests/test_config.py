@@ -21,18 +21,18 @@ M = ["model.name=persistence"]
 
 
 def test_defaults_validate():
-    cfg = load_config(None, M)
-    assert cfg.training.optimizer == "adamw" and cfg.training.grad_clip == 1.0
+    exp = load_config(None, M)
+    assert exp.training.optimizer == "adamw" and exp.training.grad_clip == 1.0
 
 
 def test_include_and_override(tmp_path):
     base = _write(tmp_path / "base.yaml", {"training": {"lr": 0.01, "epochs": 3}, "name": "base"})
     child = _write(tmp_path / "child.yaml", {"include": "base.yaml", "training": {"epochs": 5}})
-    cfg = load_config(child, M + ["data.batch_size=8", "data.spatial_stride=4"])
-    assert cfg.training.lr == 0.01  # exact: the YAML literal read back; from the include
-    assert cfg.training.epochs == 5  # the including file wins
-    assert cfg.data.batch_size == 8 and cfg.data.spatial_stride == 4
-    assert cfg.name == "base"
+    exp = load_config(child, M + ["data.batch_size=8", "data.spatial_stride=4"])
+    assert exp.training.lr == 0.01  # exact: the YAML literal read back; from the include
+    assert exp.training.epochs == 5  # the including file wins
+    assert exp.data.batch_size == 8 and exp.data.spatial_stride == 4
+    assert exp.name == "base"
     del base
 
 
@@ -81,10 +81,10 @@ def test_include_cycle(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(None, M + ["training.lr=0.002", "eval.corr_threshold=0.9"])
-    save_config(cfg, tmp_path / "resolved.yaml")
+    exp = load_config(None, M + ["training.lr=0.002", "eval.corr_threshold=0.9"])
+    save_config(exp, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
-    assert again == cfg and again.config_hash() == cfg.config_hash()
+    assert again == exp and again.config_hash() == exp.config_hash()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -95,5 +95,5 @@ def test_every_shipped_config_loads(path):
 def test_embedded_demo_config_builds():
     from ups.pipeline import demo_config
 
-    cfg = demo_config(["training.epochs=1"])
-    assert cfg.training.epochs == 1 and {"operator", "diff_residual", "consistency_distill"} <= set(cfg.stages)
+    exp = demo_config(["training.epochs=1"])
+    assert exp.training.epochs == 1 and {"operator", "diff_residual", "consistency_distill"} <= set(exp.stages)

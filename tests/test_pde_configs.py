@@ -24,10 +24,10 @@ def _tiny(name: str, tmp: Path, extra: list[str] = ()):
     return load_config(CONFIGS / f"{name}.yaml", [*files, f"data.generate.samples={samples}", *extra])
 
 
-def _one_step(cfg, meta, bundle) -> torch.Tensor:
-    model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
-    ds = WindowDataset(bundle.splits["train"], window=2, normalizer=None, spatial_stride=cfg.data.spatial_stride,
-                       temporal_stride=cfg.data.temporal_stride)
+def _one_step(exp, meta, bundle) -> torch.Tensor:
+    model = MODELS.get(exp.model.name).from_config(meta, exp.model.params)
+    ds = WindowDataset(bundle.splits["train"], window=2, normalizer=None, spatial_stride=exp.data.spatial_stride,
+                       temporal_stride=exp.data.temporal_stride)
     batch = collate([ds[0], ds[len(ds) - 1]])
     b, d = batch["u"].shape[0], meta.spatial_dims
     u = batch["u"][:, 0].reshape(b, -1, meta.n_channels)
@@ -44,19 +44,19 @@ def _one_step(cfg, meta, bundle) -> torch.Tensor:
 def test_quick_config_generates_and_runs(name, dims, params, tmp_path):
     extra = {"ks1d_quick": ["data.generate.frames={train: 11, val: 11, test: 21}"],
              "ns2d_quick": ["data.generate.frames=4", "data.generate.t_end=3.0"]}.get(name, [])
-    cfg = _tiny(name, tmp_path, extra)
-    bundle = prepare_data(cfg.data, progress=False)
+    exp = _tiny(name, tmp_path, extra)
+    bundle = prepare_data(exp.data, progress=False)
     meta = bundle.meta
-    assert meta.spatial_dims == dims and meta.param_names == params and meta.pde == cfg.data.pde
-    _one_step(cfg, meta, bundle)
+    assert meta.spatial_dims == dims and meta.param_names == params and meta.pde == exp.data.pde
+    _one_step(exp, meta, bundle)
     if name == "ks1d_quick":  # per-split frame counts at the fixed frame interval 0.2
         with h5py.File(tmp_path / "train.h5") as f, h5py.File(tmp_path / "test.h5") as g:
             assert f["tensor"].shape == (2, 11, 256) and g["tensor"].shape == (1, 21, 256)
             assert f.attrs["dt"] == pytest.approx(0.2) and g.attrs["t_end"] == pytest.approx(4.0)
     if dims == 2:  # the 2D peers on the same data
         for peer in ("fno_ns2d", "unet2d_ns2d"):
-            peer_cfg = load_config(CONFIGS / f"{peer}.yaml", [f"data.{s}={tmp_path / s}.h5" for s in TINY])
-            _one_step(peer_cfg, meta, bundle)
+            peer_exp = load_config(CONFIGS / f"{peer}.yaml", [f"data.{s}={tmp_path / s}.h5" for s in TINY])
+            _one_step(peer_exp, meta, bundle)
 
 
 def test_ns2d_train_eval_infer_end_to_end(tmp_path):

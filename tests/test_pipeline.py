@@ -32,12 +32,12 @@ TINY = [
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     files = [f"data.{s}={root / 'data' / s}.h5" for s in ("train", "val", "test")]
-    cfg = load_config(None, TINY + files + [f"run.out_dir={root / 'runs'}", f"run.leaderboard={root / 'lb.csv'}"])
-    return root, cfg, pipeline(cfg)
+    exp = load_config(None, TINY + files + [f"run.out_dir={root / 'runs'}", f"run.leaderboard={root / 'lb.csv'}"])
+    return root, exp, pipeline(exp)
 
 
 def test_pipeline_writes_everything_and_promotes(first_run):
-    root, cfg, result = first_run
+    root, exp, result = first_run
     run = root / "runs" / next(p.name for p in (root / "runs").iterdir())
     for name in ("selection.json", "gate.json", "eval_test.json", "report.html", "stages_done.json"):
         assert (run / name).is_file(), name
@@ -49,24 +49,24 @@ def test_pipeline_writes_everything_and_promotes(first_run):
     html = (run / "report.html").read_text()
     images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
-    rows = Leaderboard(cfg.run.leaderboard).rows()
-    assert len(rows) == 1 and Leaderboard(cfg.run.leaderboard).champion()["run"] == str(run)
+    rows = Leaderboard(exp.run.leaderboard).rows()
+    assert len(rows) == 1 and Leaderboard(exp.run.leaderboard).champion()["run"] == str(run)
 
 
 def test_failed_gate_stops_and_keeps_the_leaderboard(first_run):
-    root, cfg, _ = first_run
-    strict = cfg.model_copy(update={
-        "eval": cfg.eval.model_copy(update={"gate": cfg.eval.gate.model_copy(update={"margin": 0.99})}),
-        "training": cfg.training.model_copy(update={"epochs": 1, "max_steps": 2}),  # cheap: it must fail anyway
+    root, exp, _ = first_run
+    strict = exp.model_copy(update={
+        "eval": exp.eval.model_copy(update={"gate": exp.eval.gate.model_copy(update={"margin": 0.99})}),
+        "training": exp.training.model_copy(update={"epochs": 1, "max_steps": 2}),  # cheap: it must fail anyway
     })
-    before = Leaderboard(cfg.run.leaderboard).rows()
+    before = Leaderboard(exp.run.leaderboard).rows()
     with pytest.raises(UPSError, match="gate failed.*kept"):
         pipeline(strict)
-    assert Leaderboard(cfg.run.leaderboard).rows() == before
+    assert Leaderboard(exp.run.leaderboard).rows() == before
 
 
 def test_eval_cli_on_another_file_and_variants(first_run, capsys):
-    root, cfg, _ = first_run
+    root, exp, _ = first_run
     run = root / "runs" / sorted(p.name for p in (root / "runs").iterdir())[0]
     out = root / "other"
     report_before = (run / "report.html").read_bytes()
@@ -141,8 +141,8 @@ def test_simulator_uses_the_corrector_when_asked(first_run):
 def test_champion_on_other_data_is_not_compared(first_run):
     from ups.pipeline import _champion_val
 
-    root, cfg, _ = first_run
-    board = Leaderboard(cfg.run.leaderboard)
-    other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spatial_stride": 1})})
+    root, exp, _ = first_run
+    board = Leaderboard(exp.run.leaderboard)
+    other = exp.model_copy(update={"data": exp.data.model_copy(update={"spatial_stride": 1})})
     assert _champion_val(board, other, 4) is None  # a champion on other data cannot gate this candidate
-    assert _champion_val(board, cfg, 4)["nrmse"] > 0  # on the same data it is re-measured
+    assert _champion_val(board, exp, 4)["nrmse"] > 0  # on the same data it is re-measured

@@ -39,17 +39,17 @@ def test_benchmark_and_ups_eval_give_identical_metrics(tmp_path, which):
 
     short = ["training.epochs=1", "training.max_steps=3", "training.ema_decay=null"]
     if which == "unet":
-        cfg, stage = pc.load_bench_config("unet_burgers1d", quick=True, work=tmp_path,
+        exp, stage = pc.load_bench_config("unet_burgers1d", quick=True, work=tmp_path,
                                           extra=["model.params={width: 4, depth: 2}"] + short), "baseline"
     else:
-        cfg, stage = pc.load_bench_config("burgers1d", quick=True, work=tmp_path, extra=short), "operator"
-    run = train(cfg, stage=stage, run_dir=tmp_path / "run", progress=False)
+        exp, stage = pc.load_bench_config("burgers1d", quick=True, work=tmp_path, extra=short), "operator"
+    run = train(exp, stage=stage, run_dir=tmp_path / "run", progress=False)
 
     assert main(["eval", str(run)]) == 0
     by_eval = json.loads((run / "eval_test.json").read_text())["metrics"]
 
     model = Simulator.from_run(run, stage=stage).model
-    by_bench = pc.evaluate(model, pc.Bench.open(cfg))  # the benchmark's data handle and default rules
+    by_bench = pc.evaluate(model, pc.Bench.open(exp))  # the benchmark's data handle and default rules
 
     assert by_bench["samples"] == by_eval["samples"] and by_bench["steps"] == by_eval["steps"]
     for key in SCALARS:

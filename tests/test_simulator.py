@@ -20,8 +20,8 @@ from test_operator_stage import build  # noqa: E402
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sim")
-    cfg, st, train, val = build(tmp, rollout_steps=1)
-    Trainer(stage=st, config=cfg.stage_training("operator").model_copy(update={"epochs": 1}),
+    exp, st, train, val = build(tmp, rollout_steps=1)
+    Trainer(stage=st, config=exp.stage_training("operator").model_copy(update={"epochs": 1}),
             run_dir=tmp / "run").fit(train, val)
     return tmp / "run", st, next(iter(val))
 

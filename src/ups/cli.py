@@ -17,8 +17,8 @@ from ups.errors import ConfigError, UPSError
 def _cmd_config(args: argparse.Namespace) -> int:
     from ups.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    print(cfg.to_yaml(), end="")
+    exp = load_config(args.config, args.overrides)
+    print(exp.to_yaml(), end="")
     return 0
 
 
@@ -70,9 +70,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     code = _torchrun(args, "train")
     if code is not None:
         return code
-    cfg = load_config(args.config, args.overrides)
+    exp = load_config(args.config, args.overrides)
     try:
-        run = train(cfg, stage=args.stage, resume=args.resume, run_dir=args.run_dir)
+        run = train(exp, stage=args.stage, resume=args.resume, run_dir=args.run_dir)
     except TrainingInterrupted as stop:
         if env_rank() == 0:
             print(str(stop).replace("CONFIG", args.config), file=sys.stderr)
@@ -183,14 +183,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pipeline(args: argparse.Namespace, cfg=None) -> int:
+def _cmd_pipeline(args: argparse.Namespace, exp=None) -> int:
     from ups.config import load_config
     from ups.pipeline import format_summary, pipeline
 
-    code = _torchrun(args, "pipeline" if cfg is None else "demo")
+    code = _torchrun(args, "pipeline" if exp is None else "demo")
     if code is not None:
         return code
-    result = pipeline(cfg if cfg is not None else load_config(args.config, args.overrides), run_dir=args.run_dir)
+    result = pipeline(exp if exp is not None else load_config(args.config, args.overrides), run_dir=args.run_dir)
     if result is None:  # a rank > 0 under torchrun: rank 0 evaluates and reports
         return 0
     print(format_summary(result))

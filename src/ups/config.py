@@ -355,8 +355,8 @@ def validate_config(data: dict) -> ExperimentConfig:
     return validate_section(ExperimentConfig, data, "")  # type: ignore[return-value]
 
 
-def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+def save_config(exp: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from ups.io_utils import atomic_write_text
 
-    atomic_write_text(Path(path), cfg.to_yaml())
+    atomic_write_text(Path(path), exp.to_yaml())

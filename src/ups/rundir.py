@@ -73,6 +73,10 @@ class RunFiles:
     def has(self, name: str) -> bool:
         return checkpoint_exists(self.stem(name))
 
+    def has_stage(self, stage: str, kind: str = "best") -> bool:
+        """Whether checkpoint ``{stage}_{kind}`` exists."""
+        return checkpoint_exists(self.stage_stem(stage, kind))
+
     # ---------------------------------------------------------------------------- small files
     def stages_done(self) -> dict[str, Any]:
         """Finished stages and their summaries (empty when none finished)."""
@@ -111,16 +115,16 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None, *, 
     for member in (data.get("mixture") or {}).get("members") or []:  # a data mixture: its members' files too
         if isinstance(member, dict):
             _resolve_paths(member, base)
-    cfg = validate_config(apply_overrides(raw, overrides or []))
+    exp = validate_config(apply_overrides(raw, overrides or []))
     for key in need:
-        value = getattr(cfg.data, key)
+        value = getattr(exp.data, key)
         if value is None or value != data.get(key):
             continue  # unset, or replaced by an override (checked where it is opened)
         for rec, path in zip(_as_list(recorded[key]), _as_list(value)):
             if not Path(path).is_file():
                 raise DataError(f"data.{key} of run {run.path}: '{rec}' is not at {path} (recorded relative to "
                                 f"{base}); move it back, or give its new path: data.{key}=NEW_PATH")
-    return cfg
+    return exp
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:

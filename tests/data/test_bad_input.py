@@ -31,8 +31,8 @@ def _h5(path, **datasets):
 
 def test_missing_file(tmp_path):
     _raises(DataError, lambda: TrajectoryFile(tmp_path / "nope.hdf5"), "data file not found", "nope.hdf5")
-    cfg = DataConfig(train=str(tmp_path / "train.hdf5"))
-    _raises(DataError, lambda: open_split(cfg, "train"), "data.train", "file not found", "ups data generate")
+    data_cfg = DataConfig(train=str(tmp_path / "train.hdf5"))
+    _raises(DataError, lambda: open_split(data_cfg, "train"), "data.train", "file not found", "ups data generate")
 
 
 def test_not_an_hdf5_file(tmp_path):

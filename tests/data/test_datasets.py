@@ -20,8 +20,8 @@ def burgers(tmp_path):
 
 
 def test_window_items_1d(burgers):
-    cfg, u = burgers
-    source = open_split(cfg, "train")
+    data_cfg, u = burgers
+    source = open_split(data_cfg, "train")
     norm = Normalizer(mean=[3.0], std=[7.0])
     ds = WindowDataset(source, window=3, normalizer=norm, temporal_stride=5, spatial_stride=4, start=1)
     # strided timeline: frames 0, 5, 10, 15, 20 (5 frames); windows of 3 from t0 = 1: t0 in {1, 2}
@@ -38,8 +38,8 @@ def test_window_items_1d(burgers):
 
 
 def test_whole_trajectories(burgers):
-    cfg, u = burgers
-    ds = WindowDataset(open_split(cfg, "val"), window=None, normalizer=None, temporal_stride=2, start=3)
+    data_cfg, u = burgers
+    ds = WindowDataset(open_split(data_cfg, "val"), window=None, normalizer=None, temporal_stride=2, start=3)
     assert len(ds) == 5
     item = ds[4]
     assert item["t0"] == 3 and item["u"].shape == (8, 16, 1)  # strided frames 3..10 of 11
@@ -48,9 +48,9 @@ def test_whole_trajectories(burgers):
 
 def test_window_items_2d_multichannel(tmp_path):
     u = indexed_array(3, 6, 8, 6, channels=2)
-    cfg = DataConfig(pde="toy2d", train=str(write_ups_file(tmp_path / "2d.hdf5", u, pde="toy2d",
+    data_cfg = DataConfig(pde="toy2d", train=str(write_ups_file(tmp_path / "2d.hdf5", u, pde="toy2d",
                                                           params={"nu": 1e-3, "re": 100.0})))
-    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None, spatial_stride=2, temporal_stride=2)
+    ds = WindowDataset(open_split(data_cfg, "train"), window=2, normalizer=None, spatial_stride=2, temporal_stride=2)
     assert len(ds) == 3 * 2  # strided frames 0, 2, 4: windows of 2 start at t0 in {0, 1}
     item = ds[5]  # sample 2, t0 = 1
     assert item["u"].shape == (2, 4, 3, 2) and item["coords"].shape == (4, 3, 2)
@@ -59,7 +59,8 @@ def test_window_items_2d_multichannel(tmp_path):
     batch = collate([ds[0], ds[5]])
     assert batch["u"].shape == (2, 2, 4, 3, 2) and batch["coords"].shape == (2, 4, 3, 2)
     assert batch["params"].shape == (2, 2) and batch["params"][0].tolist() == pytest.approx([1e-3, 100.0])
-    meta = build_metadata(open_split(cfg, "train"), cfg.model_copy(update={"spatial_stride": 2, "temporal_stride": 2}))
+    strided = data_cfg.model_copy(update={"spatial_stride": 2, "temporal_stride": 2})
+    meta = build_metadata(open_split(data_cfg, "train"), strided)
     assert meta.spatial_dims == 2 and meta.spatial_shape == (4, 3) and meta.n_channels == 2
     assert meta.field_names == ("u0", "u1") and meta.param_names == ("nu", "re")
     np.testing.assert_allclose(meta.domain, [(0.0, 1.0), (0.0, 1.0)], atol=1e-12)
@@ -67,8 +68,8 @@ def test_window_items_2d_multichannel(tmp_path):
 
 def test_random_offsets_are_shifted_grids_and_reproducible(tmp_path):
     u = indexed_array(4, 3, 16)
-    cfg = DataConfig(train=str(write_ups_file(tmp_path / "o.hdf5", u)))
-    source = open_split(cfg, "train")
+    data_cfg = DataConfig(train=str(write_ups_file(tmp_path / "o.hdf5", u)))
+    source = open_split(data_cfg, "train")
     ds = WindowDataset(source, window=2, normalizer=None, spatial_stride=4, random_offset=True, seed=3)
     seen = set()
     for epoch in range(4):
@@ -95,8 +96,8 @@ def test_random_offsets_are_shifted_grids_and_reproducible(tmp_path):
 
 
 def test_collate_layout(burgers):
-    cfg, _ = burgers
-    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)
+    data_cfg, _ = burgers
+    ds = WindowDataset(open_split(data_cfg, "train"), window=2, normalizer=None)
     batch = collate([ds[i] for i in (0, 25, 99)])
     assert batch["u"].shape == (3, 2, 16, 1) and batch["u"].dtype == torch.float32
     assert batch["coords"].shape == (3, 16, 1) and batch["params"].shape == (3, 1)
@@ -107,8 +108,8 @@ def test_collate_layout(burgers):
 
 
 def test_loader_is_seeded_and_workers_match(burgers):
-    cfg, _ = burgers
-    source = open_split(cfg, "train")
+    data_cfg, _ = burgers
+    source = open_split(data_cfg, "train")
     ds = WindowDataset(source, window=2, normalizer=None, spatial_stride=2, random_offset=True)
     source.ref.read(0)  # the parent has an open handle before the workers fork
 
@@ -125,8 +126,8 @@ def test_loader_is_seeded_and_workers_match(burgers):
 
 
 def test_distributed_sampler_shards_the_items(burgers):
-    cfg, _ = burgers
-    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)
+    data_cfg, _ = burgers
+    ds = WindowDataset(open_split(data_cfg, "train"), window=2, normalizer=None)
     seen = []
     for rank in range(2):
         loader = make_loader(ds, batch_size=4, shuffle=True, seed=0, distributed=True, num_replicas=2, rank=rank)
@@ -136,8 +137,8 @@ def test_distributed_sampler_shards_the_items(burgers):
 
 
 def test_sharded_batches_are_the_single_process_batches_split_by_rank(burgers):
-    cfg, _ = burgers
-    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)  # 100 windows
+    data_cfg, _ = burgers
+    ds = WindowDataset(open_split(data_cfg, "train"), window=2, normalizer=None)  # 100 windows
 
     def batches(world, rank, **kw):
         loader = make_loader(ds, batch_size=12, shuffle=True, seed=4, distributed=True, num_replicas=world,
@@ -158,8 +159,8 @@ def test_sharded_batches_are_the_single_process_batches_split_by_rank(burgers):
 
 
 def test_early_oversampling_draws_starts_by_their_weights(burgers):
-    cfg, _ = burgers
-    ds = WindowDataset(open_split(cfg, "train"), window=2, normalizer=None)  # 5 samples x 20 starts
+    data_cfg, _ = burgers
+    ds = WindowDataset(open_split(data_cfg, "train"), window=2, normalizer=None)  # 5 samples x 20 starts
     loader = make_loader(ds, batch_size=10, shuffle=True, seed=3, early_oversample=9.0, early_frames=2.0)
     draws = []
     for epoch in range(200):  # 20,000 draws
@@ -185,8 +186,8 @@ def test_early_oversampling_draws_starts_by_their_weights(burgers):
 
 def test_metadata_from_pdebench_file(tmp_path):
     u = random_fields(20, 201, 1024, seed=0)[:, :41]  # 41 frames of a 1024-cell file
-    cfg = DataConfig(pdebench_file=str(write_pdebench_file(tmp_path, u)), spatial_stride=4, temporal_stride=5)
-    meta = build_metadata(open_split(cfg, "train"), cfg)
+    data_cfg = DataConfig(pdebench_file=str(write_pdebench_file(tmp_path, u)), spatial_stride=4, temporal_stride=5)
+    meta = build_metadata(open_split(data_cfg, "train"), data_cfg)
     assert meta.pde == "burgers1d" and meta.param_names == ("nu",)
     assert meta.spatial_shape == (256,) and meta.full_spatial_shape == (1024,)
     assert meta.n_frames == 9 and meta.dt == pytest.approx(0.05, rel=1e-6)
@@ -196,8 +197,8 @@ def test_metadata_from_pdebench_file(tmp_path):
 
 
 def test_metadata_of_our_files(burgers):
-    cfg, _ = burgers
-    meta = build_metadata(open_split(cfg, "train"), cfg)
+    data_cfg, _ = burgers
+    meta = build_metadata(open_split(data_cfg, "train"), data_cfg)
     np.testing.assert_allclose(meta.domain, [(0.0, 1.0)], atol=1e-12)
     assert meta.dt == pytest.approx(0.1)
     assert meta.n_frames == 21 and meta.spatial_shape == (16,) and meta.boundary == "periodic"

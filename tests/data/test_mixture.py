@@ -86,7 +86,8 @@ def test_per_member_denormalisation_inverts_the_normalisation(bundle):
     norm = fit_normalizer(bundle)
     assert isinstance(norm, MixtureNormalizer)
     for name, member in bundle.members.items():  # each member's statistics come from its own train split
-        assert norm.member(name) == Normalizer.fit(member.splits["train"], spatial_stride=member.cfg.spatial_stride)
+        stride = member.data_cfg.spatial_stride
+        assert norm.member(name) == Normalizer.fit(member.splits["train"], spatial_stride=stride)
     exp = load_config(None, ["eval.batch_size=8"])
     for batch in trajectory_loader(bundle, exp, "val", normalizer=norm):
         name = NAMES[int(batch["member"][0])]

@@ -19,14 +19,14 @@ def _three_splits(tmp_path):
 
 
 def test_missing_file_without_generate_section_names_it(tmp_path):
-    cfg = DataConfig(train=str(tmp_path / "nope.hdf5"))
+    data_cfg = DataConfig(train=str(tmp_path / "nope.hdf5"))
     with pytest.raises(DataError, match=r"nope\.hdf5.*data\.train.*ups data generate"):
-        ensure_data(cfg)
+        ensure_data(data_cfg)
 
 
 def test_prepare_opens_splits_and_strided_metadata(tmp_path):
-    cfg = DataConfig(**_three_splits(tmp_path), spatial_stride=4, temporal_stride=2)
-    bundle = prepare_data(cfg, generate=False)
+    data_cfg = DataConfig(**_three_splits(tmp_path), spatial_stride=4, temporal_stride=2)
+    bundle = prepare_data(data_cfg, generate=False)
     assert bundle.meta.spatial_shape == (4,) and bundle.meta.n_frames == 5
     assert bundle.meta.param_names == ("nu",)
     ds = bundle.windows("val", window=None, normalizer=None, start=1)

@@ -21,8 +21,8 @@ def pdebench(tmp_path):
 
 def test_pdebench_layout_test_split_is_first_ten_percent(pdebench):
     path, u = pdebench
-    cfg = DataConfig(pdebench_file=str(path), val_fraction=0.2)
-    test = open_split(cfg, "test")
+    data_cfg = DataConfig(pdebench_file=str(path), val_fraction=0.2)
+    test = open_split(data_cfg, "test")
     assert len(test) == 3  # 10 % of 30
     for i in range(3):
         file, j = test.locate(i)
@@ -39,13 +39,13 @@ def test_pdebench_layout_test_split_is_first_ten_percent(pdebench):
 
 def test_pdebench_val_and_train_follow_test(pdebench):
     path, u = pdebench
-    cfg = DataConfig(pdebench_file=str(path), val_fraction=0.2)
-    sources = {s: open_split(cfg, s) for s in ("test", "val", "train")}
+    data_cfg = DataConfig(pdebench_file=str(path), val_fraction=0.2)
+    sources = {s: open_split(data_cfg, s) for s in ("test", "val", "train")}
     got = {s: [src.locate(i)[1] for i in range(len(src))] for s, src in sources.items()}
     assert got["test"] == [0, 1, 2]
     assert got["val"] == list(range(3, 9))  # the next 20 %
     assert got["train"] == list(range(9, 30))
-    train = open_split(cfg, "train")
+    train = open_split(data_cfg, "train")
     np.testing.assert_array_equal(train.locate(0)[0].read(train.locate(0)[1])[..., 0], u[9])
 
 

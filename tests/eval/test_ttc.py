@@ -32,10 +32,10 @@ class ShiftCorrector(torch.nn.Module):
 
 
 def _rollout(candidates, horizon=1, seed=0):
-    cfg = TTCConfig(enabled=True, candidates=candidates, horizon=horizon,
+    ttc_cfg = TTCConfig(enabled=True, candidates=candidates, horizon=horizon,
                     weights={"conservation": 1.0, "smoothness": 0.0})
-    reward = PhysicsReward(weights=cfg.weights, nonnegative=(False,))
-    fn = ttc_rollout_fn(Identity(), ShiftCorrector(), Normalizer(mean=[0.0], std=[1.0]), reward, cfg, seed=seed)
+    reward = PhysicsReward(weights=ttc_cfg.weights, nonnegative=(False,))
+    fn = ttc_rollout_fn(Identity(), ShiftCorrector(), Normalizer(mean=[0.0], std=[1.0]), reward, ttc_cfg, seed=seed)
     u0 = torch.sin(torch.linspace(0, 2 * math.pi, 33)[:-1]).repeat(6, 1).unsqueeze(-1) + 2.0  # [6, 32, 1]
     out = fn(u0, torch.zeros(6, 32, 1), torch.zeros(6, 1), torch.full((6,), 0.1), 3)
     return fn, u0, out

@@ -82,8 +82,8 @@ def _toy_batch(n: int, g: torch.Generator):
 def test_denoiser_trained_on_a_gaussian_residual_recovers_its_mean_and_spread():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    cfg = CorrectorConfig(width=32, depth=2, attention=False, steps=4, solver="heun")
-    cor = Corrector(latent_dim=2, n_cond=0, config=cfg)
+    config = CorrectorConfig(width=32, depth=2, attention=False, steps=4, solver="heun")
+    cor = Corrector(latent_dim=2, n_cond=0, config=config)
     z_pred, _, r = _toy_batch(4096, g)
     cor.update_statistics(r, z_pred)
     opt = torch.optim.Adam(cor.parameters(), lr=3e-3)

@@ -84,26 +84,26 @@ def train_cfg(**kw):
 
 
 def experiment(**stages):
-    cfg = load_config(None, ["model.name=toy_latent"])
-    cfg.stages.update(stages)
-    return cfg
+    exp = load_config(None, ["model.name=toy_latent"])
+    exp.stages.update(stages)
+    return exp
 
 
 def test_stages_are_registered_with_their_prerequisites():
     assert STAGES.get("diff_residual").requires == ("operator",)
     assert STAGES.get("consistency_distill").requires == ("diff_residual",)
     assert STAGES.get("steady_prior").requires == ("operator",)
-    cfg = load_config(None, ["model.name=persistence", "stages.diff_residual.tau_distribution=beta",
+    exp = load_config(None, ["model.name=persistence", "stages.diff_residual.tau_distribution=beta",
                              "stages.consistency_distill.distill_num_taus=2", "stages.steady_prior.training.epochs=0"])
-    assert cfg.stages["diff_residual"]["tau_distribution"] == "beta"
-    assert cfg.stage_training("steady_prior").epochs == 0
+    assert exp.stages["diff_residual"]["tau_distribution"] == "beta"
+    assert exp.stage_training("steady_prior").epochs == 0
 
 
 @pytest.mark.parametrize("stage,needs", [("diff_residual", "operator"), ("consistency_distill", "diff_residual"),
                                          ("steady_prior", "operator")])
 def test_missing_prerequisite_checkpoint_is_one_line(tmp_path, stage, needs):
     with pytest.raises(CheckpointError) as err:
-        STAGES.get(stage).build(cfg=experiment(), meta=META, normalizer=None, run_dir=tmp_path)
+        STAGES.get(stage).from_experiment(experiment(), meta=META, normalizer=None, run_dir=tmp_path)
     msg = str(err.value)
     assert "\n" not in msg and f"--stage {needs}" in msg and stage in msg
 
@@ -116,12 +116,12 @@ def trained_run(tmp_path_factory):
     save_checkpoint(run / "checkpoints" / "operator_best", {"model": ToyLatent()}, {"stage": "operator"})
     torch.manual_seed(0)
     cor = CorrectorConfig(width=32, depth=2, heads=4, steps=4)
-    cfg = experiment(diff_residual={"corrector": cor.model_dump(), "stats_batches": 4})
-    stage = DiffResidualStage.build(cfg=cfg, meta=META, normalizer=None, run_dir=run)
+    exp = experiment(diff_residual={"corrector": cor.model_dump(), "stats_batches": 4})
+    stage = DiffResidualStage.from_experiment(exp, meta=META, normalizer=None, run_dir=run)
     train, val = toy_batches(24, 32, seed=1), toy_batches(4, 64, seed=2)
     before = stage.validate(val)
     summary = Trainer(stage=stage, config=train_cfg(), run_dir=run).fit(train, val)
-    return {"run": run, "cfg": cfg, "before": before, "after": stage.validate(val), "summary": summary,
+    return {"run": run, "exp": exp, "before": before, "after": stage.validate(val), "summary": summary,
             "stage": stage}
 
 
@@ -139,15 +139,15 @@ def test_diff_residual_learns_the_residual_and_checkpoints_it(trained_run):
     assert torch.equal(cor.res_std, trained_run["stage"].corrector.res_std)
 
 
-def distill_stage(run, cfg, **kw) -> ConsistencyDistillStage:
-    cfg = cfg.model_copy(deep=True)
-    cfg.stages["consistency_distill"] = ConsistencyDistillConfig(**kw).model_dump()
-    return ConsistencyDistillStage.build(cfg=cfg, meta=META, normalizer=None, run_dir=run)
+def distill_stage(run, exp, **kw) -> ConsistencyDistillStage:
+    exp = exp.model_copy(deep=True)
+    exp.stages["consistency_distill"] = ConsistencyDistillConfig(**kw).model_dump()
+    return ConsistencyDistillStage.from_experiment(exp, meta=META, normalizer=None, run_dir=run)
 
 
 def test_distillation_keeps_the_correction_and_matches_the_teacher(trained_run):
     torch.manual_seed(1)
-    stage = distill_stage(trained_run["run"], trained_run["cfg"], distill_num_taus=3, distill_micro_batch=16)
+    stage = distill_stage(trained_run["run"], trained_run["exp"], distill_num_taus=3, distill_micro_batch=16)
     val = toy_batches(4, 64, seed=3)  # held out
     # a fresh student is a copy of the teacher: its 1-step sample is a crude version of the 4-step one
     start = stage.compare(val, generator=torch.Generator().manual_seed(0))
@@ -162,7 +162,7 @@ def test_distillation_keeps_the_correction_and_matches_the_teacher(trained_run):
 
 
 def test_teacher_runs_once_per_batch_and_micro_batching_gives_the_same_gradient(trained_run):
-    stage = distill_stage(trained_run["run"], trained_run["cfg"], distill_num_taus=3, distill_micro_batch=0)
+    stage = distill_stage(trained_run["run"], trained_run["exp"], distill_num_taus=3, distill_micro_batch=0)
     calls = []
     hook = stage.teacher.register_forward_hook(lambda *a: calls.append(1))
     batch = toy_batches(1, 8, seed=5)[0]
@@ -173,7 +173,7 @@ def test_teacher_runs_once_per_batch_and_micro_batching_gives_the_same_gradient(
     full.backward()
     g_full = [p.grad.clone() for p in stage.student.parameters()]
     stage.student.zero_grad()
-    stage.cfg = stage.cfg.model_copy(update={"distill_micro_batch": 3})
+    stage.stage_cfg = stage.stage_cfg.model_copy(update={"distill_micro_batch": 3})
     torch.manual_seed(7)
     micro = stage.loss(batch, epoch=0, step=0)["loss"]
     micro.backward()
@@ -184,7 +184,7 @@ def test_teacher_runs_once_per_batch_and_micro_batching_gives_the_same_gradient(
 
 def test_compile_option_puts_its_cache_where_configured(trained_run, tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    stage = distill_stage(trained_run["run"], trained_run["cfg"], compile=True,
+    stage = distill_stage(trained_run["run"], trained_run["exp"], compile=True,
                           compile_cache_dir=str(tmp_path / "cc"))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve()) and (tmp_path / "cc").is_dir()
     assert stage._jump is not stage.student.clean_estimate

@@ -36,11 +36,11 @@ def _one_process(cfg_path, run_dir):
 def operator_runs(tmp_path_factory):
     """The operator stage (tiny UPT, 2 epochs x 16 steps) in 2 processes and in 1, same global batch."""
     folder = tmp_path_factory.mktemp("ddp_operator")
-    cfg = h.config_file(folder, h.write_data(folder, samples=16), [*h.OPERATOR, *SGD])
-    code, out, err = h.finish(h.torchrun(2, ["train", str(cfg), "--run-dir", str(folder / "two")], cwd=folder))
+    config_path = h.config_file(folder, h.write_data(folder, samples=16), [*h.OPERATOR, *SGD])
+    code, out, err = h.finish(h.torchrun(2, ["train", str(config_path), "--run-dir", str(folder / "two")], cwd=folder))
     assert code == 0, err[-3000:]
-    _one_process(cfg, folder / "one")
-    return folder, cfg, out
+    _one_process(config_path, folder / "one")
+    return folder, config_path, out
 
 
 def test_two_processes_train_the_operator_as_one_process_does(operator_runs):
@@ -69,9 +69,9 @@ def test_rank_zero_alone_writes_and_prints(operator_runs):
 
 
 def test_sigterm_to_the_launcher_then_resume_with_one_then_two_processes(operator_runs):
-    folder, cfg, _ = operator_runs
+    folder, config_path, _ = operator_runs
     run = folder / "stopped"
-    proc = h.torchrun(2, ["train", str(cfg), "--run-dir", str(run)], cwd=folder)
+    proc = h.torchrun(2, ["train", str(config_path), "--run-dir", str(run)], cwd=folder)
     h.wait_for_step(run / "train_log.jsonl", 4, proc)
     proc.send_signal(signal.SIGTERM)
     h.finish(proc)
@@ -81,13 +81,13 @@ def test_sigterm_to_the_launcher_then_resume_with_one_then_two_processes(operato
     assert sum(r.get("event") == "interrupted" for r in log) == 1  # one checkpoint, by rank 0
     # 1 process: resumes the 2-process state; Ctrl-C (SIGINT to the process group: the launcher and the
     # rank, which then gets it twice) stops it once more, in epoch 1
-    one = h.torchrun(1, ["train", str(cfg), "--resume", str(run)], cwd=folder)
+    one = h.torchrun(1, ["train", str(config_path), "--resume", str(run)], cwd=folder)
     h.wait_for_step(run / "train_log.jsonl", 20, one)
     os.killpg(one.pid, signal.SIGINT)
     h.finish(one)
     state = torch.load(run / "checkpoints" / "operator_state.pt", weights_only=True)
     assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 16, (state["epoch"], state["batch_in_epoch"])
-    code, _, err = h.finish(h.torchrun(2, ["train", str(cfg), "--resume", str(run)], cwd=folder))
+    code, _, err = h.finish(h.torchrun(2, ["train", str(config_path), "--resume", str(run)], cwd=folder))
     assert code == 0, err[-3000:]
     for stem in ("operator_last", "operator_best"):
         assert h.max_abs_diff(h.weights(run, stem), h.weights(folder / "two", stem)) <= TOL, stem
@@ -96,8 +96,10 @@ def test_sigterm_to_the_launcher_then_resume_with_one_then_two_processes(operato
 def test_every_stage_trains_under_ddp_and_a_nan_on_rank_one_skips_the_step_on_both(tmp_path):
     data = h.write_data(tmp_path)
     nan = ["training.epochs=1", "training.faults.nan_loss_at_batch=[3]"]
-    cfg = h.config_file(tmp_path, data, [*h.OPERATOR, *SGD, *nan, "training.faults.nan_loss_rank=1", *h.CORRECTORS])
-    code, _, err = h.finish(h.torchrun(2, ["train", str(cfg), "--run-dir", str(tmp_path / "two")], cwd=tmp_path))
+    config_path = h.config_file(tmp_path, data,
+                                [*h.OPERATOR, *SGD, *nan, "training.faults.nan_loss_rank=1", *h.CORRECTORS])
+    code, _, err = h.finish(h.torchrun(2, ["train", str(config_path), "--run-dir", str(tmp_path / "two")],
+                                       cwd=tmp_path))
     assert code == 0, err[-3000:]
     done = json.loads((tmp_path / "two" / "stages_done.json").read_text())
     assert list(done) == ["operator", "diff_residual", "consistency_distill", "steady_prior"]
@@ -108,29 +110,30 @@ def test_every_stage_trains_under_ddp_and_a_nan_on_rank_one_skips_the_step_on_bo
     assert skipped == [("operator", 3), ("diff_residual", 3), ("consistency_distill", 3)]  # rank 0 skipped too
     assert sum("non-finite loss" in line for line in err.splitlines()) == 3  # printed once each, by rank 0
     # one process with the NaN in its global batch 3 skips that batch: the same weights
-    one_cfg = h.config_file(tmp_path, data, [*h.OPERATOR, *SGD, *nan])
+    one_config_path = h.config_file(tmp_path, data, [*h.OPERATOR, *SGD, *nan])
     torch.set_num_threads(1)
-    train(load_config(one_cfg), stage="operator", run_dir=tmp_path / "one", progress=False)
+    train(load_config(one_config_path), stage="operator", run_dir=tmp_path / "one", progress=False)
     two, one = h.weights(tmp_path / "two", "operator_last"), h.weights(tmp_path / "one", "operator_last")
     assert h.max_abs_diff(two, one) <= TOL
 
 
 def test_baseline_stage_under_ups_train_nproc(tmp_path):
-    cfg = h.config_file(tmp_path, h.write_data(tmp_path), [*h.BASELINE, *SGD])
-    proc = subprocess.run([sys.executable, "-m", "ups", "train", str(cfg), "--nproc", "2", "--run-dir",
+    config_path = h.config_file(tmp_path, h.write_data(tmp_path), [*h.BASELINE, *SGD])
+    proc = subprocess.run([sys.executable, "-m", "ups", "train", str(config_path), "--nproc", "2", "--run-dir",
                            str(tmp_path / "two")], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("baseline epoch 2/2 ") == 1
-    _one_process(cfg, tmp_path / "one")
+    _one_process(config_path, tmp_path / "one")
     for stem in ("baseline_last", "baseline_best"):
         assert h.max_abs_diff(h.weights(tmp_path / "two", stem), h.weights(tmp_path / "one", stem)) <= TOL, stem
 
 
 def test_preflight_names_the_setting_when_memory_does_not_fit(tmp_path):
-    cfg = h.config_file(tmp_path, h.write_data(tmp_path), [*h.OPERATOR, "training.distributed.memory_fraction=1e-9"])
+    config_path = h.config_file(tmp_path, h.write_data(tmp_path),
+                                [*h.OPERATOR, "training.distributed.memory_fraction=1e-9"])
     with pytest.raises(UPSError, match="preflight: stage 'operator' needs about .* lower data.batch_size") as err:
-        _one_process(cfg, tmp_path / "run")
+        _one_process(config_path, tmp_path / "run")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run" / "checkpoints" / "operator_last.safetensors").exists()
 

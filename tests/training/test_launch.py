@@ -44,9 +44,9 @@ def test_train_writes_a_self_describing_run(tmp_path):
 
 
 def test_stage_order_skips_zero_epoch_stages(tmp_path):
-    cfg = _config(tmp_path, ["stages.baseline={}", "stages.operator={}",
+    exp = _config(tmp_path, ["stages.baseline={}", "stages.operator={}",
                              "stages.baseline.training={epochs: 0}"])
-    assert stages_to_run(cfg, "all") == ["operator"]
+    assert stages_to_run(exp, "all") == ["operator"]
     with pytest.raises(ConfigError, match="no section"):
         stages_to_run(_config(tmp_path, ["stages.operator={}"]), "baseline")
 

@@ -47,14 +47,16 @@ def build(tmp_path, **stage):
     overrides = [f"data.train={files['train']}", f"data.val={files['val']}", "data.spatial_stride=2",
                  "data.batch_size=4", "training.epochs=3", "training.progress=none", "training.health_every=1",
                  "training.ema_decay=null", f"model.params={MODEL}", "training.lr=3e-3"]
-    cfg = load_config(None, overrides + [f"stages.operator.{k}={v}" for k, v in stage.items()])
-    bundle = prepare_data(cfg.data, splits=("train", "val"), generate=False)
+    exp = load_config(None, overrides + [f"stages.operator.{k}={v}" for k, v in stage.items()])
+    bundle = prepare_data(exp.data, splits=("train", "val"), generate=False)
     norm = fit_normalizer(bundle)
     stage_cls = STAGES.get("operator")
-    st = stage_cls.build(cfg=cfg, meta=bundle.meta, normalizer=norm, run_dir=tmp_path / "run")
-    train_loader, val_loader = stage_loaders(bundle, cfg, normalizer=norm, train_window=stage_cls.train_window(cfg),
-                                             val_window=stage_cls.val_window(cfg), seed=0)
-    return cfg, st, train_loader, val_loader
+    stage_cfg = stage_cls.stage_config(exp)
+    st = stage_cls.build(stage_cfg=stage_cfg, exp=exp, meta=bundle.meta, normalizer=norm, run_dir=tmp_path / "run")
+    train_loader, val_loader = stage_loaders(bundle, exp, normalizer=norm, seed=0,
+                                             train_window=stage_cls.train_window(stage_cfg),
+                                             val_window=stage_cls.val_window(stage_cfg))
+    return exp, st, train_loader, val_loader
 
 
 def test_every_parameter_gets_a_gradient(tmp_path):
@@ -79,10 +81,10 @@ def test_every_parameter_gets_a_gradient(tmp_path):
 
 
 def test_trainer_run_logs_curriculum_and_validates_rollouts(tmp_path):
-    cfg, st, train, val = build(tmp_path, inverse_loss_warmup_epochs=1, inverse_loss_base=0.2,
+    exp, st, train, val = build(tmp_path, inverse_loss_warmup_epochs=1, inverse_loss_base=0.2,
                                 inverse_loss_max_weight=0.15, rollout_steps=2, rollout_ramp_steps=3)
     run = tmp_path / "run"
-    summary = Trainer(stage=st, config=cfg.stage_training("operator"), run_dir=run).fit(train, val)
+    summary = Trainer(stage=st, config=exp.stage_training("operator"), run_dir=run).fit(train, val)
     records = JsonlLog.read(run / "train_log.jsonl")
     health = [r for r in records if r.get("kind") == "health"]
     assert health
@@ -101,8 +103,8 @@ def test_trainer_run_logs_curriculum_and_validates_rollouts(tmp_path):
 
 
 def test_unroll_curriculum_and_spectral_error():
-    cfg = OperatorStageConfig(rollout_steps=4, rollout_ramp_steps=30)
-    assert [unroll_length(cfg, s) for s in (0, 9, 10, 20, 30, 1000)] == [1, 1, 2, 3, 4, 4]
+    stage_cfg = OperatorStageConfig(rollout_steps=4, rollout_ramp_steps=30)
+    assert [unroll_length(stage_cfg, s) for s in (0, 9, 10, 20, 30, 1000)] == [1, 1, 2, 3, 4, 4]
     assert unroll_length(OperatorStageConfig(rollout_steps=3, rollout_ramp_steps=0), 0) == 3
     x = torch.linspace(0, 1, 65)[:-1]
     true = torch.sin(2 * torch.pi * x).reshape(1, 1, 64, 1)

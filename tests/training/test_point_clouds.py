@@ -22,7 +22,7 @@ TINY = dict(latent_dim=8, num_supernodes=4, heads=2, operator_depth=1, kernel_hi
 
 def _model(seed: int = 0) -> UPT:
     torch.manual_seed(seed)
-    return UPT(cfg=UPTConfig(**TINY), dims=1, channels=1, n_params=1, dt_ref=0.1, domain=((0.0, 1.0),),
+    return UPT(config=UPTConfig(**TINY), dims=1, channels=1, n_params=1, dt_ref=0.1, domain=((0.0, 1.0),),
                periodic=True)
 
 
@@ -57,23 +57,24 @@ def test_latent_of_a_sample_alone_equals_its_latent_in_a_padded_batch():
 
 
 def test_loss_with_padding_equals_the_loss_on_the_real_points():
-    cfg = OperatorStageConfig(rollout_steps=2, random_shift=False, inverse_loss_base=0.0)
+    stage_cfg = OperatorStageConfig(rollout_steps=2, random_shift=False, inverse_loss_base=0.0)
     model = _model()
     short, long = _cloud(13, 2), _cloud(30, 3)
-    padded = operator_losses(model, collate([short, long]), cfg=cfg, unroll=2, w_enc=0.0, w_dec=0.0,
+    padded = operator_losses(model, collate([short, long]), stage_cfg=stage_cfg, unroll=2, w_enc=0.0, w_dec=0.0,
                              spatial=(), domain=None)
-    parts = [operator_losses(model, collate([item]), cfg=cfg, unroll=2, w_enc=0.0, w_dec=0.0, spatial=(),
+    parts = [operator_losses(model, collate([item]), stage_cfg=stage_cfg, unroll=2, w_enc=0.0, w_dec=0.0, spatial=(),
                              domain=None) for item in (short, long)]
     for key in ("loss_forward", "loss_rollout"):  # the mean over all real points: a point-count weighted mean
         expected = (13 * parts[0][key] + 30 * parts[1][key]) / 43
         torch.testing.assert_close(padded[key], expected, rtol=1e-5, atol=1e-7)
     plain = {k: v for k, v in collate([long]).items() if k != "mask"}  # no mask at all: the same loss
-    unmasked = operator_losses(model, plain, cfg=cfg, unroll=2, w_enc=0.0, w_dec=0.0, spatial=(), domain=None)
+    unmasked = operator_losses(model, plain, stage_cfg=stage_cfg, unroll=2, w_enc=0.0, w_dec=0.0, spatial=(),
+                               domain=None)
     torch.testing.assert_close(unmasked["loss"], parts[1]["loss"])
 
 
 def test_every_parameter_gets_a_gradient_from_a_masked_batch():
-    cfg = OperatorStageConfig(rollout_steps=2, random_shift=True, inverse_loss_balance=None)
+    stage_cfg = OperatorStageConfig(rollout_steps=2, random_shift=True, inverse_loss_balance=None)
     model = _model()
     # optimiser steps first so the zero-initialised gates and bias heads open and every branch is reachable
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -81,8 +82,8 @@ def test_every_parameter_gets_a_gradient_from_a_masked_batch():
     domain = torch.tensor([[0.0, 1.0]])
     for _ in range(3):
         opt.zero_grad()
-        out = operator_losses(model, batch, cfg=cfg, unroll=2, w_enc=0.1, w_dec=0.1, spatial=(), domain=domain,
-                              generator=torch.Generator().manual_seed(0))
+        out = operator_losses(model, batch, stage_cfg=stage_cfg, unroll=2, w_enc=0.1, w_dec=0.1, spatial=(),
+                              domain=domain, generator=torch.Generator().manual_seed(0))
         out["loss"].backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         opt.step()

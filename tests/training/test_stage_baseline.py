@@ -30,16 +30,17 @@ def _batch(values: list[float], batch: int = 2, points: int = 16) -> dict[str, t
 
 
 def _stage(**kw) -> BaselineStage:
-    return BaselineStage(model=Persistence(), config=BaselineStageConfig(**kw),
+    return BaselineStage(model=Persistence(), stage_cfg=BaselineStageConfig(**kw),
                          normalizer=Normalizer(mean=[1.0], std=[2.0]), model_name="persistence")
 
 
 def test_registered_with_its_metric_and_windows():
     assert STAGES.get("baseline") is BaselineStage and BaselineStage.val_metric == "val_rollout_nrmse"
-    cfg = ExperimentConfig(model={"name": "persistence"},
+    exp = ExperimentConfig(model={"name": "persistence"},
                            stages={"baseline": {"unroll_steps": 3, "pushforward_steps": 2}})
-    assert BaselineStage.train_window(cfg) == 6 and BaselineStage.val_window(cfg) is None
-    assert BaselineStage.train_window(ExperimentConfig(model={"name": "persistence"})) == 2
+    stage_cfg = BaselineStage.stage_config(exp)
+    assert BaselineStage.train_window(stage_cfg) == 6 and BaselineStage.val_window(stage_cfg) is None
+    assert BaselineStage.train_window(BaselineStage.stage_config(ExperimentConfig(model={"name": "persistence"}))) == 2
     with pytest.raises(ConfigError, match="stages.baseline.unroll_steps"):
         ExperimentConfig(model={"name": "persistence"}, stages={"baseline": {"unroll_steps": 0}})
 
@@ -87,22 +88,22 @@ def test_validation_averages_over_samples_not_batches():
 
 def _unrolled_grads(detach: bool) -> tuple[BaselineStage, ExperimentConfig, list[torch.Tensor]]:
     torch.manual_seed(0)
-    cfg = ExperimentConfig(model={"name": "unet1d", "params": {"width": 4, "depth": 2}},
+    exp = ExperimentConfig(model={"name": "unet1d", "params": {"width": 4, "depth": 2}},
                            stages={"baseline": {"unroll_steps": 2, "detach_between_steps": detach}})
-    stage = BaselineStage.build(cfg=cfg, meta=_meta(), normalizer=Normalizer(mean=[0.0], std=[1.0]), run_dir=None)
+    stage = BaselineStage.from_experiment(exp, meta=_meta(), normalizer=Normalizer(mean=[0.0], std=[1.0]))
     assert stage.trainable_modules() == ["model"] and stage.modules()["model"] is stage.model
     x = torch.linspace(0, 2 * math.pi, 17)[:-1]
     frames = torch.stack([torch.sin(x - 0.3 * k) for k in range(3)]).reshape(1, 3, 16, 1).repeat(2, 1, 1, 1)
     batch = {**_batch([0.0, 0.0, 0.0]), "u": frames}
     stage.loss(batch, epoch=0, step=0)["loss"].backward()
-    return stage, cfg, [p.grad for p in stage.model.parameters()]
+    return stage, exp, [p.grad for p in stage.model.parameters()]
 
 
 def test_unrolled_loss_trains_the_grid_model_and_detach_cuts_the_rollout_gradient():
-    stage, cfg, through = _unrolled_grads(False)
+    stage, exp, through = _unrolled_grads(False)
     assert all(g is not None and g.abs().sum() > 0 for g in through)
     meta = stage.checkpoint_meta()
-    assert meta["model"] == "unet1d" and meta["model_params"] == cfg.model.params
+    assert meta["model"] == "unet1d" and meta["model_params"] == exp.model.params
     assert meta["data_meta"] == _meta().to_dict() and meta["normalizer"]["mean"] == [0.0]
     assert meta["stage_config"]["detach_between_steps"] is False
     _, _, cut = _unrolled_grads(True)

@@ -36,9 +36,9 @@ def test_every_stage_reads_its_typed_section(name):
     model = "fno" if name == "baseline" else "upt"
     if model == "fno":
         pytest.importorskip("neuralop")
-    cfg = load_config(None, [f"model.name={model}", f"stages.{name}={{}}"])
-    typed = cls.stage_config(cfg)
+    exp = load_config(None, [f"model.name={model}", f"stages.{name}={{}}"])
+    typed = cls.stage_config(exp)
     assert isinstance(typed, cls.config_class)
-    assert typed.model_dump() == cfg.stages[name]  # the section as validated when the config loaded
-    window = cls.train_window(cfg)
+    assert typed.model_dump() == exp.stages[name]  # the section as validated when the config loaded
+    window = cls.train_window(typed)
     assert window is None or window >= 2

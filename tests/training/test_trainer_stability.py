@@ -53,8 +53,8 @@ def test_inf_gradient_fp16_cuts_the_scaler_scale_tenfold(tmp_path):
     torch.manual_seed(0)
     stage = toy.ToyStage()
     train, val = toy.loaders()
-    cfg = toy.toy_config(epochs=2, precision="fp16", health_every=2, faults={"inf_grad_at_step": [3]})
-    trainer = Trainer(stage=stage, config=cfg, run_dir=tmp_path)
+    train_cfg = toy.toy_config(epochs=2, precision="fp16", health_every=2, faults={"inf_grad_at_step": [3]})
+    trainer = Trainer(stage=stage, config=train_cfg, run_dir=tmp_path)
     scaler = trainer.precision.scaler
     assert (scaler.get_scale(), scaler.get_growth_factor(), scaler.get_backoff_factor(),
             scaler.get_growth_interval()) == (1024.0, 1.5, 0.5, 200)

@@ -81,15 +81,15 @@ class ToyStage(Stage):
         self.trainable = ["encoder", "head", "decoder"]
 
     @classmethod
-    def build(cls, *, cfg, meta=None, normalizer=None, run_dir=None) -> ToyStage:
-        return cls(seed=cfg.training.seed)
+    def build(cls, *, stage_cfg, exp, meta=None, normalizer=None, run_dir=None) -> ToyStage:
+        return cls(seed=exp.training.seed)
 
     @classmethod
-    def train_window(cls, cfg) -> None:
+    def train_window(cls, stage_cfg) -> None:
         return None  # items are (x, y) pairs, not frames
 
     @classmethod
-    def val_window(cls, cfg) -> None:
+    def val_window(cls, stage_cfg) -> None:
         return None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -144,14 +144,14 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 def run_toy(run_dir: Path, *, resume: bool = False, stage_kw: dict | None = None, data_kw: dict | None = None,
             log_prefix: str | None = None, clock: FakeClock | None = None,
-            **cfg) -> tuple[ToyStage, dict]:
+            **train_overrides) -> tuple[ToyStage, dict]:
     """Train a fresh toy stage (seeded) and return it with the trainer's summary (``clock``: the trainer's
     clock, advanced by the stage's loss)."""
     torch.manual_seed(0)
     stage = ToyStage(**(stage_kw or {}), clock=clock)
     train, val = loaders(**(data_kw or {}))
-    trainer = Trainer(stage=stage, config=toy_config(**cfg), run_dir=run_dir, resume=resume, log_prefix=log_prefix,
-                      clock=clock)
+    trainer = Trainer(stage=stage, config=toy_config(**train_overrides), run_dir=run_dir, resume=resume,
+                      log_prefix=log_prefix, clock=clock)
     summary = trainer.fit(train, val)
     return stage, summary
 

@@ -1,6 +1,6 @@
 """From a data config to ready sources: generate missing files, open splits, normalise, describe.
 
-``prepare_data(cfg.data)`` is what training, evaluation and the pipeline call first. It generates the
+``prepare_data(exp.data)`` is what training, evaluation and the pipeline call first. It generates the
 files a config names when they are missing and the config has a ``generate`` section (each split with
 its own seed), opens the splits lazily, and returns them with the metadata. The normaliser is fitted
 on the train split only (``fit_normalizer``) or loaded from a run directory.
@@ -26,7 +26,7 @@ from ups.errors import DataError
 class DataBundle:
     """Open splits of one data config plus the metadata (the single source of shapes)."""
 
-    cfg: DataConfig
+    data_cfg: DataConfig
     splits: dict[str, SplitSource]
     meta: DatasetMetadata
 
@@ -35,13 +35,13 @@ class DataBundle:
         """Windows of ``window`` frames (None: whole trajectories from ``start``) of one split."""
         return WindowDataset(
             self.splits[split], window=window, normalizer=normalizer,
-            temporal_stride=self.cfg.temporal_stride, spatial_stride=self.cfg.spatial_stride,
-            random_offset=train and self.cfg.random_offset and self.cfg.spatial_stride > 1,
+            temporal_stride=self.data_cfg.temporal_stride, spatial_stride=self.data_cfg.spatial_stride,
+            random_offset=train and self.data_cfg.random_offset and self.data_cfg.spatial_stride > 1,
             start=start, seed=seed, point_subset=self._point_subset() if train else None,
         )
 
     def _point_subset(self) -> tuple[float, int] | None:
-        ps = self.cfg.point_subset
+        ps = self.data_cfg.point_subset
         return None if ps is None else (ps.fraction, ps.min_points)
 
 
@@ -51,51 +51,51 @@ def _files(value: str | list[str] | None) -> list[Path]:
     return [Path(v) for v in ([value] if isinstance(value, str) else value)]
 
 
-def ensure_data(cfg: DataConfig, *, progress: bool = True) -> list[Path]:
+def ensure_data(data_cfg: DataConfig, *, progress: bool = True) -> list[Path]:
     """Generate the split files the config names but that do not exist yet; return those written."""
-    if cfg.pdebench_file is not None:
-        missing = [p for p in _files(cfg.pdebench_file) if not p.is_file()]
+    if data_cfg.pdebench_file is not None:
+        missing = [p for p in _files(data_cfg.pdebench_file) if not p.is_file()]
         if missing:
             raise DataError(f"PDEBench file not found: {missing[0]} (download it or fix data.pdebench_file)")
         return []
     written = []
     for split in SPLITS:
-        for path in _files(getattr(cfg, split)):
+        for path in _files(getattr(data_cfg, split)):
             if path.is_file():
                 continue
-            if cfg.generate is None:
+            if data_cfg.generate is None:
                 raise DataError(f"data file not found: {path} (data.{split}); generate it with "
                                 f"`ups data generate` or add a data.generate section")
-            written.append(_generate_split(cfg, split, path, progress=progress))
+            written.append(_generate_split(data_cfg, split, path, progress=progress))
     return written
 
 
-def _generate_split(cfg: DataConfig, split: Split, path: Path, *, progress: bool) -> Path:
+def _generate_split(data_cfg: DataConfig, split: Split, path: Path, *, progress: bool) -> Path:
     from ups.data.generate import generate_dataset
 
-    gen = cfg.generate
+    gen = data_cfg.generate
     assert gen is not None
     if split not in gen.samples or split not in gen.seeds:
         raise DataError(f"data.generate has no samples/seed for split '{split}' (add samples.{split} and "
                         f"seeds.{split})")
     return generate_dataset(
-        pde=cfg.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split], out=path,
+        pde=data_cfg.pde, params=dict(gen.params), samples=gen.samples[split], seed=gen.seeds[split], out=path,
         resolution=gen.resolution, frames=gen.frames_for(split), t_end=gen.t_end_for(split),
         batch_size=gen.batch_size, progress=progress, solver=dict(gen.solver),
     )
 
 
-def prepare_data(cfg: DataConfig, *, splits: tuple[str, ...] = SPLITS, generate: bool = True,
+def prepare_data(data_cfg: DataConfig, *, splits: tuple[str, ...] = SPLITS, generate: bool = True,
                  progress: bool = True) -> DataBundle | MixtureBundle:
     """Open the named splits (generating missing files first when allowed) and build the metadata.
     With ``data.mixture``: every member's, in one :class:`ups.data.mixture.MixtureBundle`."""
-    if cfg.mixture is not None:
-        return prepare_mixture(cfg, splits=splits, generate=generate, progress=progress)
+    if data_cfg.mixture is not None:
+        return prepare_mixture(data_cfg, splits=splits, generate=generate, progress=progress)
     if generate:
-        ensure_data(cfg, progress=progress)
-    opened = {s: open_split(cfg, s) for s in splits}
-    meta = build_metadata(next(iter(opened.values())), cfg)
-    return DataBundle(cfg=cfg, splits=opened, meta=meta)
+        ensure_data(data_cfg, progress=progress)
+    opened = {s: open_split(data_cfg, s) for s in splits}
+    meta = build_metadata(next(iter(opened.values())), data_cfg)
+    return DataBundle(data_cfg=data_cfg, splits=opened, meta=meta)
 
 
 def prepare_mixture(data_cfg: DataConfig, *, splits: tuple[str, ...], generate: bool = True, progress: bool = True,
@@ -128,8 +128,8 @@ def fit_normalizer(bundle: DataBundle | MixtureBundle) -> Normalizer | MixtureNo
         return MixtureNormalizer(members={name: fit_normalizer(b) for name, b in bundle.members.items()})
     if "train" not in bundle.splits:
         raise DataError("normalisation statistics come from the train split; open it first")
-    return Normalizer.fit(bundle.splits["train"], spatial_stride=bundle.cfg.spatial_stride,
-                          temporal_stride=bundle.cfg.temporal_stride)
+    return Normalizer.fit(bundle.splits["train"], spatial_stride=bundle.data_cfg.spatial_stride,
+                          temporal_stride=bundle.data_cfg.temporal_stride)
 
 
 # ------------------------------------------------------------------------------------ loaders
@@ -140,10 +140,10 @@ def training_loader(bundle: DataBundle, exp: ExperimentConfig, *, normalizer: No
     as ``exp.data`` says), the order seeded by ``seed``. ``data.batch_size`` is the global batch: under
     ``torch.distributed`` each process loads its shard of every one (the same order at any process count)."""
     ds = bundle.windows("train", window=window, normalizer=normalizer, train=True, seed=seed)
-    d = exp.data
-    return make_loader(ds, batch_size=d.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers,
-                       drop_last=len(ds) > d.batch_size, early_oversample=d.early_oversample,
-                       early_frames=d.early_frames, distributed=True)
+    data_cfg = exp.data
+    return make_loader(ds, batch_size=data_cfg.batch_size, shuffle=True, seed=seed, num_workers=data_cfg.num_workers,
+                       drop_last=len(ds) > data_cfg.batch_size, early_oversample=data_cfg.early_oversample,
+                       early_frames=data_cfg.early_frames, distributed=True)
 
 
 def trajectory_loader(bundle: DataBundle, exp: ExperimentConfig, split: str, *, normalizer: Normalizer,

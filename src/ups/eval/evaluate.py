@@ -31,25 +31,25 @@ def model_rollout_fn(model: torch.nn.Module, *, max_principle: bool = False) -> 
 
 
 def metrics_of(pred: torch.Tensor, true: torch.Tensor, u0: torch.Tensor, meta: DatasetMetadata,
-               cfg: EvalConfig, *, one_step: torch.Tensor | None = None) -> dict:
+               eval_cfg: EvalConfig, *, one_step: torch.Tensor | None = None) -> dict:
     """``evaluate_rollout`` with the physical facts taken from the metadata."""
     return evaluate_rollout(
         pred, true, pred_one_step=one_step, u0=u0, boundary=meta.boundary, nonnegative=list(meta.nonnegative),
-        Lx=[hi - lo for lo, hi in meta.domain], corr_threshold=cfg.corr_threshold,
-        valid_threshold=cfg.valid_threshold, dt=None, frame_dt=meta.dt,
+        Lx=[hi - lo for lo, hi in meta.domain], corr_threshold=eval_cfg.corr_threshold,
+        valid_threshold=eval_cfg.valid_threshold, dt=None, frame_dt=meta.dt,
     )
 
 
 def evaluate_split(rollout_fn: RolloutFn, loader: Iterable[dict], normalizer: Normalizer,
-                   meta: DatasetMetadata, cfg: EvalConfig) -> tuple[dict, Collected]:
+                   meta: DatasetMetadata, eval_cfg: EvalConfig) -> tuple[dict, Collected]:
     """Metrics of the model and of persistence on one split; returns (result dict, fields)."""
     got = collect(rollout_fn, loader, normalizer.denormalize)
     steps = got.true.shape[1]
     persistence = persistence_rollout(got.u0, steps)
     persistence_one = torch.cat([got.u0.unsqueeze(1), got.true[:, :-1]], dim=1)
     result = {
-        "metrics": metrics_of(got.pred, got.true, got.u0, meta, cfg, one_step=got.one_step),
-        "baselines": {"persistence": metrics_of(persistence, got.true, got.u0, meta, cfg,
+        "metrics": metrics_of(got.pred, got.true, got.u0, meta, eval_cfg, one_step=got.one_step),
+        "baselines": {"persistence": metrics_of(persistence, got.true, got.u0, meta, eval_cfg,
                                                 one_step=persistence_one)},
         "timing": {"rollout_wall_s": got.wall_s,
                    "per_step_ms": 1000.0 * got.wall_s / max(1, steps * got.true.shape[0])},

@@ -50,18 +50,18 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
     if steps < 1:
         raise UPSError(f"--steps {steps}: roll out at least one step")
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    if cfg.data.mixture is not None:
+    exp = load_run_config(run_dir)
+    if exp.data.mixture is not None:
         raise UPSError(f"{run_dir} was trained on a data mixture, which ups infer does not read yet; score it per "
                        "PDE with `ups eval RUN_DIR --data FILE`")
     from ups.eval.run_eval import _model_stage, check_data_fits
 
-    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg), batch_size=batch_size)
-    src = TrajectoryFile(input, params={**cfg.data.params, **(params or {})} or None)
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, exp), batch_size=batch_size)
+    src = TrajectoryFile(input, params={**exp.data.params, **(params or {})} or None)
     if start >= src.n_frames:
         raise DataError(f"--start {start} is past the {src.n_frames} frames of {input}")
     check_data_fits(sim.meta, src, start=None)  # infer needs one frame, checked above
-    stride = cfg.data.spatial_stride
+    stride = exp.data.spatial_stride
     coords = torch.from_numpy(src.coords(spatial_stride=stride)).float().reshape(-1, sim.meta.spatial_dims)
     xq = _query_points(points, sim.meta.spatial_dims)
     n_q = coords.shape[0] if xq is None else xq.shape[0]

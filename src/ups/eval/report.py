@@ -97,14 +97,14 @@ def _ratio_line(columns: Mapping[str, Mapping]) -> str:
 def _config_summary(config_yaml: str) -> str:
     """Key facts of the resolved config (when it parses), then the whole YAML, escaped."""
     try:
-        cfg = yaml.safe_load(config_yaml) or {}
+        raw = yaml.safe_load(config_yaml) or {}
     except yaml.YAMLError:
-        cfg = {}
-    cfg = cfg if isinstance(cfg, dict) else {}
-    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+    section = lambda name: raw.get(name) if isinstance(raw.get(name), dict) else {}  # noqa: E731
     data, model, training = section("data"), section("model"), section("training")
     facts = {
-        "name": cfg.get("name"), "pde": data.get("pde"),
+        "name": raw.get("name"), "pde": data.get("pde"),
         "data": data.get("pdebench_file") or ", ".join(str(data[k]) for k in ("train", "val", "test") if data.get(k)),
         "model": model.get("name"), "stages": ", ".join(section("stages")) or None,
         "epochs": training.get("epochs"), "lr": training.get("lr"), "precision": training.get("precision"),

@@ -25,7 +25,7 @@ from ups.rollout import RolloutFn, rollout_fn
 from ups.rundir import CORRECTOR_CHECKPOINTS, RunFiles, load_corrector, load_run_config, with_corrector
 
 
-def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str, str]:
+def _data_config(exp: ExperimentConfig, data: str | None, split: str) -> tuple[DataConfig, str, str]:
     """The data config to evaluate, the split to read from it and why that split holds its samples.
 
     The run's own data (``data=None``): its config's split. ``--data FILE``: a file we wrote, or any file
@@ -33,16 +33,16 @@ def _data_config(cfg: ExperimentConfig, data: str | None, split: str) -> tuple[D
     if data is None:
         if split == "all":
             raise UPSError("--split all needs --data FILE (the run's own data has train, val and test splits)")
-        where = cfg.data.pdebench_file or getattr(cfg.data, split)
-        rule = _pdebench_rule(split, cfg.data.val_fraction) if cfg.data.pdebench_file else \
+        where = exp.data.pdebench_file or getattr(exp.data, split)
+        rule = _pdebench_rule(split, exp.data.val_fraction) if exp.data.pdebench_file else \
             f"data.{split} of the run's config, every sample of it"
-        return cfg.data, split, f"{rule} ({where})"
-    fields = cfg.data.model_dump(exclude={"train", "val", "test", "pdebench_file", "generate", "max_samples"})
+        return exp.data, split, f"{rule} ({where})"
+    fields = exp.data.model_dump(exclude={"train", "val", "test", "pdebench_file", "generate", "max_samples"})
     if split == "all":
         return DataConfig(**fields, test=data), "test", "--split all: every sample of the file"
     if "pde" in TrajectoryFile(data).attrs:  # a file we wrote (PDEBench files carry no attributes): all of it
         return DataConfig(**fields, test=data), "test", "a file written by ups: every sample of the file"
-    return DataConfig(**fields, pdebench_file=data), split, _pdebench_rule(split, cfg.data.val_fraction)
+    return DataConfig(**fields, pdebench_file=data), split, _pdebench_rule(split, exp.data.val_fraction)
 
 
 def _pdebench_rule(split: str, val_fraction: float) -> str:
@@ -99,36 +99,36 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     run_dir = Path(run_dir)
     asked = split or load_run_config(run_dir).eval.split
     need = (asked, "pdebench_file") if data is None and asked != "all" else ()
-    cfg = load_run_config(run_dir, overrides, need=need)
-    if cfg.data.mixture is not None:
+    exp = load_run_config(run_dir, overrides, need=need)
+    if exp.data.mixture is not None:
         if ttc or peers or corrector not in ("auto", "none"):
             raise UPSError("a run trained on a data mixture is evaluated per PDE with the operator alone: drop "
                            "--ttc, --peer and --corrector")
-        return _evaluate_mixture(run_dir, cfg, data=data, split=asked, out=out,
-                                 cap=max_samples or cfg.eval.max_samples, write=write)
+        return _evaluate_mixture(run_dir, exp, data=data, split=asked, out=out,
+                                 cap=max_samples or exp.eval.max_samples, write=write)
     split = asked
-    dcfg, split, rule = _data_config(cfg, data, split)
-    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, cfg))
-    cap = max_samples or cfg.eval.max_samples
+    data_cfg, split, rule = _data_config(exp, data, split)
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, exp))
+    cap = max_samples or exp.eval.max_samples
     if cap:
-        dcfg = dcfg.model_copy(update={"max_samples": {**dcfg.max_samples, split: cap}})
-    bundle = prepare_data(dcfg, splits=(split,), generate=False)
+        data_cfg = data_cfg.model_copy(update={"max_samples": {**data_cfg.max_samples, split: cap}})
+    bundle = prepare_data(data_cfg, splits=(split,), generate=False)
     for part in bundle.splits[split].parts:
-        check_data_fits(sim.meta, part.file, start=cfg.eval.rollout_start)
-    loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
+        check_data_fits(sim.meta, part.file, start=exp.eval.rollout_start)
+    loader = trajectory_loader(bundle, exp, split, normalizer=sim.normalizer)
     fns = _variants(run_dir, sim)
     chosen = _selected(run_dir, corrector, fns)
-    result, got = evaluate_split(fns[chosen], loader, sim.normalizer, sim.meta, cfg.eval)
+    result, got = evaluate_split(fns[chosen], loader, sim.normalizer, sim.meta, exp.eval)
     result["variants"] = {chosen: _summary(result["metrics"], result["timing"])}
     for name, fn in fns.items():
         if name != chosen:
-            res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, cfg.eval)
+            res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, exp.eval)
             result["variants"][name] = _summary(res["metrics"], res["timing"])
     if ttc:
-        result["ttc"] = _ttc(run_dir, sim, cfg, loader, result)
+        result["ttc"] = _ttc(run_dir, sim, exp, loader, result)
     for peer in peers or ():
         name = _peer_name(Path(peer), result["baselines"])
-        result["baselines"][name] = _peer_metrics(Path(peer), bundle, cfg, split, sim.meta)
+        result["baselines"][name] = _peer_metrics(Path(peer), bundle, exp, split, sim.meta)
         result.setdefault("peers", {})[name] = str(peer)
     src = bundle.splits[split]
     result["data"] = _data_info(src, split=asked, rule=rule, cap=cap)
@@ -218,9 +218,9 @@ def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = Non
         curves["model + TTC"] = result["ttc"]["metrics"]["nrmse_per_step"]
     for name, metrics in {**result["baselines"], **(peers or {})}.items():  # persistence, then the peers
         curves[name] = metrics["nrmse_per_step"]
-    cfg = load_run_config(run_dir)
+    exp = load_run_config(run_dir)
     plots = evaluation_plots(target / "plots", pred=got.pred, true=got.true, curves=curves,
-                             samples=cfg.eval.plot_samples)
+                             samples=exp.eval.plot_samples)
     clean = {k: v for k, v in result.items() if not k.startswith("_")}
     title = f"UPS evaluation: {run_dir} on {result['data']['file']} ({result['data']['split']})" \
         if target != run_dir else None
@@ -251,7 +251,7 @@ def _peer_name(peer: Path, taken: dict) -> str:
     return name
 
 
-def _peer_metrics(peer: Path, bundle, cfg: ExperimentConfig, split: str, meta) -> dict:
+def _peer_metrics(peer: Path, bundle, exp: ExperimentConfig, split: str, meta) -> dict:
     """A peer run's metrics on ``split`` of ``bundle``: its selected variant, its normaliser and rollout rules,
     scored with this evaluation's metadata and settings (the same samples, the same code)."""
     from ups.simulator import Simulator
@@ -264,18 +264,18 @@ def _peer_metrics(peer: Path, bundle, cfg: ExperimentConfig, split: str, meta) -
                        f"channels, this evaluation reads {meta.spatial_shape} x {meta.n_channels}: pass a peer "
                        "trained on the same data (data.spatial_stride)")
     fns = _variants(peer, sim)
-    loader = trajectory_loader(bundle, cfg, split, normalizer=sim.normalizer)
-    res, _ = evaluate_split(fns[_selected(peer, "auto", fns)], loader, sim.normalizer, meta, cfg.eval)
+    loader = trajectory_loader(bundle, exp, split, normalizer=sim.normalizer)
+    res, _ = evaluate_split(fns[_selected(peer, "auto", fns)], loader, sim.normalizer, meta, exp.eval)
     return res["metrics"]
 
 
-def _model_stage(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
+def _model_stage(run_dir: Path, exp: ExperimentConfig | None = None) -> str:
     """The stage whose checkpoint holds the model: operator (UPS) or baseline (peers), as the run's config
     says (so a run whose checkpoints are missing is told which stage to train); else by its checkpoints."""
-    stages = set(cfg.stages) if cfg is not None else set()
-    if "operator" in stages or "baseline" not in stages and RunFiles(run_dir).has("operator_best"):
+    stages = set(exp.stages) if exp is not None else set()
+    if "operator" in stages or "baseline" not in stages and RunFiles(run_dir).has_stage("operator"):
         return "operator"
-    return "baseline" if "baseline" in stages or RunFiles(run_dir).has("baseline_best") \
+    return "baseline" if "baseline" in stages or RunFiles(run_dir).has_stage("baseline") \
         else "operator"
 
 
@@ -298,7 +298,7 @@ def _data_info(src, *, split: str, rule: str, cap: int | None) -> dict:
             "samples_why": f"{len(src)} of the file's {total} samples: {why}"}
 
 
-def _ttc(run_dir: Path, sim, cfg: ExperimentConfig, loader, base: dict) -> dict:
+def _ttc(run_dir: Path, sim, exp: ExperimentConfig, loader, base: dict) -> dict:
     """Best-of-K rollout with the stochastic multi-step corrector; metrics, evaluation count, cost ratio."""
     loaded = load_corrector(run_dir, "multi") or load_corrector(run_dir, "distilled")
     if loaded is None:
@@ -306,14 +306,14 @@ def _ttc(run_dir: Path, sim, cfg: ExperimentConfig, loader, base: dict) -> dict:
     meta = sim.meta
     residual = RESIDUALS.get(meta.pde) if meta.pde in RESIDUALS else None
     dx = (meta.domain[0][1] - meta.domain[0][0]) / meta.spatial_shape[0]
-    reward = PhysicsReward(weights=cfg.eval.ttc.weights, nonnegative=meta.nonnegative, residual=residual, dx=dx)
-    fn = ttc_rollout_fn(sim.model, loaded[0], sim.normalizer, reward, cfg.eval.ttc, seed=cfg.training.seed,
+    reward = PhysicsReward(weights=exp.eval.ttc.weights, nonnegative=meta.nonnegative, residual=residual, dx=dx)
+    fn = ttc_rollout_fn(sim.model, loaded[0], sim.normalizer, reward, exp.eval.ttc, seed=exp.training.seed,
                         max_principle=sim.max_principle)
     start = time.perf_counter()
-    res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, cfg.eval)
+    res, _ = evaluate_split(fn, loader, sim.normalizer, sim.meta, exp.eval)
     plain_evals = base["metrics"]["samples"] * base["metrics"]["steps"]
     evals = fn.stepper.evaluations  # decoder calls of the rollout and of the teacher-forced one-step pass
     return {"metrics": res["metrics"], "evaluations": evals, "plain_evaluations": 2 * plain_evals,
             "cost_ratio": evals / max(1, 2 * plain_evals), "wall_s": time.perf_counter() - start,
-            "candidates": cfg.eval.ttc.candidates, "horizon": cfg.eval.ttc.horizon,
+            "candidates": exp.eval.ttc.candidates, "horizon": exp.eval.ttc.horizon,
             "gain_nrmse": base["metrics"]["nrmse"] - res["metrics"]["nrmse"]}

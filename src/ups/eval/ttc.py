@@ -76,7 +76,7 @@ class TTCStepper:
     corrector: torch.nn.Module
     normalizer: Normalizer
     reward: PhysicsReward
-    cfg: TTCConfig
+    ttc_cfg: TTCConfig
     generator: torch.Generator
     evaluations: int = 0  # decoder calls (candidates and look-ahead), summed over samples
 
@@ -84,8 +84,8 @@ class TTCStepper:
         """K candidate next states. u: [B, N, C] -> [K, B, N, C] (normalised)."""
         z_pred = self.model.step(self.model.encode(u, coords), params, dt)
         outs = [self.model.decode(self.corrector.refine(z_pred, cond, generator=self.generator), coords, u)
-                for _ in range(self.cfg.candidates)]
-        self.evaluations += self.cfg.candidates * u.shape[0]
+                for _ in range(self.ttc_cfg.candidates)]
+        self.evaluations += self.ttc_cfg.candidates * u.shape[0]
         return torch.stack(outs)
 
     def _deterministic(self, u, coords, params, dt, cond):
@@ -103,7 +103,7 @@ class TTCStepper:
         scores = torch.stack([self._score(u, c, params, dt) for c in cands])  # [K, B]
         for k in range(cands.shape[0]):
             prev, cur = cands[k], cands[k]
-            for _ in range(self.cfg.horizon - 1):
+            for _ in range(self.ttc_cfg.horizon - 1):
                 cur = self._deterministic(prev, coords, params, dt, cond)
                 scores[k] += self._score(prev, cur, params, dt)
                 prev = cur
@@ -111,13 +111,13 @@ class TTCStepper:
         return cands[best, torch.arange(u.shape[0])]
 
 
-def ttc_rollout_fn(model, corrector, normalizer: Normalizer, reward: PhysicsReward, cfg: TTCConfig,
+def ttc_rollout_fn(model, corrector, normalizer: Normalizer, reward: PhysicsReward, ttc_cfg: TTCConfig,
                    *, seed: int = 0, max_principle: bool = False):
     """A rollout function (see ``ups.eval.evaluate``) with best-of-K TTC; ``.stepper.evaluations`` counts."""
     from ups.models.corrector import condition_vector
     from ups.rollout import clamp_to_bounds, initial_bounds
 
-    stepper = TTCStepper(model=model, corrector=corrector, normalizer=normalizer, reward=reward, cfg=cfg,
+    stepper = TTCStepper(model=model, corrector=corrector, normalizer=normalizer, reward=reward, ttc_cfg=ttc_cfg,
                          generator=torch.Generator().manual_seed(seed))
 
     @torch.inference_mode()

@@ -113,9 +113,9 @@ class GridModel(nn.Module):
         return shape if math.prod(shape) == n else None
 
 
-def _grid_kwargs(meta: DatasetMetadata, cfg: GridInputConfig) -> dict:
+def _grid_kwargs(meta: DatasetMetadata, config: GridInputConfig) -> dict:
     return dict(spatial_shape=tuple(meta.spatial_shape), n_channels=meta.n_channels, n_params=meta.n_params,
-                residual=cfg.residual, param_transform=cfg.param_transform, dt_channel=cfg.dt_channel)
+                residual=config.residual, param_transform=config.param_transform, dt_channel=config.dt_channel)
 
 
 # ------------------------------------------------------------------------------------------- FNO
@@ -171,11 +171,11 @@ class FNOModel(GridModel):
 
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> FNOModel:
-        cfg = FNOConfig.model_validate(params)
-        return cls(**_grid_kwargs(meta, cfg), n_modes=cfg.n_modes, hidden_channels=cfg.hidden_channels,
-                   n_layers=cfg.n_layers, lifting_channel_ratio=cfg.lifting_channel_ratio,
-                   projection_channel_ratio=cfg.projection_channel_ratio,
-                   positional_embedding=cfg.positional_embedding)
+        config = FNOConfig.model_validate(params)
+        return cls(**_grid_kwargs(meta, config), n_modes=config.n_modes, hidden_channels=config.hidden_channels,
+                   n_layers=config.n_layers, lifting_channel_ratio=config.lifting_channel_ratio,
+                   projection_channel_ratio=config.projection_channel_ratio,
+                   positional_embedding=config.positional_embedding)
 
 
 # ---------------------------------------------------------------------------------------- U-Net
@@ -276,11 +276,11 @@ class _UNet(GridModel):
 
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> _UNet:
-        cfg = UNet1dConfig.model_validate(params)
+        config = UNet1dConfig.model_validate(params)
         if meta.boundary != "periodic":
             raise ConfigError(f"model '{cls.name}' pads circularly and needs periodic data, not '{meta.boundary}'")
-        return cls(**_grid_kwargs(meta, cfg), width=cfg.width, depth=cfg.depth, kernel_size=cfg.kernel_size,
-                   groups=cfg.groups)
+        return cls(**_grid_kwargs(meta, config), width=config.width, depth=config.depth, kernel_size=config.kernel_size,
+                   groups=config.groups)
 
 
 @MODELS.register("unet1d")

@@ -176,17 +176,17 @@ class Corrector(nn.Module):
 
     def __init__(self, *, latent_dim: int, n_cond: int, config: CorrectorConfig | None = None):
         super().__init__()
-        cfg = config or CorrectorConfig()
-        if cfg.attention and cfg.width % cfg.heads:
-            raise UPSError(f"corrector width={cfg.width} must be divisible by heads={cfg.heads}")
-        self.config, self.latent_dim, self.n_cond = cfg, latent_dim, n_cond
-        w = cfg.width
+        config = config or CorrectorConfig()
+        if config.attention and config.width % config.heads:
+            raise UPSError(f"corrector width={config.width} must be divisible by heads={config.heads}")
+        self.config, self.latent_dim, self.n_cond = config, latent_dim, n_cond
+        w = config.width
         self.inp = nn.Linear(2 * latent_dim, w)
-        self.tau_mlp = nn.Sequential(nn.Linear(cfg.tau_features, w), nn.SiLU(), nn.Linear(w, w))
+        self.tau_mlp = nn.Sequential(nn.Linear(config.tau_features, w), nn.SiLU(), nn.Linear(w, w))
         self.cond_mlp = nn.Sequential(nn.Linear(n_cond, w), nn.SiLU(), nn.Linear(w, w)) if n_cond else None
         self.blocks = nn.ModuleList(
-            AdaLNBlock(width=w, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention)
-            for _ in range(cfg.depth)
+            AdaLNBlock(width=w, heads=config.heads, mlp_ratio=config.mlp_ratio, attention=config.attention)
+            for _ in range(config.depth)
         )
         self.norm_out = nn.LayerNorm(w, elementwise_affine=False)
         self.ada_out = nn.Linear(w, 2 * w)
@@ -261,8 +261,8 @@ class Corrector(nn.Module):
         z_pred: [B, L, D]; cond: [B, n_cond]; eps: [B, L, D] starting noise (default: drawn from
         ``generator`` when given, else zeros = the deterministic mean path) -> x1 [B, L, D].
         """
-        cfg = self.config
-        grid = tau_grid(steps or cfg.steps, cfg.schedule, cfg.tau_min).to(z_pred.device)
+        config = self.config
+        grid = tau_grid(steps or config.steps, config.schedule, config.tau_min).to(z_pred.device)
         if eps is None:
             eps = (
                 torch.randn(z_pred.shape, generator=generator, device=generator.device).to(z_pred)
@@ -270,7 +270,7 @@ class Corrector(nn.Module):
             )
         x = eps
         ones = torch.ones(z_pred.shape[0], device=z_pred.device, dtype=z_pred.dtype)
-        heun = cfg.solver == "heun"
+        heun = config.solver == "heun"
         for k in range(grid.numel() - 1):
             t, t_next = float(grid[k]), float(grid[k + 1])
             v = self(x, ones * t, z_pred, cond)

@@ -30,14 +30,14 @@ class SteadyPrior(nn.Module):
 
     def __init__(self, *, latent_dim: int, n_params: int, config: SteadyPriorNetConfig | None = None):
         super().__init__()
-        cfg = config or SteadyPriorNetConfig()
-        self.config, self.latent_dim, self.n_params = cfg, latent_dim, n_params
-        w = cfg.width
+        config = config or SteadyPriorNetConfig()
+        self.config, self.latent_dim, self.n_params = config, latent_dim, n_params
+        w = config.width
         self.inp = nn.Linear(latent_dim, w)
         self.step_mlp = nn.Sequential(nn.Linear(32, w), nn.SiLU(), nn.Linear(w, w))
         self.param_mlp = nn.Sequential(nn.Linear(n_params, w), nn.SiLU(), nn.Linear(w, w)) if n_params else None
-        self.blocks = nn.ModuleList(AdaLNBlock(width=w, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                                               attention=cfg.attention) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(AdaLNBlock(width=w, heads=config.heads, mlp_ratio=config.mlp_ratio,
+                                               attention=config.attention) for _ in range(config.depth))
         self.norm = nn.LayerNorm(w, elementwise_affine=False)
         self.out = nn.Linear(w, latent_dim)
         nn.init.zeros_(self.out.weight)

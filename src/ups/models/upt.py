@@ -90,53 +90,54 @@ class UPT(nn.Module):
     config_class = UPTConfig
     point_clouds = True  # encodes padded point clouds given a mask (``encode(u, coords, mask)``)
 
-    def __init__(self, *, cfg: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
+    def __init__(self, *, config: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
                  domain: tuple[tuple[float, float], ...], periodic: bool):
         super().__init__()
-        self.cfg = cfg
+        self.config = config
         self.dims, self.channels, self.n_params, self.dt_ref = dims, channels, n_params, dt_ref
-        width = cfg.latent_dim
+        width = config.latent_dim
         lo = torch.tensor([a for a, _ in domain], dtype=torch.float32)
         hi = torch.tensor([b for _, b in domain], dtype=torch.float32)
-        n = _per_dim(cfg.num_supernodes, dims)
+        n = _per_dim(config.num_supernodes, dims)
         self.register_buffer("positions", lattice(n, lo, hi), persistent=False)  # [L, d]
         self.register_buffer("spacing", (hi - lo) / n, persistent=False)  # [d]
         self.register_buffer("period", hi - lo, persistent=False)  # [d]
         self.periodic = periodic
         token_delta = relative_offset(self.positions[:, None], self.positions[None], self._period()) / self.spacing
         self.register_buffer("token_delta", token_delta, persistent=False)  # [L, L, d]
-        block = dict(width=width, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, norm=cfg.norm, dims=dims)
+        block = dict(width=width, heads=config.heads, mlp_ratio=config.mlp_ratio, norm=config.norm, dims=dims)
         # encoder
-        self.pool = ContinuousConv(dims=dims, channels=channels, width=width, hidden=cfg.kernel_hidden,
-                                   square=cfg.encode_square)
-        self.encoder_blocks = nn.ModuleList(Block(cond_dim=None, **block) for _ in range(cfg.encoder_depth))
+        self.pool = ContinuousConv(dims=dims, channels=channels, width=width, hidden=config.kernel_hidden,
+                                   square=config.encode_square)
+        self.encoder_blocks = nn.ModuleList(Block(cond_dim=None, **block) for _ in range(config.encoder_depth))
         # operator
         self.cond_embed = MLP(n_in=1 + n_params, n_hidden=width, n_out=width)
-        self.operator_blocks = nn.ModuleList(Block(cond_dim=width, **block) for _ in range(cfg.operator_depth))
+        self.operator_blocks = nn.ModuleList(Block(cond_dim=width, **block) for _ in range(config.operator_depth))
         # decoder
-        dec_width = width if cfg.decoder == "attention" else (cfg.decoder_width or width)
-        self.query_embed = MLP(n_in=channels, n_hidden=cfg.decoder_hidden, n_out=dec_width)
+        dec_width = width if config.decoder == "attention" else (config.decoder_width or width)
+        self.query_embed = MLP(n_in=channels, n_hidden=config.decoder_hidden, n_out=dec_width)
         self.missing_query = nn.Parameter(torch.zeros(dec_width))
         self.dec_value = nn.Linear(width, dec_width)
-        self.dec_features = OffsetFeatures(dims=dims, n_freq=cfg.decoder_freqs, scale=float(cfg.decoder_neighbours))
+        self.dec_features = OffsetFeatures(dims=dims, n_freq=config.decoder_freqs,
+                                           scale=float(config.decoder_neighbours))
         self.dec_filter = nn.Linear(self.dec_features.n_out, dec_width)  # offset-dependent filter on the values
-        if cfg.decoder == "attention":
+        if config.decoder == "attention":
             self.dec_query = nn.Linear(width, width)
             self.dec_key = nn.Linear(width, width)
-            self.dec_bias = nn.Linear(self.dec_features.n_out, cfg.heads)  # offset-dependent attention bias
-            self.dec_slope = nn.Parameter(torch.zeros(cfg.heads))  # distance decay per head (softplus)
-        self.head = MLP(n_in=dec_width, n_hidden=cfg.decoder_hidden, n_out=channels)
+            self.dec_bias = nn.Linear(self.dec_features.n_out, config.heads)  # offset-dependent attention bias
+            self.dec_slope = nn.Parameter(torch.zeros(config.heads))  # distance decay per head (softplus)
+        self.head = MLP(n_in=dec_width, n_hidden=config.decoder_hidden, n_out=channels)
         self._geometry = GeometryCache()
 
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> UPT:
-        cfg = UPTConfig(**params)
-        return cls(cfg=cfg, dims=meta.spatial_dims, channels=meta.n_channels, n_params=meta.n_params,
+        config = UPTConfig(**params)
+        return cls(config=config, dims=meta.spatial_dims, channels=meta.n_channels, n_params=meta.n_params,
                    dt_ref=meta.dt, domain=meta.domain, periodic=meta.boundary == "periodic")
 
     @property
     def latent_dim(self) -> int:
-        return self.cfg.latent_dim
+        return self.config.latent_dim
 
     @property
     def num_latents(self) -> int:
@@ -161,7 +162,7 @@ class UPT(nn.Module):
     def encode(self, u: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """u: [B, N, C] (normalised) at coords [B, N, d]; mask: [B, N] bool, True at real points (None: all
         real) -> z [B, L, D]. Padded points (mask False) do not affect z."""
-        radius = self.cfg.encoder_radius
+        radius = self.config.encoder_radius
         key = coords if mask is None else torch.cat([coords, mask.unsqueeze(-1).to(coords.dtype)], dim=-1)
         idx, delta, nb = self._geometry.get(key, ("encoder", radius),
                                             lambda: self._neighbourhoods(coords, radius, mask))
@@ -177,7 +178,7 @@ class UPT(nn.Module):
 
     def condition(self, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """params: [B, P]; dt: [B] -> cond [B, D]."""
-        p = torch.log(params.abs().clamp_min(1e-12)) if self.cfg.param_transform == "log" else params
+        p = torch.log(params.abs().clamp_min(1e-12)) if self.config.param_transform == "log" else params
         return self.cond_embed(torch.cat([(dt / self.dt_ref).unsqueeze(-1), p.to(dt.dtype)], dim=-1))
 
     def step(self, z: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
@@ -192,7 +193,7 @@ class UPT(nn.Module):
         """The ``decoder_neighbours`` tokens nearest to each query. coords_q: [B, Q, d] ->
         idx [B, Q, k], delta [B, Q, k, d] (query minus token, in spacings)."""
         delta = relative_offset(coords_q[:, :, None], self.positions[None, None], self._period()) / self.spacing
-        k = min(self.cfg.decoder_neighbours, delta.shape[2])
+        k = min(self.config.decoder_neighbours, delta.shape[2])
         idx = delta.norm(dim=-1).topk(k, dim=-1, largest=False).indices
         return idx, torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
 
@@ -210,7 +211,7 @@ class UPT(nn.Module):
         idx, delta, feats = self._geometry.get(coords_q, ("decoder",), lambda: self._query_geometry(coords_q))
         b, q, _ = idx.shape
         phi = self.missing_query.expand(b, q, -1) if u_q is None else self.query_embed(u_q)  # [B, Q, D']
-        if self.cfg.decoder == "kernel":
+        if self.config.decoder == "kernel":
             if torch.is_grad_enabled():
                 kernel = self.dec_filter(feats)  # [B, Q, k, D']
             else:  # inference: the kernel at these queries is computed once per rollout
@@ -221,7 +222,7 @@ class UPT(nn.Module):
         else:
             out = self._attend(z, idx, delta, feats, phi)
         pred = self.head(out + phi)  # [B, Q, C]
-        if u_q is not None and self.cfg.predict_increment:
+        if u_q is not None and self.config.predict_increment:
             pred = u_q + pred
         return pred
 
@@ -234,7 +235,7 @@ class UPT(nn.Module):
                 phi: torch.Tensor) -> torch.Tensor:
         """The attention decoder's read-out. z [B, L, D]; idx [B, Q, k]; delta [B, Q, k, d]; feats [B, Q, k, F];
         phi [B, Q, D] -> [B, Q, D]."""
-        heads = self.cfg.heads
+        heads = self.config.heads
         keys = gather_neighbours(self.dec_key(z), idx).unflatten(-1, (heads, -1))  # [B, Q, k, H, Dh]
         values = gather_neighbours(self.dec_value(z), idx) * (1 + self.dec_filter(feats))  # [B, Q, k, D]
         query = self.dec_query(phi).unflatten(-1, (heads, -1))  # [B, Q, H, Dh]

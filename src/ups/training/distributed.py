@@ -120,18 +120,18 @@ def choose_backend(backend: str) -> str:
 
 
 @contextmanager
-def session(cfg: Any):
+def session(dist_cfg: Any):
     """Initialise the process group from torchrun's environment (no-op without it); tear it down after.
 
-    ``cfg``: a ``DistributedConfig`` (``backend``, ``timeout_s``). Re-entrant: an already initialised
+    ``dist_cfg``: a ``DistributedConfig`` (``backend``, ``timeout_s``). Re-entrant: an already initialised
     group is used as it is and left alone.
     """
     owned = False
     if launched_by_torchrun() and not dist.is_initialized():
-        backend = choose_backend(cfg.backend)
+        backend = choose_backend(dist_cfg.backend)
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.timeout_s))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=dist_cfg.timeout_s))
         owned = True
     try:
         yield

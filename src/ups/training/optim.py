@@ -49,22 +49,23 @@ def param_groups(modules: dict[str, nn.Module], trainable: list[str]) -> list[di
 
 
 @OPTIMIZERS.register("adamw")
-def _adamw(groups: list[dict], cfg: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _adamw(groups: list[dict], train_cfg: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
 @OPTIMIZERS.register("adam")
-def _adam(groups: list[dict], cfg: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _adam(groups: list[dict], train_cfg: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
 @OPTIMIZERS.register("sgd")
-def _sgd(groups: list[dict], cfg: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def _sgd(groups: list[dict], train_cfg: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
 
 
-def build_optimizer(modules: dict[str, nn.Module], trainable: list[str], cfg: TrainingConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(cfg.optimizer)(param_groups(modules, trainable), cfg)
+def build_optimizer(modules: dict[str, nn.Module], trainable: list[str],
+                    train_cfg: TrainingConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(train_cfg.optimizer)(param_groups(modules, trainable), train_cfg)
 
 
 # ---------------------------------------------------------------------------------- schedules
@@ -107,41 +108,41 @@ def warmup_cosine_factor(step: int, *, warmup: int, total: int, min_ratio: float
 
 
 @SCHEDULERS.register("cosine")
-def _cosine(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+def _cosine(optimizer: torch.optim.Optimizer, train_cfg: TrainingConfig, total_steps: int,
             clock: Callable[[], float] | None = None) -> LRSchedule:
-    fn = functools.partial(warmup_cosine_factor, warmup=cfg.warmup_steps, total=total_steps,
-                           min_ratio=cfg.min_lr_ratio, clock=clock if cfg.anneal_on_time_budget else None)
+    fn = functools.partial(warmup_cosine_factor, warmup=train_cfg.warmup_steps, total=total_steps,
+                           min_ratio=train_cfg.min_lr_ratio, clock=clock if train_cfg.anneal_on_time_budget else None)
     return LRSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), per="step")
 
 
 @SCHEDULERS.register("none")
-def _constant(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+def _constant(optimizer: torch.optim.Optimizer, train_cfg: TrainingConfig, total_steps: int,
               clock: Callable[[], float] | None = None) -> LRSchedule:
-    fn = functools.partial(warmup_cosine_factor, warmup=cfg.warmup_steps, total=total_steps,
+    fn = functools.partial(warmup_cosine_factor, warmup=train_cfg.warmup_steps, total=total_steps,
                            min_ratio=1.0, cosine=False)
     return LRSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), per="step")
 
 
 @SCHEDULERS.register("plateau")
-def _plateau(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+def _plateau(optimizer: torch.optim.Optimizer, train_cfg: TrainingConfig, total_steps: int,
              clock: Callable[[], float] | None = None) -> LRSchedule:
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-        cooldown=cfg.plateau_cooldown)
+        optimizer, mode="min", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience,
+        cooldown=train_cfg.plateau_cooldown)
     return LRSchedule(sched, per="metric")
 
 
 @SCHEDULERS.register("step")
-def _step(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+def _step(optimizer: torch.optim.Optimizer, train_cfg: TrainingConfig, total_steps: int,
           clock: Callable[[], float] | None = None) -> LRSchedule:
-    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_cfg.step_size, gamma=train_cfg.step_gamma)
     return LRSchedule(sched, per="epoch")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainingConfig, total_steps: int,
                     clock: Callable[[], float] | None = None) -> LRSchedule:
     """The configured schedule; ``clock()`` is the fraction of ``time_budget_s`` used (or None)."""
-    return SCHEDULERS.get(cfg.scheduler)(optimizer, cfg, total_steps, clock)
+    return SCHEDULERS.get(train_cfg.scheduler)(optimizer, train_cfg, total_steps, clock)
 
 
 # ---------------------------------------------------------------------------------- clipping

@@ -54,7 +54,7 @@ def _optimizer_state_bytes(trainer: Any) -> int:
     """Bytes of optimizer moments still to be allocated at the first step."""
     if trainer.optimizer.state:
         return 0
-    per = {"adamw": 2, "adam": 2, "sgd": 1 if trainer.cfg.momentum > 0 else 0}[trainer.cfg.optimizer]
+    per = {"adamw": 2, "adam": 2, "sgd": 1 if trainer.train_cfg.momentum > 0 else 0}[trainer.train_cfg.optimizer]
     return per * sum(p.numel() * p.element_size() for g in trainer.optimizer.param_groups for p in g["params"])
 
 
@@ -104,7 +104,7 @@ def check_memory(trainer: Any, loader: Any, *, move: Callable[[Any, torch.device
     message = None
     if batch is not None:
         need = measure_peak_growth(trainer, batch, move) + _optimizer_state_bytes(trainer)
-        frac = trainer.cfg.distributed.memory_fraction
+        frac = trainer.train_cfg.distributed.memory_fraction
         if trainer.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(trainer.device)
             have, where, ranks = frac * free, f"GPU {trainer.device}", 1

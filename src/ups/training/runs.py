@@ -85,22 +85,22 @@ class RunDir(RunFiles):
     """Paths of one run directory (named in ``ups.rundir.RunFiles``), created or opened for training."""
 
     @classmethod
-    def create(cls, out_dir: str | Path, name: str | None, cfg: Any, *,
+    def create(cls, out_dir: str | Path, name: str | None, exp: Any, *,
                data_fingerprints: dict[str, Any] | None = None) -> RunDir:
         """Make a new run directory ``out_dir/name`` (a numeric suffix if taken; ``name=None``: config
-        name + timestamp) and write ``config.yaml`` and ``meta.json``. ``cfg``: an ``ExperimentConfig``."""
+        name + timestamp) and write ``config.yaml`` and ``meta.json``. ``exp``: an ``ExperimentConfig``."""
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path(out_dir) / (name or f"{getattr(cfg, 'name', 'run')}_{stamp}")
+        base = Path(out_dir) / (name or f"{getattr(exp, 'name', 'run')}_{stamp}")
         path, n = base, 1
         while path.exists() and any(path.iterdir()):
             path, n = base.with_name(f"{base.name}-{n}"), n + 1
         run = cls(path)
         if is_main_process():
             ensure_writable_dir(run.checkpoints, "the run directory's checkpoint folder")
-            atomic_write_text(run.config_path, cfg.to_yaml())
+            atomic_write_text(run.config_path, exp.to_yaml())
             meta = {"name": path.name, "start_time": _dt.datetime.now().astimezone().isoformat(),
                     "cwd": str(Path.cwd()),  # relative data paths of config.yaml are relative to it
-                    "config_hash": cfg.config_hash(), "data": data_fingerprints or {}, **environment_meta()}
+                    "config_hash": exp.config_hash(), "data": data_fingerprints or {}, **environment_meta()}
             atomic_write_json(run.meta_path, meta)
         return run
 
@@ -243,9 +243,9 @@ class WandbLogger:
     let wandb's exit hook do it). Metrics are logged as ``{prefix}/{field}``.
     """
 
-    def __init__(self, cfg: Any, *, prefix: str, run_dir: Path, config: dict[str, Any], reporter: Reporter):
+    def __init__(self, wandb_cfg: Any, *, prefix: str, run_dir: Path, config: dict[str, Any], reporter: Reporter):
         self.prefix, self.run = prefix, None
-        if not cfg.enabled or not is_main_process():
+        if not wandb_cfg.enabled or not is_main_process():
             return
         try:
             import wandb
@@ -253,7 +253,7 @@ class WandbLogger:
             reporter.warn("wandb is not installed; W&B logging is off (pip install 'ups[wandb]')")
             return
         if wandb.run is None:
-            wandb.init(project=cfg.project, mode=cfg.mode, dir=str(run_dir), name=Path(run_dir).name,
+            wandb.init(project=wandb_cfg.project, mode=wandb_cfg.mode, dir=str(run_dir), name=Path(run_dir).name,
                        config=config)
         self.run = wandb.run
 

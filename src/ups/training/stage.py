@@ -17,9 +17,13 @@ trained and *how it is scored*:
 - ``rng_state()`` / ``load_rng_state(state)``: a stage that draws from its own ``torch.Generator``
   (rather than the global RNG, which the trainer saves itself) returns and restores its states here,
   as tensors and plain values, so that ``--resume`` is exact; the trainer keeps them in the training state.
-- classmethods ``build(cfg=, meta=, normalizer=, run_dir=)`` (the stage from an experiment config),
-  ``train_window(cfg)`` and ``val_window(cfg)`` (frames per training / validation item; ``None``: whole
-  trajectories from ``eval.rollout_start``). ``stage_config(cfg)`` is the stage's typed section.
+- ``stage_config(exp)`` parses the stage's typed section of experiment config ``exp`` once; that
+  ``stage_cfg`` (an instance of ``config_class``) is what the other classmethods take:
+  ``build(stage_cfg=, exp=, meta=, normalizer=, run_dir=)`` (the stage; ``exp`` for the model and data
+  sections it needs, never to re-read its own section), ``train_window(stage_cfg)`` and
+  ``val_window(stage_cfg)`` (frames per training / validation item; ``None``: whole trajectories from
+  ``eval.rollout_start``). A built stage keeps its typed config as ``stage.stage_cfg``;
+  ``from_experiment(exp, meta=, normalizer=, run_dir=)`` is ``build`` with ``stage_config(exp)``.
 
 The trainer puts every module in eval mode (and back) around ``validate``; stages do no train-mode
 bookkeeping of their own.
@@ -43,7 +47,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ups.config import Strict, TrainingConfig
+from ups.config import ExperimentConfig, Strict, TrainingConfig
 from ups.registry import Registry
 from ups.schema import register_check, validate_section
 
@@ -65,26 +69,35 @@ class Stage(ABC):
     val_metric: ClassVar[str] = "val_loss"
     point_clouds: ClassVar[bool] = False  # trains on padded point-cloud batches with a mask (data.point_subset)
     mixtures: ClassVar[bool] = False  # trains on a data mixture (data.mixture: batches with a member index)
+    stage_cfg: StageConfig  # the typed config the stage was built with
 
     @classmethod
-    def stage_config(cls, cfg: Any) -> StageConfig:
-        """The typed ``stages.<name>`` section of experiment config ``cfg`` (defaults when absent)."""
-        return cls.config_class.model_validate(cfg.stages.get(cls.name) or {})
-
-    @classmethod
-    @abstractmethod
-    def build(cls, *, cfg: Any, meta: Any, normalizer: Any, run_dir: Path | None = None) -> Stage:
-        """The stage for experiment config ``cfg``, data metadata ``meta``, the run's normaliser, and the
-        run directory holding the checkpoints it ``requires``."""
+    def stage_config(cls, exp: ExperimentConfig) -> StageConfig:
+        """The typed ``stages.<name>`` section of experiment config ``exp`` (defaults when absent)."""
+        return cls.config_class.model_validate(exp.stages.get(cls.name) or {})
 
     @classmethod
     @abstractmethod
-    def train_window(cls, cfg: Any) -> int | None:
+    def build(cls, *, stage_cfg: StageConfig, exp: ExperimentConfig, meta: Any, normalizer: Any,
+              run_dir: Path | None = None) -> Stage:
+        """The stage for its typed config ``stage_cfg`` (from :meth:`stage_config`), experiment config ``exp``
+        (model and data sections), data metadata ``meta``, the run's normaliser, and the run directory
+        holding the checkpoints it ``requires``."""
+
+    @classmethod
+    def from_experiment(cls, exp: ExperimentConfig, *, meta: Any, normalizer: Any,
+                        run_dir: Path | None = None) -> Stage:
+        """:meth:`build` with the stage's section of ``exp`` parsed once (:meth:`stage_config`)."""
+        return cls.build(stage_cfg=cls.stage_config(exp), exp=exp, meta=meta, normalizer=normalizer, run_dir=run_dir)
+
+    @classmethod
+    @abstractmethod
+    def train_window(cls, stage_cfg: StageConfig) -> int | None:
         """Frames per training item (2: one step; K + 1: a K-step rollout loss; None: whole trajectories)."""
 
     @classmethod
     @abstractmethod
-    def val_window(cls, cfg: Any) -> int | None:
+    def val_window(cls, stage_cfg: StageConfig) -> int | None:
         """Frames per validation item (None: whole trajectories from ``eval.rollout_start``)."""
 
     @abstractmethod

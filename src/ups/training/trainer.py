@@ -94,7 +94,7 @@ class Trainer:
 
     def __init__(self, *, stage: Stage, config: TrainingConfig, run_dir: str | Path, resume: bool = False,
                  log_prefix: str | None = None, clock: Callable[[], float] | None = None):
-        self.stage, self.cfg, self.resume = stage, config, resume
+        self.stage, self.train_cfg, self.resume = stage, config, resume
         self.clock = clock or default_clock  # seconds; injectable so tests can check the budget accounting
         self.name = stage.name
         self.run = RunDir(Path(run_dir))
@@ -142,27 +142,27 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None) -> dict[str, Any]:
         """Train until ``epochs``, early stopping, target, ``max_steps`` or ``time_budget_s``."""
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, self._total_steps(train_loader),
-                                         clock=self._budget_fraction if self.cfg.time_budget_s else None)
+        self.scheduler = build_scheduler(self.optimizer, self.train_cfg, self._total_steps(train_loader),
+                                         clock=self._budget_fraction if self.train_cfg.time_budget_s else None)
         if not self.resume:
-            ckpt.seed_everything(self.cfg.seed)
+            ckpt.seed_everything(self.train_cfg.seed)
         resume_rng = self._restore(train_loader) if self.resume else None
         check_free_disk(self.run.checkpoints, ckpt.estimate_checkpoint_bytes(self.modules),
                         f"the checkpoints of stage '{self.name}'")
-        if self.cfg.distributed.preflight:
+        if self.train_cfg.distributed.preflight:
             check_memory(self, train_loader, move=to_device)
-        distributed.decorrelate_rngs(self.stage, seed=self.cfg.seed, step=self.step)
-        self.wandb = WandbLogger(self.cfg.wandb, prefix=self.prefix, run_dir=self.run.path,
-                                 config=self.cfg.model_dump(mode="json"), reporter=self.reporter)
+        distributed.decorrelate_rngs(self.stage, seed=self.train_cfg.seed, step=self.step)
+        self.wandb = WandbLogger(self.train_cfg.wandb, prefix=self.prefix, run_dir=self.run.path,
+                                 config=self.train_cfg.model_dump(mode="json"), reporter=self.reporter)
         self._t0 = self.clock() - self.elapsed_s
         self._train_loader = train_loader
         with self._signals:
-            while self.epoch < self.cfg.epochs and self.stop_reason is None:
+            while self.epoch < self.train_cfg.epochs and self.stop_reason is None:
                 self.stage.on_epoch_start(self.epoch)
                 self._set_train_mode(True)
                 self.train_one_epoch(train_loader, resume_rng=resume_rng)
                 resume_rng = None
-                due = (self.epoch + 1) % self.cfg.val_every == 0 or self.epoch + 1 == self.cfg.epochs
+                due = (self.epoch + 1) % self.train_cfg.val_every == 0 or self.epoch + 1 == self.train_cfg.epochs
                 val = self.validate(val_loader) if (due or self.stop_reason) else None
                 self.on_epoch_end(val)
                 self._check_interrupt()
@@ -183,13 +183,13 @@ class Trainer:
             ckpt.restore_rng(resume_rng["current"])
             ckpt.load_loader_rng(loader, resume_rng["loader_current"])
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        self.reporter.start_epoch(total, f"{self.prefix} {self.epoch + 1}/{self.cfg.epochs}")
+        self.reporter.start_epoch(total, f"{self.prefix} {self.epoch + 1}/{self.train_cfg.epochs}")
         try:
             for batch in iterator:
                 self.train_one_batch(batch)
                 self.batch_in_epoch += 1
                 self.reporter.advance(self._postfix)
-                if self.batch_in_epoch % self.cfg.grad_accum == 0:
+                if self.batch_in_epoch % self.train_cfg.grad_accum == 0:
                     self.optimizer_step()
                     if self._after_step():
                         break
@@ -206,14 +206,14 @@ class Trainer:
         with self.precision.autocast():
             out = self.stage.loss(batch, epoch=self.epoch, step=self.step)
         loss = out["loss"]
-        if self.global_batch in self.cfg.faults.nan_loss_at_batch and self.cfg.faults.nan_loss_rank in (
+        if self.global_batch in self.train_cfg.faults.nan_loss_at_batch and self.train_cfg.faults.nan_loss_rank in (
                 None, distributed.rank()):
             loss = loss * float("nan")
         parts = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
         parts["loss"] = float(loss.detach())
         parts, weight = self.sync.reduce_parts(parts, distributed.batch_length(batch))  # global batch's losses
         self.global_batch += 1
-        if self.global_batch - 1 == self.cfg.faults.sigterm_at_batch:
+        if self.global_batch - 1 == self.train_cfg.faults.sigterm_at_batch:
             os.kill(os.getpid(), signal.SIGTERM)  # handled like a user's: at the next step boundary
         if not math.isfinite(parts["loss"]):
             self.skipped_batches += 1
@@ -221,7 +221,7 @@ class Trainer:
             self._event("nonfinite_loss", f"non-finite loss {parts['loss']} at batch {self.global_batch - 1}; "
                         "batch skipped before backward", batch=self.global_batch - 1)
             return False
-        self.precision.backward(loss.float() * weight / self.cfg.grad_accum)
+        self.precision.backward(loss.float() * weight / self.train_cfg.grad_accum)
         self.monitor.add_loss(parts)
         self._accum += 1
         self._postfix["loss"] = f"{parts['loss']:.3g}"
@@ -233,14 +233,14 @@ class Trainer:
         if count == 0:
             return
         self.sync.reduce_gradients()  # mean over the ranks, once per accumulation group (= no_sync before)
-        if count < self.cfg.grad_accum:  # a short last group: average over the batches it has
+        if count < self.train_cfg.grad_accum:  # a short last group: average over the batches it has
             for p in self._params():
-                p.grad.mul_(self.cfg.grad_accum / count)
-        if self.step in self.cfg.faults.inf_grad_at_step:
+                p.grad.mul_(self.train_cfg.grad_accum / count)
+        if self.step in self.train_cfg.faults.inf_grad_at_step:
             next(self._params()).grad.fill_(float("inf"))
         self.precision.unscale(self.optimizer)
-        norm, clipped = clip_gradients(self.optimizer.param_groups, self.cfg.grad_clip,
-                                       per_group=self.cfg.clip_per_group)
+        norm, clipped = clip_gradients(self.optimizer.param_groups, self.train_cfg.grad_clip,
+                                       per_group=self.train_cfg.clip_per_group)
         if math.isfinite(norm):
             with self._lr_spike():
                 self._last_lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
@@ -258,7 +258,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.after_step()
         self.step += 1
-        if self.step % self.cfg.health_every == 0:
+        if self.step % self.train_cfg.health_every == 0:
             self._emit(self.monitor.window_record(self._context()))
 
     def validate(self, loader: Iterable | None) -> dict[str, float] | None:
@@ -288,7 +288,7 @@ class Trainer:
             self.save_checkpoints("best")
         elif metric is not None:
             self.bad_validations += 1
-            if self.best_metric is None and not ckpt.checkpoint_exists(self.run.checkpoints / f"{self.name}_best"):
+            if self.best_metric is None and not self.run.has_stage(self.name, "best"):
                 # a diverged validation (NaN/inf) must not leave later stages without a checkpoint: keep
                 # these weights as 'best' until a finite validation replaces them, and say so
                 self._event("nonfinite_validation", f"{self.name} epoch {self.epoch}: validation metric is {metric}; "
@@ -298,10 +298,10 @@ class Trainer:
         record.update({**(val or {}), "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                        "improved": improved})
         self._emit(record)
-        patience = self.cfg.early_stopping_patience
+        patience = self.train_cfg.early_stopping_patience
         if self.stop_reason is None and patience is not None and self.bad_validations >= patience:
             self.stop_reason = "early_stopped"
-        target = self.cfg.target_metric
+        target = self.train_cfg.target_metric
         if self.stop_reason is None and target is not None and self.best_metric is not None \
                 and self.best_metric <= target:
             self.stop_reason = "target_reached"
@@ -314,21 +314,21 @@ class Trainer:
         """``best``: the validated weights; ``last``: live weights, EMA weights and the training state."""
         if not is_main_process():
             return
-        folder = self.run.checkpoints
         meta = {**self.stage.checkpoint_meta(), "stage": self.name, "epoch": self.epoch, "step": self.step,
                 "val": self.last_val, "val_metric": (self.last_val or {}).get("val_metric")}
         ema_ctx = self.ema.applied() if self.ema is not None else nullcontext()
         if which == "best":
             with ema_ctx:
-                ckpt.save_checkpoint(folder / f"{self.name}_best", self.modules,
+                ckpt.save_checkpoint(self.run.stage_stem(self.name, "best"), self.modules,
                                      {**meta, "kind": "best", "weights": "ema" if self.ema else "live"})
             return
-        ckpt.save_checkpoint(folder / f"{self.name}_last", self.modules, {**meta, "kind": "last", "weights": "live"})
+        ckpt.save_checkpoint(self.run.stage_stem(self.name, "last"), self.modules,
+                             {**meta, "kind": "last", "weights": "live"})
         if self.ema is not None:
             with ema_ctx:
-                ckpt.save_checkpoint(folder / f"{self.name}_ema", self.modules,
+                ckpt.save_checkpoint(self.run.stage_stem(self.name, "ema"), self.modules,
                                      {**meta, "kind": "ema", "weights": "ema"})
-        ckpt.save_state(folder / f"{self.name}_state.pt", self._state())
+        ckpt.save_state(self.run.state_path(self.name), self._state())
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -343,7 +343,7 @@ class Trainer:
             "epoch_start_rng": self._epoch_start_rng if self.batch_in_epoch else None,
             "epoch_start_loader_rng": self._epoch_start_loader_rng if self.batch_in_epoch else None,
             "loader_rng": ckpt.loader_rng(self._train_loader), "stage_rng": self.stage.rng_state(),
-            "last_lrs": self._last_lrs, "training_config": self.cfg.model_dump(mode="json"),
+            "last_lrs": self._last_lrs, "training_config": self.train_cfg.model_dump(mode="json"),
             "modules": ckpt.module_tensors(self.modules),
         }
 
@@ -353,8 +353,7 @@ class Trainer:
         Restored here: the stage's own generators (``Stage.load_rng_state``) and, at an epoch boundary,
         the global and loader RNGs; mid-epoch ``train_one_epoch`` restores the epoch-start states,
         re-reads the consumed batches and then restores the current ones."""
-        folder = self.run.checkpoints
-        state_path = folder / f"{self.name}_state.pt"
+        state_path = self.run.state_path(self.name)
         state = ckpt.load_state(state_path)
         # the live weights travel inside the (atomically written) state file, so they always match it
         ckpt.load_tensors(self.modules, state["modules"], source=f"training state {state_path}")
@@ -363,8 +362,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (ValueError, KeyError) as err:
-            raise ckpt.CheckpointError(f"training state of stage '{self.name}' in {folder} does not fit this "
-                                       f"optimizer/scheduler ({err}); resume with the run's own config") from None
+            raise ckpt.CheckpointError(f"training state of stage '{self.name}' in {self.run.checkpoints} does not fit "
+                                       f"this optimizer/scheduler ({err}); resume with the run's own config") from None
         self.precision.load_state_dict(state["precision"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -389,14 +388,14 @@ class Trainer:
         """Warn when a resumed run's training config differs in fields that change the result."""
         free = {"epochs", "max_steps", "time_budget_s", "progress", "wandb", "faults", "early_stopping_patience",
                 "target_metric", "device", "health_every", "distributed"}
-        now = self.cfg.model_dump(mode="json")
+        now = self.train_cfg.model_dump(mode="json")
         changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
         if changed:
             self.reporter.warn(f"resuming stage '{self.name}' with changed training settings {changed}; the result "
                                "will differ from an uninterrupted run")
 
     def summary(self) -> dict[str, Any]:
-        status = self.stop_reason or ("completed" if self.cfg.epochs > 0 else "skipped")
+        status = self.stop_reason or ("completed" if self.train_cfg.epochs > 0 else "skipped")
         out = {"stage": self.name, "kind": "summary", "status": status, "epochs": self.epoch, "step": self.step,
                "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
@@ -408,18 +407,18 @@ class Trainer:
     def _after_step(self) -> bool:
         """Checks at a step boundary: interruption (raises), max_steps, time budget. True: stop the epoch."""
         self._check_interrupt()
-        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+        if self.train_cfg.max_steps is not None and self.step >= self.train_cfg.max_steps:
             self.stop_reason = "max_steps"
-        elif self.cfg.time_budget_s is not None and distributed.from_main(
-                self.clock() - self._t0 >= self.cfg.time_budget_s):  # rank 0's clock decides
+        elif self.train_cfg.time_budget_s is not None and distributed.from_main(
+                self.clock() - self._t0 >= self.train_cfg.time_budget_s):  # rank 0's clock decides
             self.stop_reason = "time_budget"
         return self.stop_reason is not None
 
     def _budget_fraction(self) -> float:
         """Fraction of ``time_budget_s`` used so far (0 before ``fit`` starts the clock)."""
-        if self._t0 is None or not self.cfg.time_budget_s:
+        if self._t0 is None or not self.train_cfg.time_budget_s:
             return 0.0
-        return distributed.from_main((self.clock() - self._t0) / self.cfg.time_budget_s)
+        return distributed.from_main((self.clock() - self._t0) / self.train_cfg.time_budget_s)
 
     def _check_interrupt(self) -> None:
         if not distributed.any_rank(self._signals.signum is not None):  # a signal to any rank stops all
@@ -427,18 +426,19 @@ class Trainer:
         self.save_checkpoints("last")
         distributed.barrier()  # rank 0's checkpoint is on disk before any rank exits
         signame = self._signals.name or "a signal to another rank"
-        self._event("interrupted", f"{signame} received; saved {self.name}_last at step {self.step}")
+        saved = self.run.stage_stem(self.name, "last").name
+        self._event("interrupted", f"{signame} received; saved {saved} at step {self.step}")
         error = TrainingInterrupted(self.run.path, self.name, self.step)
         self.reporter.warn(str(error))
         raise error
 
     def _total_steps(self, loader: Iterable) -> int:
         if hasattr(loader, "__len__"):
-            per_epoch = math.ceil(len(loader) / self.cfg.grad_accum)  # type: ignore[arg-type]
-            total = per_epoch * self.cfg.epochs
-            return min(total, self.cfg.max_steps) if self.cfg.max_steps else max(total, 1)
-        if self.cfg.max_steps:
-            return self.cfg.max_steps
+            per_epoch = math.ceil(len(loader) / self.train_cfg.grad_accum)  # type: ignore[arg-type]
+            total = per_epoch * self.train_cfg.epochs
+            return min(total, self.train_cfg.max_steps) if self.train_cfg.max_steps else max(total, 1)
+        if self.train_cfg.max_steps:
+            return self.train_cfg.max_steps
         raise ConfigError("the training loader has no length: set training.max_steps so the LR schedule "
                           "knows its horizon")
 
@@ -451,7 +451,7 @@ class Trainer:
 
     @contextmanager
     def _lr_spike(self):
-        spike = self.cfg.faults.lr_spike
+        spike = self.train_cfg.faults.lr_spike
         active = spike is not None and spike.start <= self.step < spike.start + spike.length
         saved = [g["lr"] for g in self.optimizer.param_groups]
         if active:
@@ -485,7 +485,7 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log(record)
         if record["kind"] == "epoch" or self.reporter.mode == "lines":
-            self.reporter.line(_format_line(record, self.prefix, self.cfg.epochs))
+            self.reporter.line(_format_line(record, self.prefix, self.train_cfg.epochs))
 
 
 def _format_line(r: dict[str, Any], prefix: str, epochs: int) -> str:

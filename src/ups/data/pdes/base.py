@@ -25,6 +25,12 @@ import torch
 from ups.errors import ConfigError
 
 
+def check_threads(threads: int | None) -> None:
+    """A solver's ``threads`` setting: a positive count or None (one-line :class:`ConfigError` otherwise)."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads}: use a positive number, or None for torch's own setting")
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the body on ``n`` intra-op threads (None: leave torch's setting), then restore the setting.

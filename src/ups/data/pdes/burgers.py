@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ups.data.pdes import PDES
-from ups.data.pdes.base import PDE, Grid1D, Params1D, torch_threads
+from ups.data.pdes.base import PDE, Grid1D, Params1D, check_threads, torch_threads
 from ups.data.pdes.initial_conditions import sample_pdebench_sines
 from ups.data.pdes.spectral import QuadraticETDRK4, coefficients, evaluate, fft_size
 from ups.errors import ConfigError
@@ -85,8 +85,7 @@ class Burgers1D(PDE):
         self.min_internal = min_internal
         self.max_internal = max_internal
         self.contour_points = contour_points
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads={threads}: use a positive number, or None for torch's own setting")
+        check_threads(threads)
         self.threads = threads  # intra-op threads during solve (see base.torch_threads)
         self.last_run: dict = {}  # internal resolution and steps per frame of the last solve
 

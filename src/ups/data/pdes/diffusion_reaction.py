@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ups.data.pdes import PDES
-from ups.data.pdes.base import PDE, Grid1D, Params1D, torch_threads
+from ups.data.pdes.base import PDE, Grid1D, Params1D, check_threads, torch_threads
 from ups.data.pdes.initial_conditions import sample_pdebench_sines
 from ups.errors import ConfigError
 
@@ -82,8 +82,7 @@ class DiffusionReaction1D(PDE):
     def __init__(self, *, steps_per_frame: int = 4, richardson: bool = True, threads: int | None = 1):
         if steps_per_frame < 1:
             raise ConfigError(f"steps_per_frame={steps_per_frame}: must be at least 1")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads={threads}: use a positive number, or None for torch's own setting")
+        check_threads(threads)
         self.steps_per_frame = steps_per_frame
         self.richardson = richardson
         self.threads = threads

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ups.data.pdes import PDES
-from ups.data.pdes.base import PDE, Grid1D, Params1D, torch_threads
+from ups.data.pdes.base import PDE, Grid1D, Params1D, check_threads, torch_threads
 from ups.data.pdes.spectral import QuadraticETDRK4, coefficients, evaluate, fft_size
 from ups.errors import ConfigError
 
@@ -80,8 +80,7 @@ class KuramotoSivashinsky1D(PDE):
             raise ConfigError(f"steps_per_frame={steps_per_frame}: must be at least 1")
         if internal is not None and internal < 8:
             raise ConfigError(f"internal={internal}: the internal grid needs at least 8 points")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads={threads}: use a positive number, or None for torch's own setting")
+        check_threads(threads)
         self.steps_per_frame = steps_per_frame
         self.internal = internal
         self.contour_points = contour_points

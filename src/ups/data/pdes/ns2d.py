@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from ups.data.pdes import PDES
-from ups.data.pdes.base import PDE, Grid2D, Params2D, torch_threads
+from ups.data.pdes.base import PDE, Grid2D, Params2D, check_threads, torch_threads
 from ups.data.pdes.spectral import etdrk4_coefficients
 from ups.errors import ConfigError
 
@@ -151,8 +151,7 @@ class NavierStokes2D(PDE):
             raise ConfigError(f"ic_convention={ic_convention!r}: choose 'fno_code' or 'paper'")
         if not 0 < cfl <= 2.5:
             raise ConfigError(f"cfl={cfl}: choose a value in (0, 2.5] (ETDRK4's advective stability limit)")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads={threads}: use a positive number, or None for torch's own setting")
+        check_threads(threads)
         self.internal, self.cfl, self.ic_resolution = internal, cfl, ic_resolution
         self.ic_convention, self.contour_points = ic_convention, contour_points
         self.max_steps_per_frame, self.threads = max_steps_per_frame, threads

@@ -52,28 +52,29 @@ class BaselineStage(Stage):
     config_class = BaselineStageConfig
     val_metric = "val_rollout_nrmse"
 
-    def __init__(self, *, model: nn.Module, config: BaselineStageConfig, normalizer: Any,
+    def __init__(self, *, model: nn.Module, stage_cfg: BaselineStageConfig, normalizer: Any,
                  model_name: str = "", model_params: dict | None = None, meta: DatasetMetadata | None = None):
         self.model = model
-        self.config = config
+        self.stage_cfg = stage_cfg
         self.normalizer = normalizer
         self.meta = meta
         self.model_name = model_name
         self.model_params = dict(model_params or {})
 
     @classmethod
-    def build(cls, *, cfg: ExperimentConfig, meta: DatasetMetadata, normalizer: Any, run_dir: Path) -> BaselineStage:
-        model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
-        return cls(model=model, config=cls.stage_config(cfg), normalizer=normalizer, model_name=cfg.model.name,
-                   model_params=cfg.model.params, meta=meta)
+    def build(cls, *, stage_cfg: BaselineStageConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer: Any,
+              run_dir: Path | None = None) -> BaselineStage:
+        model_cfg = exp.model
+        model = MODELS.get(model_cfg.name).from_config(meta, model_cfg.params)
+        return cls(model=model, stage_cfg=stage_cfg, normalizer=normalizer, model_name=model_cfg.name,
+                   model_params=model_cfg.params, meta=meta)
 
     @classmethod
-    def train_window(cls, cfg: ExperimentConfig) -> int:
-        sc = cls.stage_config(cfg)
-        return sc.pushforward_steps + sc.unroll_steps + 1
+    def train_window(cls, stage_cfg: BaselineStageConfig) -> int:
+        return stage_cfg.pushforward_steps + stage_cfg.unroll_steps + 1
 
     @classmethod
-    def val_window(cls, cfg: ExperimentConfig) -> int | None:
+    def val_window(cls, stage_cfg: BaselineStageConfig) -> int | None:
         return None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -89,22 +90,22 @@ class BaselineStage(Stage):
         device = self._device()
         u, coords = (t.to(device) for t in flatten_points(batch["u"], batch["coords"]))  # [B, W, N, C], [B, N, d]
         params, dt = batch["params"].to(device), batch["dt"].to(device)
-        sc = self.config
-        need = sc.pushforward_steps + sc.unroll_steps + 1
+        stage_cfg = self.stage_cfg
+        need = self.train_window(stage_cfg)
         if u.shape[1] < need:
             raise ValueError(f"baseline stage needs windows of {need} frames, got {u.shape[1]}")
         state = u[:, 0]
-        if sc.pushforward_steps:
+        if stage_cfg.pushforward_steps:
             with torch.no_grad():
-                for _ in range(sc.pushforward_steps):
+                for _ in range(stage_cfg.pushforward_steps):
                     state = self.model.predict_next(state, coords, params, dt)
-        if sc.input_noise > 0:
-            state = state + sc.input_noise * torch.randn_like(state)
+        if stage_cfg.input_noise > 0:
+            state = state + stage_cfg.input_noise * torch.randn_like(state)
         errors = []
-        for k in range(sc.unroll_steps):
+        for k in range(stage_cfg.unroll_steps):
             state = self.model.predict_next(state, coords, params, dt)
-            errors.append((state - u[:, sc.pushforward_steps + k + 1]).pow(2).mean())
-            if sc.detach_between_steps:
+            errors.append((state - u[:, stage_cfg.pushforward_steps + k + 1]).pow(2).mean())
+            if stage_cfg.detach_between_steps:
                 state = state.detach()
         out = {"loss": torch.stack(errors).mean(), "loss_forward": errors[0]}
         if len(errors) > 1:
@@ -127,7 +128,7 @@ class BaselineStage(Stage):
         sums = {"val_rollout_nrmse": 0.0, "val_one_step_nrmse": 0.0, "val_one_step_mse": 0.0, "samples": 0}
         denorm = self.normalizer.denormalize
         for got in iter_rollouts(rollout_fn(self.model), loader, lambda v: v, device=self._device(),
-                                 max_steps=self.config.val_max_steps):
+                                 max_steps=self.stage_cfg.val_max_steps):
             true = denorm(got.true)  # [B, T - 1, *spatial, C]
             sums["val_rollout_nrmse"] += float(nrmse_per_sample(denorm(got.pred), true).mean(dim=(1, 2)).sum())
             sums["val_one_step_mse"] += float((got.one_step - got.true).pow(2).flatten(1).mean(1).sum())
@@ -140,6 +141,6 @@ class BaselineStage(Stage):
         return {"model": self.model_name, "model_params": self.model_params,
                 "data_meta": self.meta.to_dict() if self.meta is not None else None,
                 "normalizer": self.normalizer.to_dict() if hasattr(self.normalizer, "to_dict") else None,
-                "stage_config": self.config.model_dump(),
+                "stage_config": self.stage_cfg.model_dump(),
                 # ups eval and the benchmarks keep this model's rollouts within the initial range, as UPS's
                 "max_principle": self.meta is not None and has_maximum_principle(self.meta.pde)}

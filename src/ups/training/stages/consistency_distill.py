@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ups.checkpoint import read_checkpoint_meta
+from ups.config import ExperimentConfig, ModelConfig
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.io_utils import ensure_writable_dir
@@ -61,7 +62,7 @@ class ConsistencyDistillConfig(StageConfig):
     compile_cache_dir: str | None = None
 
 
-def load_teacher(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint_name: str,
+def load_teacher(model_cfg: ModelConfig, meta: DatasetMetadata, run_dir: Path | None, checkpoint_name: str,
                  stage: str) -> tuple[nn.Module, Corrector, dict[str, Any]]:
     """The frozen surrogate and multi-step corrector of ``checkpoint_name`` and its metadata."""
     from ups.models import MODELS
@@ -71,7 +72,7 @@ def load_teacher(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint_na
     info = read_checkpoint_meta(stem)
     if "corrector" not in info:
         raise CheckpointError(f"checkpoint {stem}.json holds no corrector: it was not written by diff_residual")
-    model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
+    model = MODELS.get(model_cfg.name).from_config(meta, model_cfg.params)
     teacher = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
                         config=CorrectorConfig(**info["corrector"]))
     load_frozen(stem, {"model": model, "corrector": teacher})
@@ -90,7 +91,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
     def __init__(self, *, model: nn.Module, teacher: Corrector, stage_cfg: ConsistencyDistillConfig,
                  teacher_steps: int, normalizer=None, meta_info: dict[str, Any] | None = None,
                  run_dir: Path | None = None):
-        self.model, self.teacher, self.cfg = freeze(model), freeze(teacher), stage_cfg
+        self.model, self.teacher, self.stage_cfg = freeze(model), freeze(teacher), stage_cfg
         self.student = copy.deepcopy(teacher).train().requires_grad_(True)
         self.teacher_steps = stage_cfg.teacher_steps or teacher_steps
         self.normalizer, self.meta_info = normalizer, meta_info or {}
@@ -102,11 +103,11 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
             self._jump = torch.compile(self.student.clean_estimate)
 
     @classmethod
-    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> ConsistencyDistillStage:
-        stage_cfg = cls.stage_config(cfg)
-        model, teacher, info = load_teacher(cfg, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
+    def build(cls, *, stage_cfg: ConsistencyDistillConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer,
+              run_dir: Path | None = None) -> ConsistencyDistillStage:
+        model, teacher, info = load_teacher(exp.model, meta, run_dir, stage_cfg.teacher_checkpoint, cls.name)
         return cls(model=model, teacher=teacher, stage_cfg=stage_cfg, teacher_steps=int(info["refine_steps"]),
-                   normalizer=normalizer, meta_info=surrogate_meta(cfg, meta, normalizer), run_dir=run_dir)
+                   normalizer=normalizer, meta_info=surrogate_meta(exp, meta, normalizer), run_dir=run_dir)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "teacher": self.teacher, "corrector": self.student}
@@ -116,10 +117,10 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
 
     def taus(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """[distill_num_taus, B] noise levels; the first row is 1 when ``include_tau_one``."""
-        n = self.cfg.distill_num_taus
-        rows = sample_tau(n * batch_size, distribution=self.cfg.tau_distribution, beta=self.cfg.tau_beta,
+        n = self.stage_cfg.distill_num_taus
+        rows = sample_tau(n * batch_size, distribution=self.stage_cfg.tau_distribution, beta=self.stage_cfg.tau_beta,
                           device=device).view(n, batch_size)
-        if self.cfg.include_tau_one:
+        if self.stage_cfg.include_tau_one:
             rows[0] = 1.0
         return rows
 
@@ -127,7 +128,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
                      taus: torch.Tensor) -> torch.Tensor:
         """Mean over taus of ``|x1_S - x1_T|^2``. z_pred, eps, x1_t: [B, L, D]; cond: [B, n_cond]; taus: [n, B]."""
         b = z_pred.shape[0]
-        micro = self.cfg.distill_micro_batch or b
+        micro = self.stage_cfg.distill_micro_batch or b
         total = z_pred.new_zeros(())
         for tau in taus:
             x_tau = noise(x1_t, tau, eps)
@@ -161,7 +162,8 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
             eps = (torch.randn(z_pred.shape, generator=generator).to(z_pred) if generator is not None
                    else torch.zeros_like(z_pred))
             r_t = self.teacher.unstandardise(self.teacher.sample(z_pred, cond, steps=self.teacher_steps, eps=eps))
-            r_s = self.student.unstandardise(self.student.sample(z_pred, cond, steps=self.cfg.student_steps, eps=eps))
+            r_s = self.student.unstandardise(self.student.sample(z_pred, cond, steps=self.stage_cfg.student_steps,
+                                                                 eps=eps))
             sq["diff"] += float((r_s - r_t).pow(2).sum())
             sq["teacher"] += float(r_t.pow(2).sum())
             sq["student"] += float(r_s.pow(2).sum())
@@ -178,5 +180,5 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
     def checkpoint_meta(self) -> dict[str, Any]:
         s = self.student
         return {**self.meta_info, "corrector": s.config.model_dump(), "corrector_kind": "distilled",
-                "latent_dim": s.latent_dim, "n_cond": s.n_cond, "refine_steps": self.cfg.student_steps,
+                "latent_dim": s.latent_dim, "n_cond": s.n_cond, "refine_steps": self.stage_cfg.student_steps,
                 "teacher_steps": self.teacher_steps}

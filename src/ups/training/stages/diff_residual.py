@@ -37,6 +37,7 @@ from pydantic import Field
 from torch import nn
 
 from ups.checkpoint import read_checkpoint_meta
+from ups.config import ExperimentConfig, ModelConfig
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.eval.metrics import nrmse_per_sample
@@ -45,6 +46,7 @@ from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, n
 from ups.rollout import flatten_points
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
+from ups.training.stages.operator import OperatorStage
 
 
 class DiffResidualConfig(StageConfig):
@@ -83,15 +85,16 @@ def decoded_residual(model: nn.Module, pair: dict[str, torch.Tensor], *, iters: 
     return r.detach()
 
 
-def load_frozen_surrogate(cfg, meta: DatasetMetadata, run_dir: Path | None, checkpoint: str, *,
+def load_frozen_surrogate(model_cfg: ModelConfig, meta: DatasetMetadata, run_dir: Path | None, checkpoint: str, *,
                           stage: str, needs: str) -> nn.Module:
-    """Build ``cfg.model`` and load module ``model`` of ``run_dir/checkpoints/{checkpoint}``; frozen, eval mode.
+    """Build the model of ``model_cfg`` (an experiment's ``model`` section) and load module ``model`` of
+    ``run_dir/checkpoints/{checkpoint}``; frozen, eval mode.
 
     A missing checkpoint is a one-line :class:`CheckpointError` naming the stage to run first.
     """
     stem = require_checkpoint(None if run_dir is None else RunFiles(run_dir), checkpoint, stage=stage, needs=needs)
-    check_checkpoint_source(read_checkpoint_meta(stem), cfg, meta, stem)
-    model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
+    check_checkpoint_source(read_checkpoint_meta(stem), model_cfg, meta, stem)
+    model = MODELS.get(model_cfg.name).from_config(meta, model_cfg.params)
     load_frozen(stem, {"model": model}, strict=False)
     return model
 
@@ -99,12 +102,12 @@ def load_frozen_surrogate(cfg, meta: DatasetMetadata, run_dir: Path | None, chec
 DATA_FACTS = ("pde", "spatial_dims", "n_channels", "param_names", "boundary")
 
 
-def check_checkpoint_source(info: dict, cfg, meta: DatasetMetadata, stem: Path) -> None:
+def check_checkpoint_source(info: dict, model_cfg: ModelConfig, meta: DatasetMetadata, stem: Path) -> None:
     """One line when checkpoint ``stem`` was written for another model or another data set than this run's."""
     model, params = info.get("model"), info.get("model_params")
-    if model is not None and (model != cfg.model.name or (params is not None and params != cfg.model.params)):
+    if model is not None and (model != model_cfg.name or (params is not None and params != model_cfg.params)):
         raise CheckpointError(f"checkpoint {stem}.json was written for model '{model}' {params} but this run builds "
-                              f"'{cfg.model.name}' {cfg.model.params}: use that checkpoint's own run directory")
+                              f"'{model_cfg.name}' {model_cfg.params}: use that checkpoint's own run directory")
     saved = info.get("data_meta") or {}
     here = meta.to_dict()
     differ = [k for k in DATA_FACTS if k in saved and k in here and _plain(saved[k]) != _plain(here[k])]
@@ -136,11 +139,11 @@ def latent_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, t
             "cond": condition_vector(batch["params"], batch["dt"])}
 
 
-def surrogate_meta(cfg, meta: DatasetMetadata, normalizer) -> dict[str, Any]:
-    """What ``Simulator.from_run`` needs to rebuild the surrogate from any corrector-stage checkpoint."""
-    out: dict[str, Any] = {"model": cfg.model.name, "model_params": cfg.model.params, "data_meta": meta.to_dict()}
-    op = cfg.stages.get("operator") or {}
-    out["rollout_mode"] = op.get("rollout_mode", "reencode")
+def surrogate_meta(exp: ExperimentConfig, meta: DatasetMetadata, normalizer) -> dict[str, Any]:
+    """What ``Simulator.from_run`` needs to rebuild the surrogate from any corrector-stage checkpoint
+    (the model of ``exp`` and the rollout mode of its operator stage)."""
+    out: dict[str, Any] = {"model": exp.model.name, "model_params": exp.model.params, "data_meta": meta.to_dict()}
+    out["rollout_mode"] = OperatorStage.stage_config(exp).rollout_mode
     if normalizer is not None:
         out["normalizer"] = normalizer.to_dict()
     return out
@@ -181,11 +184,11 @@ class OneStepPairs:
     """Windows of the stages that train and validate on one-step pairs ``(u_t, u_{t+1})`` (:func:`latent_pair`)."""
 
     @classmethod
-    def train_window(cls, cfg) -> int:
+    def train_window(cls, stage_cfg: StageConfig) -> int:
         return 2
 
     @classmethod
-    def val_window(cls, cfg) -> int | None:
+    def val_window(cls, stage_cfg: StageConfig) -> int | None:
         return 2
 
 
@@ -200,18 +203,18 @@ class DiffResidualStage(OneStepPairs, Stage):
 
     def __init__(self, *, model: nn.Module, corrector: Corrector, stage_cfg: DiffResidualConfig,
                  normalizer=None, meta_info: dict[str, Any] | None = None):
-        self.model, self.corrector, self.cfg = freeze(model), corrector, stage_cfg
+        self.model, self.corrector, self.stage_cfg = freeze(model), corrector, stage_cfg
         self.normalizer = normalizer
         self.meta_info = meta_info or {}
 
     @classmethod
-    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> DiffResidualStage:
-        stage_cfg = cls.stage_config(cfg)
-        model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
+    def build(cls, *, stage_cfg: DiffResidualConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer,
+              run_dir: Path | None = None) -> DiffResidualStage:
+        model = load_frozen_surrogate(exp.model, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
         return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
-                   meta_info=surrogate_meta(cfg, meta, normalizer))
+                   meta_info=surrogate_meta(exp, meta, normalizer))
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "corrector": self.corrector}
@@ -221,17 +224,17 @@ class DiffResidualStage(OneStepPairs, Stage):
 
     def residual(self, pair: dict[str, torch.Tensor]) -> torch.Tensor:
         """The configured residual target of a :func:`latent_pair` -> [B, L, D]."""
-        if self.cfg.residual_target == "encoded" or not hasattr(self.model, "decode"):
+        if self.stage_cfg.residual_target == "encoded" or not hasattr(self.model, "decode"):
             return pair["z_true"] - pair["z_pred"]
-        return decoded_residual(self.model, pair, iters=self.cfg.residual_iters, reg=self.cfg.residual_reg)
+        return decoded_residual(self.model, pair, iters=self.stage_cfg.residual_iters, reg=self.stage_cfg.residual_reg)
 
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
         pair = latent_pair(self.model, batch)
         z_pred, residual = pair["z_pred"], self.residual(pair)
-        if int(self.corrector.stats_updates) < self.cfg.stats_batches:
+        if int(self.corrector.stats_updates) < self.stage_cfg.stats_batches:
             self.corrector.update_statistics(residual, z_pred)
         x1 = self.corrector.standardise(residual)
-        tau = sample_tau(x1.shape[0], distribution=self.cfg.tau_distribution, beta=self.cfg.tau_beta,
+        tau = sample_tau(x1.shape[0], distribution=self.stage_cfg.tau_distribution, beta=self.stage_cfg.tau_beta,
                          device=x1.device)
         eps = torch.randn_like(x1)
         x_tau = noise(x1, tau, eps)
@@ -247,13 +250,13 @@ class DiffResidualStage(OneStepPairs, Stage):
         scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
         for batch in loader:
             pair = latent_pair(self.model, {k: v.to(device) for k, v in batch.items()})
-            z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.cfg.val_steps)
+            z_corr = self.corrector.refine(pair["z_pred"], pair["cond"], steps=self.stage_cfg.val_steps)
             scores.add(self.model, pair, z_corr)
         out = scores.result()
         out["val_metric"] = out.get("val_one_step_ratio", out["val_latent_rel_err"])
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {**self.meta_info, "corrector": self.cfg.corrector.model_dump(), "corrector_kind": "multi",
+        return {**self.meta_info, "corrector": self.stage_cfg.corrector.model_dump(), "corrector_kind": "multi",
                 "latent_dim": self.corrector.latent_dim, "n_cond": self.corrector.n_cond,
-                "refine_steps": self.cfg.val_steps or self.cfg.corrector.steps}
+                "refine_steps": self.stage_cfg.val_steps or self.stage_cfg.corrector.steps}

@@ -35,6 +35,7 @@ from pydantic import Field
 from torch import nn
 from torch.autograd.profiler import record_function
 
+from ups.config import ExperimentConfig
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
 from ups.errors import ConfigError
@@ -67,12 +68,12 @@ class OperatorStageConfig(StageConfig):
     inverse_loss_balance: float | None = Field(0.1, gt=0)
 
 
-def unroll_length(cfg: OperatorStageConfig, step: int) -> int:
+def unroll_length(stage_cfg: OperatorStageConfig, step: int) -> int:
     """K at optimiser step ``step``: 1 at the start, ``rollout_steps`` after ``rollout_ramp_steps``."""
-    if cfg.rollout_ramp_steps == 0:
-        return cfg.rollout_steps
-    frac = min(1.0, step / cfg.rollout_ramp_steps)
-    return 1 + int(frac * (cfg.rollout_steps - 1) + 1e-9)
+    if stage_cfg.rollout_ramp_steps == 0:
+        return stage_cfg.rollout_steps
+    frac = min(1.0, step / stage_cfg.rollout_ramp_steps)
+    return 1 + int(frac * (stage_cfg.rollout_steps - 1) + 1e-9)
 
 
 def spectral_error(pred: torch.Tensor, true: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -104,7 +105,8 @@ def encode_points(model: nn.Module, u: torch.Tensor, x: torch.Tensor, mask: torc
 
 
 def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.Tensor, dt: torch.Tensor, *,
-            cfg: OperatorStageConfig, unroll: int, keep_reencoded: bool, mask: torch.Tensor | None = None) -> dict:
+            stage_cfg: OperatorStageConfig, unroll: int, keep_reencoded: bool,
+            mask: torch.Tensor | None = None) -> dict:
     """K = ``unroll`` steps from u0 [B, N, C] at x [B, N, d] (real points: mask [B, N] or None) -> ``z0``
     [B, L, D], ``z_first`` (first predicted latent), ``preds`` [B, K, N, C] and ``reencoded`` (E of each
     prediction, when computed)."""
@@ -116,11 +118,11 @@ def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.T
         z_first = z_next if k == 0 else z_first
         nxt = model.decode(z_next, x, cur)
         preds.append(nxt)
-        if cfg.rollout_mode == "reencode" and (k + 1 < unroll or keep_reencoded):
+        if stage_cfg.rollout_mode == "reencode" and (k + 1 < unroll or keep_reencoded):
             reencoded.append(encode_points(model, nxt, x, mask))
-        z = reencoded[-1] if cfg.rollout_mode == "reencode" and k + 1 < unroll else z_next
+        z = reencoded[-1] if stage_cfg.rollout_mode == "reencode" and k + 1 < unroll else z_next
         cur = nxt
-        if cfg.detach_between_steps and k + 1 < unroll:
+        if stage_cfg.detach_between_steps and k + 1 < unroll:
             z, cur = z.detach(), cur.detach()
     return {"z0": z0, "z_first": z_first, "preds": torch.stack(preds, dim=1), "reencoded": reencoded}
 
@@ -156,7 +158,7 @@ def balanced_weights(forward: torch.Tensor, terms: dict[str, tuple[float, torch.
     return {k: w * scale for k, (w, _) in terms.items()}
 
 
-def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: OperatorStageConfig, unroll: int,
+def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, stage_cfg: OperatorStageConfig, unroll: int,
                     w_enc: float, w_dec: float, spatial: tuple[int, ...], domain: torch.Tensor | None,
                     generator: torch.Generator | None = None, step: int = 0) -> dict[str, torch.Tensor]:
     """The operator-stage loss on one batch (``u`` [B, W >= unroll + 1, *spatial, C], ``coords``,
@@ -165,37 +167,38 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: Op
     effective inverse weights ``w_inv_enc`` / ``w_inv_dec``. Terms whose weight is 0 are not computed; the
     inverse terms only on every ``inverse_loss_frequency``-th ``step``."""
     u, x = flatten_points(batch["u"], batch["coords"])  # [B, W, N, C], [B, N, d]
-    if domain is not None and cfg.random_shift:
+    if domain is not None and stage_cfg.random_shift:
         x = random_translation(x, domain, generator)
     params, dt, mask = batch["params"], batch["dt"], batch.get("mask")
-    if mask is not None and cfg.lambda_spectral > 0:
+    if mask is not None and stage_cfg.lambda_spectral > 0:
         raise ConfigError("lambda_spectral needs whole grids, but this batch holds point clouds (data.point_subset)")
     u0 = u[:, 0]
-    if cfg.input_noise > 0:
-        u0 = u0 + cfg.input_noise * torch.randn(u0.shape, generator=generator).to(u0)
-    if step % cfg.inverse_loss_frequency:
+    if stage_cfg.input_noise > 0:
+        u0 = u0 + stage_cfg.input_noise * torch.randn(u0.shape, generator=generator).to(u0)
+    if step % stage_cfg.inverse_loss_frequency:
         w_enc = w_dec = 0.0
     with record_function("loss: forward + rollout"):
-        r = _unroll(model, u0, x, params, dt, cfg=cfg, unroll=unroll,
-                    keep_reencoded=w_dec > 0 or cfg.latent_forward_weight > 0, mask=mask)
+        r = _unroll(model, u0, x, params, dt, stage_cfg=stage_cfg, unroll=unroll,
+                    keep_reencoded=w_dec > 0 or stage_cfg.latent_forward_weight > 0, mask=mask)
         pred, z_first = r["preds"], r["z_first"]  # [B, K, N, C], [B, L, D]
         true = u[:, 1:unroll + 1]
         out = {"loss_forward": masked_mse(pred[:, 0], true[:, 0], mask)}
         out["loss_rollout"] = masked_mse(pred[:, 1:], true[:, 1:], mask) if unroll > 1 else pred.new_zeros(())
-    if cfg.latent_forward_weight > 0:
+    if stage_cfg.latent_forward_weight > 0:
         with record_function("loss: latent"):
             out["loss_latent"] = F.mse_loss(z_first, encode_points(model, u[:, 1], x, mask).detach())
-    total = cfg.lambda_forward * (out["loss_forward"] + cfg.latent_forward_weight * out.get("loss_latent", 0.0))
-    total = total + cfg.lambda_rollout * out["loss_rollout"]
-    if cfg.lambda_spectral > 0:
+    total = stage_cfg.lambda_forward * (out["loss_forward"]
+                                        + stage_cfg.latent_forward_weight * out.get("loss_latent", 0.0))
+    total = total + stage_cfg.lambda_rollout * out["loss_rollout"]
+    if stage_cfg.lambda_spectral > 0:
         with record_function("loss: spectral"):
             out["loss_spectral"] = spectral_error(pred, true, spatial)
-        total = total + cfg.lambda_spectral * out["loss_spectral"]
+        total = total + stage_cfg.lambda_spectral * out["loss_spectral"]
     inverse = {}
     if w_enc > 0:
         with record_function("loss: inv_enc"):
             n = u.shape[2]
-            q = max(1, int(round(cfg.query_fraction * n)))
+            q = max(1, int(round(stage_cfg.query_fraction * n)))
             idx = torch.randperm(n, generator=generator)[:q].to(u.device)
             sub = None if mask is None else mask[:, idx]
             inverse["enc"] = (w_enc, masked_mse(model.decode(r["z0"], x[:, idx]), u0[:, idx], sub))
@@ -203,7 +206,7 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, cfg: Op
         with record_function("loss: inv_dec"):
             z_re = r["reencoded"][0] if r["reencoded"] else encode_points(model, pred[:, 0], x, mask)
             inverse["dec"] = (w_dec, relative_mse(z_re, z_first))
-    weights = balanced_weights(out["loss_forward"], inverse, cfg.inverse_loss_balance)
+    weights = balanced_weights(out["loss_forward"], inverse, stage_cfg.inverse_loss_balance)
     for key, (_, value) in inverse.items():
         out[f"loss_inv_{key}"] = value
         out[f"w_inv_{key}"] = torch.tensor(weights[key], dtype=torch.float64)  # after balancing
@@ -225,7 +228,7 @@ class OperatorStage(Stage):
     def __init__(self, *, model: nn.Module, stage_cfg: OperatorStageConfig, meta: DatasetMetadata, normalizer,
                  model_name: str, model_params: dict, seed: int = 0):
         self.model = model
-        self.cfg = stage_cfg
+        self.stage_cfg = stage_cfg
         self.meta = meta
         self.normalizer = normalizer
         self.model_name, self.model_params = model_name, model_params
@@ -237,18 +240,19 @@ class OperatorStage(Stage):
         self.max_principle = stage_cfg.max_principle and has_maximum_principle(meta.pde)
 
     @classmethod
-    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> OperatorStage:
-        model = MODELS.get(cfg.model.name).from_config(meta, cfg.model.params)
-        stage_cfg = cls.stage_config(cfg)
-        return cls(model=model, stage_cfg=stage_cfg, meta=meta, normalizer=normalizer, model_name=cfg.model.name,
-                   model_params=cfg.model.params, seed=cfg.training.seed)
+    def build(cls, *, stage_cfg: OperatorStageConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer,
+              run_dir: Path | None = None) -> OperatorStage:
+        model_cfg = exp.model
+        model = MODELS.get(model_cfg.name).from_config(meta, model_cfg.params)
+        return cls(model=model, stage_cfg=stage_cfg, meta=meta, normalizer=normalizer, model_name=model_cfg.name,
+                   model_params=model_cfg.params, seed=exp.training.seed)
 
     @classmethod
-    def train_window(cls, cfg) -> int:
-        return cls.stage_config(cfg).rollout_steps + 1
+    def train_window(cls, stage_cfg: OperatorStageConfig) -> int:
+        return stage_cfg.rollout_steps + 1
 
     @classmethod
-    def val_window(cls, cfg) -> int | None:
+    def val_window(cls, stage_cfg: OperatorStageConfig) -> int | None:
         return None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -261,8 +265,9 @@ class OperatorStage(Stage):
         """(w_enc, w_dec) at ``epoch`` from the trainer's curriculum helper."""
         from ups.training.curriculum import inverse_loss_weight
 
-        w = inverse_loss_weight(epoch, base=self.cfg.inverse_loss_base, warmup=self.cfg.inverse_loss_warmup_epochs,
-                                max_weight=self.cfg.inverse_loss_max_weight)
+        stage_cfg = self.stage_cfg
+        w = inverse_loss_weight(epoch, base=stage_cfg.inverse_loss_base, warmup=stage_cfg.inverse_loss_warmup_epochs,
+                                max_weight=stage_cfg.inverse_loss_max_weight)
         return w, w
 
     def rng_state(self) -> dict[str, Any]:
@@ -279,16 +284,16 @@ class OperatorStage(Stage):
 
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
         w_enc, w_dec = self.inverse_weights(epoch)
-        out = operator_losses(self.model, batch, cfg=self.cfg, unroll=unroll_length(self.cfg, step), w_enc=w_enc,
-                              w_dec=w_dec, spatial=self.meta.spatial_shape, domain=self.domain,
+        out = operator_losses(self.model, batch, stage_cfg=self.stage_cfg, unroll=unroll_length(self.stage_cfg, step),
+                              w_enc=w_enc, w_dec=w_dec, spatial=self.meta.spatial_shape, domain=self.domain,
                               generator=self.generator, step=step)
         out["w_curriculum"] = torch.tensor(w_enc, dtype=torch.float64)  # before balancing and frequency
-        out["unroll"] = torch.tensor(float(unroll_length(self.cfg, step)))
+        out["unroll"] = torch.tensor(float(unroll_length(self.stage_cfg, step)))
         return out
 
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         device = next(self.model.parameters()).device
-        scores = rollout_scores(self.model, loader, self.normalizer.denormalize, mode=self.cfg.rollout_mode,
+        scores = rollout_scores(self.model, loader, self.normalizer.denormalize, mode=self.stage_cfg.rollout_mode,
                                 device=device, max_principle=self.max_principle)
         names = (self.meta.extra.get("mixture") or {}).get("names", [])  # a data mixture: per-member scores too
         per_member = {f"val_rollout_nrmse_{names[m]}": v["nrmse"] for m, v in scores.get("per_member", {}).items()}
@@ -297,7 +302,8 @@ class OperatorStage(Stage):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What ``Simulator.from_run`` needs: model name and parameters, data metadata, normaliser."""
-        return {"model": self.model_name, "model_params": self.model_params, "rollout_mode": self.cfg.rollout_mode,
+        return {"model": self.model_name, "model_params": self.model_params,
+                "rollout_mode": self.stage_cfg.rollout_mode,
                 "max_principle": self.max_principle,
                 "data_meta": self.meta.to_dict(), "normalizer": self.normalizer.to_dict()}
 

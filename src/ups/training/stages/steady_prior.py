@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ups.config import ExperimentConfig
 from ups.data.metadata import DatasetMetadata
 from ups.eval.metrics import nrmse_per_sample
 from ups.models.steady_prior import SteadyPrior, SteadyPriorNetConfig, steady_state
@@ -55,25 +56,25 @@ class SteadyPriorStage(Stage):
 
     def __init__(self, *, model: nn.Module, prior: SteadyPrior, stage_cfg: SteadyPriorConfig, normalizer=None,
                  meta_info: dict[str, Any] | None = None):
-        self.model, self.prior, self.cfg = freeze(model), prior, stage_cfg
+        self.model, self.prior, self.stage_cfg = freeze(model), prior, stage_cfg
         self.normalizer, self.meta_info = normalizer, meta_info or {}
 
     @classmethod
-    def build(cls, *, cfg, meta: DatasetMetadata, normalizer, run_dir: Path | None = None) -> SteadyPriorStage:
-        stage_cfg = cls.stage_config(cfg)
-        model = load_frozen_surrogate(cfg, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
+    def build(cls, *, stage_cfg: SteadyPriorConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer,
+              run_dir: Path | None = None) -> SteadyPriorStage:
+        model = load_frozen_surrogate(exp.model, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         prior = SteadyPrior(latent_dim=model.latent_dim, n_params=meta.n_params, config=stage_cfg.prior)
         return cls(model=model, prior=prior, stage_cfg=stage_cfg, normalizer=normalizer,
-                   meta_info=surrogate_meta(cfg, meta, normalizer))
+                   meta_info=surrogate_meta(exp, meta, normalizer))
 
     @classmethod
-    def train_window(cls, cfg) -> int | None:
-        return cls.stage_config(cfg).window
+    def train_window(cls, stage_cfg: SteadyPriorConfig) -> int | None:
+        return stage_cfg.window
 
     @classmethod
-    def val_window(cls, cfg) -> int | None:
-        return cls.stage_config(cfg).window
+    def val_window(cls, stage_cfg: SteadyPriorConfig) -> int | None:
+        return stage_cfg.window
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "prior": self.prior}
@@ -84,7 +85,7 @@ class SteadyPriorStage(Stage):
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
         u, x = flatten_points(batch["u"], batch["coords"])  # [B, T, N, C], [B, N, d]
         b, t = u.shape[:2]
-        k = min(self.cfg.inputs_per_item, t - 1)
+        k = min(self.stage_cfg.inputs_per_item, t - 1)
         frames = torch.stack([torch.randperm(t - 1)[:k] for _ in range(b)]).to(u.device)  # [B, k]
         u_in = torch.gather(u, 1, frames[:, :, None, None].expand(-1, -1, *u.shape[2:])).flatten(0, 1)
         xr = x.repeat_interleave(k, 0)
@@ -94,9 +95,9 @@ class SteadyPriorStage(Stage):
             z0, z_ss = self.model.encode(u_in, xr), self.model.encode(u_ss, xr)
         z = self.prior(z0, params)
         out = {"loss_latent": F.mse_loss(z, z_ss)}
-        out["loss_decoded"] = F.mse_loss(self.model.decode(z, xr), u_ss) if self.cfg.lambda_decoded > 0 \
+        out["loss_decoded"] = F.mse_loss(self.model.decode(z, xr), u_ss) if self.stage_cfg.lambda_decoded > 0 \
             else z.new_zeros(())
-        out["loss"] = out["loss_latent"] + self.cfg.lambda_decoded * out["loss_decoded"]
+        out["loss"] = out["loss_latent"] + self.stage_cfg.lambda_decoded * out["loss_decoded"]
         return out
 
     @torch.no_grad()
