@@ -83,3 +83,27 @@ def test_pipeline_and_infer_say_what_to_use_for_a_mixture(trained, monkeypatch, 
     assert main(["infer", "run", "--input", "data/multi1d_quick/ks1d/test.h5", "--steps", "2", "--out", "o.h5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "ups eval RUN_DIR" in err[0] and "ups eval RUN_DIR --data FILE" in err[1]
+
+
+def test_a_mixture_run_resumes_exactly(trained, monkeypatch):
+    """SIGTERM in the middle of epoch 2 and ``--resume``: the weights of an uninterrupted run (mixed batches,
+    PDE balance, early oversampling over the members' window starts, per-member normalisers from the run)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ups.config import load_config
+
+    monkeypatch.chdir(trained)
+    # 3 members x 36 KS windows (balanced) = 108 items: 6 batches of 16 per epoch; batch 8 is in epoch 2
+    base = ["training.epochs=3", "training.max_steps=null", "data.early_oversample=2.0", "data.batch_size=16"]
+    for name, extra in (("ref.yaml", []), ("fault.yaml", ["training.faults.sigterm_at_batch=8"])):
+        (trained / name).write_text(load_config(CONFIG, [*base, *extra]).to_yaml())
+    assert main(["train", "ref.yaml", "--run-dir", "ref"]) == 0
+    assert main(["train", "fault.yaml", "--run-dir", "cut"]) == 130  # interrupted
+    state = torch.load(trained / "cut" / "checkpoints" / "operator_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["batch_in_epoch"] >= 1  # stopped in the middle of epoch 2
+    assert main(["train", "fault.yaml", "--run-dir", "cut", "--resume", "cut"]) == 0
+    for stem in ("operator_last", "operator_ema"):
+        a, b = (load_file(str(trained / run / "checkpoints" / f"{stem}.safetensors")) for run in ("ref", "cut"))
+        assert a.keys() == b.keys()
+        assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= 1e-6, stem
