@@ -147,9 +147,9 @@ class MemberBatches(Sampler[list[int]]):
     """Batches of at most ``batch_size`` consecutive items that never cross from one member to the next."""
 
     def __init__(self, dataset: MixtureDataset, *, batch_size: int):
-        self.batches = [list(range(lo, min(lo + batch_size, int(hi))))
-                        for a, hi in zip(dataset._starts[:-1], dataset._starts[1:]) for lo in range(int(a), int(hi),
-                                                                                                    batch_size)]
+        bounds = [(int(a), int(b)) for a, b in zip(dataset._starts[:-1], dataset._starts[1:])]  # per member
+        self.batches = [list(range(lo, min(lo + batch_size, hi))) for first, hi in bounds
+                        for lo in range(first, hi, batch_size)]
 
     def __len__(self) -> int:
         return len(self.batches)
