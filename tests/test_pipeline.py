@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from ups.checkpoint import read_checkpoint_meta
 from ups.cli import main
 from ups.config import load_config
 from ups.errors import UPSError
@@ -43,10 +44,15 @@ def test_pipeline_writes_everything_and_promotes(first_run):
         assert (run / name).is_file(), name
     saved = json.loads((run / "eval_test.json").read_text())
     assert set(saved["variants"]) == {"none", "multi", "distilled"}
+    assert all(v["per_step_ms"] > 0 for v in saved["variants"].values())  # the cost of each, side by side
+    meta = read_checkpoint_meta(run / "checkpoints" / "diff_residual_best")
+    assert meta["space"] == "physical" and meta["refiner"]["steps"] == 3  # the default: the field refiner
+    assert meta["network_calls"] == meta["refine_steps"] + 1 <= 4  # levels chosen on validation
     assert saved["ttc"]["evaluations"] == 2 * saved["ttc"]["plain_evaluations"]  # K = 2 candidates
     assert saved["metrics"]["nrmse"] < saved["baselines"]["persistence"]["nrmse"]  # the gate demanded it on val
     assert saved["data"]["split"] == "test" and saved["data"]["samples"] == 8
     html = (run / "report.html").read_text()
+    assert "<h2>Variants</h2>" in html and "multi + TTC (best of 2)" in html
     images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     rows = Leaderboard(exp.run.leaderboard).rows()

@@ -105,11 +105,11 @@ def demo_config(overrides: list[str] | None = None) -> ExperimentConfig:
 
 def format_summary(result: dict) -> str:
     """A metrics table for the terminal: model (+ variants, + TTC) against persistence."""
-    keys = ("nrmse", "nrmse_one_step", "corr_time", "valid_time", "conservation_gap")
+    keys = ("nrmse", "nrmse_one_step", "corr_time", "valid_time", "conservation_gap", "per_step_ms")
     rows = [("model (" + result["run"]["corrector"] + ")", result["metrics"])]
     rows += [(f"  variant {k}", v) for k, v in result.get("variants", {}).items()]
     if "metrics" in result.get("ttc", {}):
-        rows.append(("model + TTC", result["ttc"]["metrics"]))
+        rows.append(("model + TTC", {**result["ttc"]["metrics"], "per_step_ms": result["ttc"].get("per_step_ms")}))
     rows.append(("persistence", result["baselines"]["persistence"]))
     rows += [(f"peer {name}", m) for name, m in result["baselines"].items() if name != "persistence"]
     lines = [f"{'':24s}" + "".join(f"{k:>18s}" for k in keys)]

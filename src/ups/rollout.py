@@ -9,6 +9,9 @@ Two modes, both differentiable (the operator stage trains through them) and both
 
 Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
 reconstruction of the encoded input; later frames chain the decoder's increments at those points.
+A model with ``refine_field`` (a physical-space corrector, ``ups.models.refiner``) has the decoded field at
+the input points refined after every step; it always rolls out by re-encoding, and query points see the
+refinement through the re-encoded state (their own frame at that step is the unrefined decode).
 The one place for rollouts: stage validation, ``ups eval``, TTC, the Simulator and every benchmark call
 these functions. Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
 """
@@ -47,7 +50,10 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
     frames = [uq]
     for _ in range(steps):
         z_next = model.step(z, params, dt)
-        u_next = clamp_to_bounds(model.decode(z_next, coords, u), bounds)
+        u_next = model.decode(z_next, coords, u)
+        if hasattr(model, "refine_field"):  # a physical-space corrector refines the field at the data points
+            u_next = model.refine_field(u, u_next, params, dt)
+        u_next = clamp_to_bounds(u_next, bounds)
         uq = u_next if query_coords is None else clamp_to_bounds(model.decode(z_next, query_coords, uq), bounds)
         frames.append(uq)
         u = u_next
@@ -90,6 +96,8 @@ def rollout(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
     Burgers, advection), every decoded frame is kept inside that range, so an error can never grow
     into a blow-up; the same rule applies in validation, evaluation and the Simulator.
     """
+    if hasattr(model, "refine_field"):  # its refined field must be re-encoded: a latent rollout cannot carry it
+        mode = "reencode"
     fn: Callable = ROLLOUTS.get(mode)
     bounds = initial_bounds(u0) if max_principle else None
     return fn(model, u0, coords, params, dt, steps, query_coords=query_coords, bounds=bounds)

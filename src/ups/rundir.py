@@ -204,10 +204,18 @@ def load_corrector(run_dir: str | Path, kind: str):
     if not run.has(CORRECTOR_CHECKPOINTS[kind]):
         return None
     info = read_checkpoint_meta(run.stem(CORRECTOR_CHECKPOINTS[kind]))
-    corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
-                     config=CorrectorConfig(**info["corrector"]))
+    if info.get("space") == "physical":
+        from ups.models.refiner import FieldRefiner, RefinerConfig
+
+        corr = FieldRefiner(channels=int(info["channels"]), n_cond=int(info["n_cond"]),
+                            spatial_shape=tuple(info["spatial_shape"]), periodic=bool(info["periodic"]),
+                            config=RefinerConfig(**info["refiner"]))
+    else:
+        corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
+                         config=CorrectorConfig(**info["corrector"]))
     load_frozen(run.stem(CORRECTOR_CHECKPOINTS[kind]), {"corrector": corr}, strict=False)
-    return corr, int(info.get("refine_steps") or corr.config.steps)
+    steps = info.get("refine_steps")
+    return corr, int(corr.config.steps if steps is None else steps)
 
 
 def with_corrector(model: torch.nn.Module, run_dir: str | Path, kind: str, *,
@@ -215,6 +223,7 @@ def with_corrector(model: torch.nn.Module, run_dir: str | Path, kind: str, *,
     """``model`` refined every step by the run's ``kind`` corrector ("none": the model itself;
     "auto": distilled, else multi, else none). A named corrector the run lacks is a one-line error."""
     from ups.models.corrector import CorrectedSurrogate
+    from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner
 
     if kind == "none":
         return model
@@ -222,7 +231,8 @@ def with_corrector(model: torch.nn.Module, run_dir: str | Path, kind: str, *,
     for k in kinds:
         loaded = load_corrector(run_dir, k)
         if loaded is not None:
-            return CorrectedSurrogate(model=model, corrector=loaded[0], steps=loaded[1], generator=generator)
+            wrap = FieldCorrectedSurrogate if isinstance(loaded[0], FieldRefiner) else CorrectedSurrogate
+            return wrap(model=model, corrector=loaded[0], steps=loaded[1], generator=generator)
     if kind == "auto":
         return model
     raise CheckpointError(f"this run has no '{kind}' corrector ({CORRECTOR_CHECKPOINTS[kind]} is missing in "

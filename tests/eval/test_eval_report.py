@@ -74,3 +74,19 @@ def test_missing_plot_is_a_note_not_a_broken_image(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium")
 def test_headless_browser_shows_every_image(tmp_path):
     assert browser_shows_every_image(_report(tmp_path), tmp_path)
+
+
+def test_variants_are_side_by_side_with_their_cost_per_step(tmp_path):
+    from ups.eval.report import variant_columns
+
+    variants = {"none": {"nrmse": 0.12, "nrmse_one_step": 0.03, "corr_time": 40.0, "valid_time": 40.0,
+                         "conservation_gap": 0.01, "per_step_ms": 1.5},
+                "multi": {"nrmse": 0.10, "nrmse_one_step": 0.02, "corr_time": 40.0, "valid_time": 40.0,
+                          "conservation_gap": 0.01, "per_step_ms": 2.5}}
+    ttc = {**TTC, "corrector": "multi", "candidates": 4, "per_step_ms": 11.0}
+    cols = variant_columns({**EVAL, "variants": variants}, ttc)
+    assert list(cols) == ["none", "multi", "multi + TTC (best of 4)"]
+    assert cols["multi + TTC (best of 4)"]["per_step_ms"] == pytest.approx(11.0)
+    html = _report(tmp_path, eval_json={**EVAL, "variants": variants}, ttc=ttc).read_text()
+    assert "<h2>Variants</h2>" in html and "per_step_ms" in html and "multi + TTC (best of 4)" in html
+    assert "<h2>Variants</h2>" not in _report(tmp_path / "plain").read_text()  # no variants: no section

@@ -6,7 +6,8 @@ import torch
 
 from ups.config import TTCConfig
 from ups.data.normalization import Normalizer
-from ups.eval.ttc import PhysicsReward, burgers_residual, ttc_rollout_fn
+from ups.eval.ttc import PhysicsReward, burgers_residual, spectral_misfit, ttc_rollout_fn
+from ups.models.corrector import CorrectedSurrogate
 
 
 class Identity(torch.nn.Module):
@@ -35,7 +36,8 @@ def _rollout(candidates, horizon=1, seed=0):
     ttc_cfg = TTCConfig(enabled=True, candidates=candidates, horizon=horizon,
                     weights={"conservation": 1.0, "smoothness": 0.0})
     reward = PhysicsReward(weights=ttc_cfg.weights, nonnegative=(False,))
-    fn = ttc_rollout_fn(Identity(), ShiftCorrector(), Normalizer(mean=[0.0], std=[1.0]), reward, ttc_cfg, seed=seed)
+    surrogate = CorrectedSurrogate(model=Identity(), corrector=ShiftCorrector())
+    fn = ttc_rollout_fn(surrogate, Normalizer(mean=[0.0], std=[1.0]), reward, ttc_cfg, seed=seed)
     u0 = torch.sin(torch.linspace(0, 2 * math.pi, 33)[:-1]).repeat(6, 1).unsqueeze(-1) + 2.0  # [6, 32, 1]
     out = fn(u0, torch.zeros(6, 32, 1), torch.zeros(6, 1), torch.full((6,), 0.1), 3)
     return fn, u0, out
@@ -64,3 +66,18 @@ def test_burgers_residual_vanishes_on_an_exact_stationary_state_and_not_otherwis
     assert torch.allclose(burgers_residual(u, u, params, dt, 1 / 64), torch.zeros(2))
     moved = u + 0.05  # u_t = 1 with no flux or diffusion to balance it
     assert torch.allclose(burgers_residual(u, moved, params, dt, 1 / 64), torch.ones(2), atol=1e-5)
+
+
+def test_one_candidate_is_the_deterministic_corrected_rollout():
+    _, u0, single = _rollout(candidates=1)
+    expected = u0.unsqueeze(1) + 0.3 * torch.arange(1, 4.0).view(1, 3, 1, 1)  # the mean path adds 0.3 per step
+    torch.testing.assert_close(single, expected)
+
+
+def test_spectral_misfit_is_zero_on_the_reference_and_sees_lost_high_modes():
+    x = torch.linspace(0, 2 * math.pi, 65)[:-1]
+    ref = (torch.sin(x) + 0.1 * torch.sin(8 * x)).view(1, 64, 1)
+    damped = (torch.sin(x) + 0.05 * torch.sin(8 * x)).view(1, 64, 1)  # mode 8 at half amplitude: energy / 4
+    assert float(spectral_misfit(ref, ref)) < 1e-6
+    # only wavenumber 8 of the 33 differs, by log(4)
+    assert math.isclose(float(spectral_misfit(damped, ref)), math.log(4.0) / 33, rel_tol=0.02)  # + float32 round-off

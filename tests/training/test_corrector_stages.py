@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ups.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from ups.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from ups.config import Strict, load_config
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes.forced_diffusion import ForcedDiffusion
@@ -116,7 +116,7 @@ def trained_run(tmp_path_factory):
     save_checkpoint(run / "checkpoints" / "operator_best", {"model": ToyLatent()}, {"stage": "operator"})
     torch.manual_seed(0)
     cor = CorrectorConfig(width=32, depth=2, heads=4, steps=4)
-    exp = experiment(diff_residual={"corrector": cor.model_dump(), "stats_batches": 4})
+    exp = experiment(diff_residual={"space": "latent", "corrector": cor.model_dump(), "stats_batches": 4})
     stage = DiffResidualStage.from_experiment(exp, meta=META, normalizer=None, run_dir=run)
     train, val = toy_batches(24, 32, seed=1), toy_batches(4, 64, seed=2)
     before = stage.validate(val)
@@ -188,6 +188,75 @@ def test_compile_option_puts_its_cache_where_configured(trained_run, tmp_path, m
                           compile_cache_dir=str(tmp_path / "cc"))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve()) and (tmp_path / "cc").is_dir()
     assert stage._jump is not stage.student.clean_estimate
+
+
+@pytest.fixture(scope="module")
+def field_run(tmp_path_factory):
+    """diff_residual in physical space (the default) on the toy surrogate, through the trainer."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("field_run")
+    save_checkpoint(run / "checkpoints" / "operator_best", {"model": ToyLatent()}, {"stage": "operator"})
+    torch.manual_seed(0)
+    exp = experiment(diff_residual={"refiner": {"width": 16, "depth": 1, "kernel": 3, "steps": 2},
+                                    "stats_batches": 4})
+    stage = DiffResidualStage.from_experiment(exp, meta=META, normalizer=None, run_dir=run)
+    val = toy_batches(4, 64, seed=2)
+    before = stage.validate(val)
+    Trainer(stage=stage, config=train_cfg(epochs=4), run_dir=run).fit(toy_batches(24, 32, seed=1), val)
+    return {"run": run, "exp": exp, "before": before, "after": stage.validate(val), "stage": stage}
+
+
+def test_field_refiner_stage_corrects_the_decoded_field_and_checkpoints_it(field_run):
+    from ups.models.refiner import FieldCorrectedSurrogate
+    from ups.rundir import with_corrector
+
+    before, after = field_run["before"], field_run["after"]
+    assert before["val_rollout_ratio"] == pytest.approx(1.0)  # untrained: exactly the operator
+    assert after["val_rollout_ratio"] < 0.3, after  # the toy operator (persistence) misses the whole change
+    stage_cfg = DiffResidualStage.stage_config(field_run["exp"])
+    assert DiffResidualStage.train_window(stage_cfg) == 4  # pushforward_steps 3 + 1
+    # validation picks how many of the K = 2 denoising levels inference uses: the lowest rollout ratio
+    ratios = [after[f"val_rollout_ratio_k{k}"] for k in range(3)]
+    assert after["val_rollout_ratio"] == pytest.approx(min(ratios)) and ratios[int(after["val_levels"])] == min(ratios)
+    wrapped = with_corrector(ToyLatent(), field_run["run"], "multi")
+    saved = read_checkpoint_meta(field_run["run"] / "checkpoints" / "diff_residual_best")
+    assert isinstance(wrapped, FieldCorrectedSurrogate) and wrapped.steps == int(saved["val"]["val_levels"])
+    assert saved["network_calls"] == wrapped.steps + 1
+    torch.testing.assert_close(wrapped.corrector.res_scale, field_run["stage"].corrector.res_scale)
+
+
+def test_rollout_pairs_start_teacher_forced_then_follow_the_operator():
+    from ups.training.stages.diff_residual import rollout_pairs
+
+    batch = toy_batches(1, 3, seed=6)[0]
+    u = batch["u"]  # [3, 2, 16, 1]
+    three = {**batch, "u": torch.cat([u, u[:, 1:], u[:, 1:]], dim=1)}  # a window of 4 frames
+    pairs = rollout_pairs(ToyLatent().requires_grad_(False), three)
+    assert pairs["u_prev"].shape == (9, N, 1) and pairs["cond"].shape == (9, 2)
+    torch.testing.assert_close(pairs["u_prev"][:3], u[:, 0])  # j = 0: the true frame
+    # the toy operator is persistence: every rollout state is the first frame, every truth the next frame
+    torch.testing.assert_close(pairs["u_prev"][3:], u[:, 0].repeat(2, 1, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pairs["u_true"][3:6], u[:, 1])
+
+
+def test_field_distillation_keeps_the_correction_in_one_call(field_run):
+    torch.manual_seed(1)
+    stage = distill_stage(field_run["run"], field_run["exp"], student_steps=1)
+    saved = read_checkpoint_meta(field_run["run"] / "checkpoints" / "diff_residual_best")
+    assert stage.physical and stage.teacher_steps == saved["refine_steps"]
+    val = toy_batches(4, 64, seed=3)
+    Trainer(stage=stage, config=train_cfg(epochs=3, lr=1e-3), run_dir=field_run["run"]).fit(
+        toy_batches(24, 32, seed=4), val)
+    end = stage.compare(val)
+    assert 0.5 < end["val_norm_ratio"] < 1.5, end  # not collapsed to zero correction
+    assert end["val_distill_rel_err"] < 0.1, end  # the 1-call student reproduces the 3-call teacher
+    assert end["val_rollout_ratio"] < 0.3, end
+    # a student with no correction would score exactly 1
+    torch.nn.init.zeros_(stage.student.net.out.weight)
+    torch.nn.init.zeros_(stage.student.net.out.bias)
+    assert stage.compare(val)["val_distill_rel_err"] == pytest.approx(1.0)
+    meta = read_checkpoint_meta(field_run["run"] / "checkpoints" / "consistency_distill_best")
+    assert meta["corrector_kind"] == "distilled" and meta["refine_steps"] == 0 and meta["space"] == "physical"
 
 
 # --------------------------------------------------------------------------------- steady prior

@@ -141,6 +141,30 @@ def _with_training_curves(run_dir: Path, plots: Mapping[str, Path]) -> dict[str,
     return plots
 
 
+VARIANT_KEYS = ("nrmse", "nrmse_one_step", "corr_time", "valid_time", "conservation_gap", "per_step_ms")
+
+
+def variant_columns(eval_json: Mapping, ttc: Mapping | None) -> dict[str, Mapping]:
+    """Every variant of the run side by side (operator alone, each corrector, the corrector + TTC), with its
+    cost per rollout step (``per_step_ms``), as columns for :func:`_metrics_table`."""
+    columns = {name: {k: v.get(k) for k in VARIANT_KEYS}
+               for name, v in (eval_json.get("variants") or {}).items() if isinstance(v, Mapping)}
+    if columns and ttc and isinstance(ttc.get("metrics"), Mapping):
+        name = f"{ttc.get('corrector', 'corrector')} + TTC (best of {ttc.get('candidates', '?')})"
+        columns[name] = {**{k: ttc["metrics"].get(k) for k in VARIANT_KEYS}, "per_step_ms": ttc.get("per_step_ms")}
+    return columns
+
+
+def _variants_section(eval_json: Mapping, ttc: Mapping | None) -> str:
+    columns = variant_columns(eval_json, ttc)
+    if not columns:
+        return ""
+    chosen = (eval_json.get("run") or {}).get("corrector")
+    return ("<h2>Variants</h2><p>The same trajectories through every variant (none: the operator alone; multi: "
+            "with the multi-step corrector; distilled: with the distilled one); per_step_ms is the wall time "
+            f"per rollout step and sample. Selected: {html.escape(str(chosen))}.</p>" + _metrics_table(columns))
+
+
 def _ttc_section(ttc: Mapping | None) -> str:
     if not ttc:
         return ""
@@ -170,7 +194,8 @@ def write_report(run_dir: str | Path, *, eval_json: Mapping, config_yaml: str, p
         "<h2>Configuration</h2>", _config_summary(config_yaml),
         "<h2>Metrics</h2>", _ratio_line(columns),
         "<p>Physical space, de-normalised, over the whole rollout; lower is better except corr_time and "
-        "valid_time (steps, or times when dt is known).</p>", _metrics_table(columns), _ttc_section(ttc),
+        "valid_time (steps, or times when dt is known).</p>", _metrics_table(columns),
+        _variants_section(eval_json, ttc), _ttc_section(ttc),
         "<h2>Plots</h2>",
         *(_embed(name, path) for name, path in _with_training_curves(run_dir, plots).items()),
         "</body></html>\n",

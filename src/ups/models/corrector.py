@@ -331,6 +331,15 @@ class CorrectedSurrogate(nn.Module):
         z_pred = self.model.step(z, params, dt)
         return self.corrector.refine(z_pred, condition_vector(params, dt), steps=self.steps, generator=self.generator)
 
+    def next_field(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """One corrected re-encoding step at the input points, stochastic with ``generator``.
+        u: [B, N, C]; coords: [B, N, d] -> [B, N, C]."""
+        z_pred = self.model.step(self.encode(u, coords), params, dt)
+        z = self.corrector.refine(z_pred, condition_vector(params, dt), steps=self.steps,
+                                  generator=generator or self.generator)
+        return self.decode(z, coords, u)
+
     def forward(self, u: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """One corrected re-encoding step at the input points. u: [B, N, C]; coords: [B, N, d] -> [B, N, C]."""
         return self.decode(self.step(self.encode(u, coords), params, dt), coords, u)

@@ -1,5 +1,19 @@
-"""Stage 2, ``diff_residual``: a flow-matching corrector of the frozen operator's one-step residual.
+"""Stage 2, ``diff_residual``: a corrector of the frozen operator, in physical or latent space.
 
+``space: physical`` (default): a :class:`ups.models.refiner.FieldRefiner` (PDE-Refiner style, see that
+module) refines the decoded field at the data points. It is trained on the states the model meets in
+rollouts: each training window ``u [B, P + 1, ...]`` (P = ``pushforward_steps``) is rolled out by the
+frozen operator from its first true frame without gradients; step j gives the pair (state s_j, the
+operator's prediction from s_j, the true frame j + 1), so j = 0 is the teacher-forced pair and j >= 1
+are pushforward pairs. With ``rollout_with_refiner`` the states are those of the *corrected* rollout
+(the current refiner applied after every step). Loss: level-0 correction MSE plus the denoising MSE
+of a random level. Validation rolls whole validation trajectories out with and without the refiner;
+``val_metric`` = ``val_rollout_ratio`` (corrected / operator rollout nRMSE; below 1: it helps). With
+``select_levels`` (default) it does so with 0, 1, .., K denoising levels after the correction and keeps
+the best count for inference (``refine_steps`` in the checkpoint): an under-trained denoiser applied
+without noise can move the field by more than the operator's own error, the level-0 correction cannot.
+
+``space: latent``: a flow-matching corrector of the operator's one-step latent residual (below).
 The operator's modules (``model``: encoder, operator, decoder) are loaded from ``operator_best`` and
 frozen. On every one-step pair ``(u_t, u_{t+1})``::
 
@@ -43,7 +57,8 @@ from ups.errors import CheckpointError
 from ups.eval.metrics import nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
-from ups.rollout import flatten_points
+from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
+from ups.rollout import clamp_to_bounds, flatten_points, initial_bounds, rollout
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.operator import OperatorStage
@@ -52,7 +67,12 @@ from ups.training.stages.operator import OperatorStage
 class DiffResidualConfig(StageConfig):
     """Settings of ``stages.diff_residual``."""
 
-    corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)
+    space: Literal["physical", "latent"] = "physical"  # refine the decoded field, or the latent tokens
+    refiner: RefinerConfig = Field(default_factory=RefinerConfig)  # space: physical
+    pushforward_steps: int = Field(3, ge=1)  # physical: operator steps rolled out per training window
+    rollout_with_refiner: bool = False  # physical: train on the corrected rollout's states
+    select_levels: bool = True  # physical: validation picks how many of the K denoising levels inference uses
+    corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)  # space: latent
     tau_distribution: Literal["uniform", "beta"] = "uniform"
     tau_beta: tuple[float, float] = (1.0, 1.0)  # (a, b) of the Beta distribution
     stats_batches: int = Field(8, ge=1)  # training batches the residual statistics are measured on
@@ -139,6 +159,27 @@ def latent_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, t
             "cond": condition_vector(batch["params"], batch["dt"])}
 
 
+@torch.no_grad()
+def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor], refiner: FieldRefiner | None = None, *,
+                  max_principle: bool = False) -> dict[str, torch.Tensor]:
+    """The (state, prediction, truth) pairs a rollout meets: ``batch["u"]`` [B, W, *spatial, C] rolled out
+    W - 1 re-encoding steps by the frozen ``model`` from its first frame (each state refined by
+    ``refiner`` when given, and kept in the initial range with ``max_principle``, as ``ups.rollout`` does).
+    Returns u_prev, u_pred, u_true [(W - 1) B, N, C] (step-major) and cond."""
+    u, x = flatten_points(batch["u"], batch["coords"])
+    params, dt = batch["params"], batch["dt"]
+    cond = condition_vector(params, dt)
+    bounds = initial_bounds(u[:, 0]) if max_principle else None
+    state, prev, preds = u[:, 0], [], []
+    for _ in range(u.shape[1] - 1):
+        pred = model.decode(model.step(model.encode(state, x), params, dt), x, state)
+        prev.append(state)
+        preds.append(pred)
+        state = clamp_to_bounds(pred if refiner is None else refiner.refine(state, pred, cond), bounds)
+    return {"u_prev": torch.cat(prev), "u_pred": torch.cat(preds), "u_true": u[:, 1:].transpose(0, 1).flatten(0, 1),
+            "cond": cond.repeat(len(preds), 1)}
+
+
 def surrogate_meta(exp: ExperimentConfig, meta: DatasetMetadata, normalizer) -> dict[str, Any]:
     """What ``Simulator.from_run`` needs to rebuild the surrogate from any corrector-stage checkpoint
     (the model of ``exp`` and the rollout mode of its operator stage)."""
@@ -194,27 +235,43 @@ class OneStepPairs:
 
 @STAGES.register("diff_residual")
 class DiffResidualStage(OneStepPairs, Stage):
-    """Trains ``corrector`` on the residual of the frozen ``model``."""
+    """Trains ``corrector`` (a field refiner or a latent corrector) on the frozen ``model``'s errors."""
 
     name: ClassVar[str] = "diff_residual"
     config_class: ClassVar[type[StageConfig]] = DiffResidualConfig
     requires: ClassVar[tuple[str, ...]] = ("operator",)
-    val_metric: ClassVar[str] = "val_one_step_ratio"
+    val_metric: ClassVar[str] = "val_rollout_ratio (space: latent: val_one_step_ratio)"
 
-    def __init__(self, *, model: nn.Module, corrector: Corrector, stage_cfg: DiffResidualConfig,
+    def __init__(self, *, model: nn.Module, corrector: Corrector | FieldRefiner, stage_cfg: DiffResidualConfig,
                  normalizer=None, meta_info: dict[str, Any] | None = None):
         self.model, self.corrector, self.stage_cfg = freeze(model), corrector, stage_cfg
         self.normalizer = normalizer
         self.meta_info = meta_info or {}
+        self.physical = isinstance(corrector, FieldRefiner)
+        self.max_principle = bool(self.meta_info.get("max_principle", False))  # the operator's rollout rule
+
+    @classmethod
+    def train_window(cls, stage_cfg: DiffResidualConfig) -> int:
+        return stage_cfg.pushforward_steps + 1 if stage_cfg.space == "physical" else 2
+
+    @classmethod
+    def val_window(cls, stage_cfg: DiffResidualConfig) -> int | None:
+        return None if stage_cfg.space == "physical" else 2  # physical: whole trajectories
 
     @classmethod
     def build(cls, *, stage_cfg: DiffResidualConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer,
               run_dir: Path | None = None) -> DiffResidualStage:
         model = load_frozen_surrogate(exp.model, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
-        corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
-        return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer,
-                   meta_info=surrogate_meta(exp, meta, normalizer))
+        if stage_cfg.space == "physical":
+            corrector = FieldRefiner(channels=meta.n_channels, n_cond=meta.n_params + 1,
+                                     spatial_shape=tuple(meta.spatial_shape), periodic=meta.boundary == "periodic",
+                                     config=stage_cfg.refiner)
+        else:
+            corrector = Corrector(latent_dim=model.latent_dim, n_cond=meta.n_params + 1, config=stage_cfg.corrector)
+        op_info = read_checkpoint_meta(RunFiles(run_dir).stem(stage_cfg.operator_checkpoint))
+        info = {**surrogate_meta(exp, meta, normalizer), "max_principle": bool(op_info.get("max_principle", False))}
+        return cls(model=model, corrector=corrector, stage_cfg=stage_cfg, normalizer=normalizer, meta_info=info)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "corrector": self.corrector}
@@ -223,12 +280,25 @@ class DiffResidualStage(OneStepPairs, Stage):
         return ["corrector"]
 
     def residual(self, pair: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The configured residual target of a :func:`latent_pair` -> [B, L, D]."""
+        """The configured latent residual target of a :func:`latent_pair` -> [B, L, D]."""
         if self.stage_cfg.residual_target == "encoded" or not hasattr(self.model, "decode"):
             return pair["z_true"] - pair["z_pred"]
         return decoded_residual(self.model, pair, iters=self.stage_cfg.residual_iters, reg=self.stage_cfg.residual_reg)
 
     def loss(self, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        return self._field_loss(batch) if self.physical else self._latent_loss(batch)
+
+    def _field_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        refiner = self.corrector
+        pairs = rollout_pairs(self.model, batch, refiner if self.stage_cfg.rollout_with_refiner else None,
+                              max_principle=self.max_principle)
+        if int(refiner.stats_updates) < self.stage_cfg.stats_batches:
+            refiner.update_scale(pairs["u_true"] - pairs["u_pred"])
+        parts = refiner.losses(pairs["u_prev"], pairs["u_pred"], pairs["u_true"], pairs["cond"])
+        loss = sum(parts.values())
+        return {"loss": loss, **{f"loss_{k}": v.detach() for k, v in parts.items()}}
+
+    def _latent_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pair = latent_pair(self.model, batch)
         z_pred, residual = pair["z_pred"], self.residual(pair)
         if int(self.corrector.stats_updates) < self.stage_cfg.stats_batches:
@@ -246,6 +316,8 @@ class DiffResidualStage(OneStepPairs, Stage):
 
     @torch.no_grad()
     def validate(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        if self.physical:
+            return self._validate_fields(loader)
         device = self.corrector.res_mean.device
         scores = LatentScores(self.normalizer.denormalize if self.normalizer is not None else None)
         for batch in loader:
@@ -256,7 +328,61 @@ class DiffResidualStage(OneStepPairs, Stage):
         out["val_metric"] = out.get("val_one_step_ratio", out["val_latent_rel_err"])
         return out
 
+    def _validate_fields(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Validation rollouts with 0..K denoising levels (only K unless ``select_levels``); the number of
+        levels with the lowest rollout nRMSE is the one inference uses (``refine_steps`` of the checkpoint)."""
+        k_max = self.corrector.config.steps
+        ks = range(k_max + 1) if self.stage_cfg.select_levels else (k_max,)
+        variants = {f"k{k}": FieldCorrectedSurrogate(model=self.model, corrector=self.corrector, steps=k) for k in ks}
+        out = field_rollout_scores(self.model, variants, list(loader), self.normalizer,
+                                   max_principle=self.max_principle)
+        self.levels = min(ks, key=lambda k: out[f"val_rollout_ratio_k{k}"])
+        for key in ("val_rollout_nrmse", "val_rollout_ratio", "val_first_step_ratio"):
+            out[key] = out[f"{key}_k{self.levels}"]
+        out["val_levels"] = float(self.levels)
+        out["val_metric"] = out["val_rollout_ratio"]
+        return out
+
     def checkpoint_meta(self) -> dict[str, Any]:
+        if self.physical:
+            levels = getattr(self, "levels", self.corrector.config.steps)
+            return {**self.meta_info, **refiner_meta(self.corrector), "corrector_kind": "multi",
+                    "refine_steps": levels, "network_calls": levels + 1}
         return {**self.meta_info, "corrector": self.stage_cfg.corrector.model_dump(), "corrector_kind": "multi",
                 "latent_dim": self.corrector.latent_dim, "n_cond": self.corrector.n_cond,
                 "refine_steps": self.stage_cfg.val_steps or self.stage_cfg.corrector.steps}
+
+
+def refiner_meta(refiner: FieldRefiner) -> dict[str, Any]:
+    """What :func:`ups.rundir.load_corrector` needs to rebuild a field refiner."""
+    return {"space": "physical", "refiner": refiner.config.model_dump(), "channels": refiner.channels,
+            "n_cond": refiner.n_cond, "spatial_shape": list(refiner.spatial_shape), "periodic": refiner.periodic}
+
+
+@torch.no_grad()
+def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loader: Iterable[dict[str, torch.Tensor]],
+                         normalizer=None, *, max_principle: bool = False) -> dict[str, float]:
+    """Rollout nRMSE (physical units) of ``model`` and of each corrected variant over every trajectory of
+    ``loader`` (``u`` [B, T, *spatial, C]) from its first frame. Returns ``val_rollout_nrmse_operator`` and,
+    per variant name v, ``val_rollout_nrmse_v``, ``val_rollout_ratio_v`` (corrected / operator) and
+    ``val_first_step_ratio_v``."""
+    den = normalizer.denormalize if normalizer is not None else (lambda v: v)
+    errs: dict[str, list[torch.Tensor]] = {}
+    device = next(iter(variants.values())).corrector.res_scale.device
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        u, x = flatten_points(batch["u"], batch["coords"])
+        true = den(u[:, 1:])
+        for key, m in (("operator", model), *variants.items()):
+            pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1,
+                               max_principle=max_principle)[:, 1:])
+            err = nrmse_per_sample(pred, true)  # [B, T - 1, C]
+            errs.setdefault(key, []).append(err.mean(dim=(1, 2)))
+            errs.setdefault(key + "/1", []).append(err[:, 0].mean(-1))
+    mean = {k: float(torch.cat(v).mean()) for k, v in errs.items()}
+    out = {"val_rollout_nrmse_operator": mean["operator"]}
+    for v in variants:
+        out[f"val_rollout_nrmse_{v}"] = mean[v]
+        out[f"val_rollout_ratio_{v}"] = mean[v] / max(mean["operator"], 1e-30)
+        out[f"val_first_step_ratio_{v}"] = mean[v + "/1"] / max(mean["operator/1"], 1e-30)
+    return out
