@@ -194,6 +194,18 @@ def _(c):
     return ["train", c.config(overrides=[f"data.train={adv}"]), "--run-dir", str(c.root / "r")]
 
 
+@case("data-mixture-channels", "`data.mixture` whose members hold 1 and 2 fields per point")
+def _(c):
+    rng = np.random.default_rng(0)
+    two = {s: write_ups_file(c.root / f"adv_{s}.h5", rng.random((3, 6, 16, 2)), pde="advection1d",
+                             params={"beta": 1.0}) for s in ("train", "val", "test")}
+    one = {s: c.data / f"{s}.h5" for s in ("train", "val", "test")}
+    members = [{"pde": pde, **{s: str(f[s]) for s in f}} for pde, f in (("burgers1d", one), ("advection1d", two))]
+    mixture = ["data.train=null", "data.val=null", "data.test=null", f"data.mixture={{members: {members}}}",
+               "model.params.param_transform=identity"]
+    return ["train", c.config(overrides=mixture), "--run-dir", str(c.root / "r")]
+
+
 @case("data-coordinate-length", "`x-coordinate` with 5 entries for 4 points")
 def _(c):
     return ["data", "info", _h5(c.root / "x.h5", tensor=np.zeros((2, 3, 4), dtype=np.float32),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ups import __version__
 from ups.errors import ConfigError, UPSError
@@ -162,8 +163,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, ttc=args.ttc, corrector=args.corrector,
                           out=args.out, max_samples=args.max_samples, overrides=args.overrides, peers=args.peer)
     report = write_outputs(args.run_dir, result)
-    print(format_summary(result))
-    print(f"report: {report}")
+    for name, res in result.get("per_pde", {"": result}).items():  # a data-mixture run: one table per PDE
+        print(f"{name}:\n{format_summary(res)}" if name else format_summary(res))
+        if name:
+            print(f"report: {Path(res['out_dir']) / 'report.html'}")
+    if "per_pde" in result:
+        print(f"mean nRMSE over the PDEs: {result['metrics']['nrmse_mean_over_pdes']:.4g}")
+    else:
+        print(f"report: {report}")
     return 0
 
 

@@ -106,12 +106,43 @@ class DataConfig(Strict):
     # training items as random point subsets of the grid, padded with a mask in batches (None: whole grids)
     point_subset: PointSubsetConfig | None = None
     generate: GenerateConfig | None = None
+    # several data sets at once (``ups.data.mixture``): the members give files, strides and generation; this
+    # section keeps the loader settings (batch_size, num_workers, early_oversample) for all of them
+    mixture: MixtureConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if self.pdebench_file and (self.train or self.val or self.test):
             raise ValueError("give either pdebench_file or train/val/test files, not both")
+        if self.mixture is not None and (self.pdebench_file or self.train or self.val or self.test or self.generate):
+            raise ValueError("data.mixture names its members' files: move data.train/val/test/pdebench_file/"
+                             "generate into the members (data.mixture.members)")
         return self
+
+
+class MixtureConfig(Strict):
+    """One model on several PDE data sets (``data.mixture``). Each member is a data section of its own (pde,
+    files or ``generate``, strides, params, max_samples); every member must give the same number of points
+    per sample after its ``spatial_stride`` and the same fields. ``balance``: ``pde`` draws the same number of
+    training windows from every member each epoch (smaller ones repeated), ``windows`` every window once."""
+
+    members: list[DataConfig] = Field(min_length=2)
+    balance: Literal["pde", "windows"] = "pde"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MixtureConfig:
+        names = [m.pde for m in self.members]
+        for m in self.members:
+            if m.mixture is not None:
+                raise ValueError(f"data.mixture member '{m.pde}' holds a mixture itself; list every data set "
+                                 "directly under data.mixture.members")
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.mixture.members name the PDEs {names}: one member per PDE (put several "
+                             "files of one PDE in that member's train/val/test lists)")
+        return self
+
+
+DataConfig.model_rebuild()
 
 
 # ---------------------------------------------------------------------------------------- model

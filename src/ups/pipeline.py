@@ -60,6 +60,9 @@ def pipeline(exp: ExperimentConfig, *, run_dir: str | Path | None = None) -> dic
 
     Under torchrun every rank trains; rank 0 alone then gates, evaluates and reports (the others
     return None)."""
+    if exp.data.mixture is not None:
+        raise UPSError("ups pipeline gates and ranks runs of one data set; for data.mixture run `ups train CONFIG` "
+                       "and then `ups eval RUN_DIR` (metrics per PDE)")
     start = time.perf_counter()
     if distributed.local_rank() == 0:  # the other ranks wait for the files inside train()
         ensure_data(exp.data)

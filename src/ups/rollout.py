@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -140,26 +141,32 @@ def rollout_fn(model, *, mode: str = "reencode", max_principle: bool = False) ->
 @dataclass
 class Collected:
     """Rolled-out fields, all [B, T - 1, *spatial, C] (input frame dropped) but ``u0`` [B, *spatial, C]:
-    ``pred`` the rollout from frame 0, ``one_step`` the teacher-forced one-step predictions, ``true``."""
+    ``pred`` the rollout from frame 0, ``one_step`` the teacher-forced one-step predictions, ``true``;
+    ``member`` [B] the data-mixture member of each sample, when the batches carry one."""
 
     pred: torch.Tensor
     one_step: torch.Tensor
     true: torch.Tensor
     u0: torch.Tensor
     wall_s: float
+    member: torch.Tensor | None = None  # [B] mixture member of each sample (None: one data set)
 
 
-def iter_rollouts(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[[torch.Tensor], torch.Tensor], *,
+def iter_rollouts(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[..., torch.Tensor], *,
                   device: torch.device | None = None, max_steps: int | None = None) -> Iterator[Collected]:
     """Roll out every batch of whole trajectories ``u [B, W, *spatial, C]`` from its first frame (at most
     ``max_steps`` steps), and one step from every true frame but the last; fields through ``denormalize``
-    (normalised [..., C] -> physical; the identity keeps them normalised). One :class:`Collected` per batch."""
+    (normalised [..., C] -> physical; the identity keeps them normalised). One :class:`Collected` per batch.
+    Batches of a data mixture carry ``member`` [B]: they are de-normalised per sample by
+    ``denormalize(x, member=...)`` (a ``MixtureNormalizer``'s)."""
     for batch in loader:
         if "mask" in batch and not bool(batch["mask"].all()):
             raise DataError("rollouts are scored on whole grids, but this batch holds padded point clouds "
                             "(data.point_subset applies to training items only)")
         if device is not None:
             batch = {k: v.to(device) for k, v in batch.items()}
+        member = batch.get("member")
+        denorm = denormalize if member is None else partial(denormalize, member=member)
         u = batch["u"] if max_steps is None else batch["u"][:, :max_steps + 1]
         b, w, spatial, c = u.shape[0], u.shape[1], u.shape[2:-1], u.shape[-1]
         flat, coords = flatten_points(u, batch["coords"])  # [B, W, N, C], [B, N, d]
@@ -169,8 +176,8 @@ def iter_rollouts(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[[
         wall = time.perf_counter() - start
         one = teacher_forced(fn, flat, coords, params, dt)
         shape = (b, w - 1, *spatial, c)
-        yield Collected(denormalize(pred.reshape(shape)), denormalize(one.reshape(shape)), denormalize(u[:, 1:]),
-                        denormalize(u[:, 0]), wall)
+        yield Collected(denorm(pred.reshape(shape)), denorm(one.reshape(shape)), denorm(u[:, 1:]),
+                        denorm(u[:, 0]), wall, None if member is None else member.cpu())
 
 
 def teacher_forced(fn: RolloutFn, flat: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
@@ -190,7 +197,8 @@ def collect(fn: RolloutFn, loader: Iterable[dict], denormalize: Callable[[torch.
     """:func:`iter_rollouts` of every batch, concatenated (float32)."""
     parts = list(iter_rollouts(fn, loader, denormalize, device=device))
     cat = lambda key: torch.cat([getattr(p, key) for p in parts]).float()  # noqa: E731
-    return Collected(cat("pred"), cat("one_step"), cat("true"), cat("u0"), sum(p.wall_s for p in parts))
+    member = torch.cat([p.member for p in parts]) if all(p.member is not None for p in parts) else None
+    return Collected(cat("pred"), cat("one_step"), cat("true"), cat("u0"), sum(p.wall_s for p in parts), member)
 
 
 def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormalize: Callable, *,
@@ -198,20 +206,27 @@ def rollout_scores(model, batches: Iterable[dict[str, torch.Tensor]], denormaliz
     """Roll out every trajectory of ``batches`` from its first frame over all its frames and score it
     in physical space (PDEBench nRMSE, frame 0 excluded).
 
-    batches: dicts with ``u`` [B, T, *spatial, C] (normalised), ``coords``, ``params`` [B, P], ``dt`` [B];
-    denormalize: normalised [..., C] -> physical. Returns ``nrmse`` (full rollout), ``one_step``
-    (from the true frame at every step), ``per_step`` (list, T - 1 values) and ``persistence``.
+    batches: dicts with ``u`` [B, T, *spatial, C] (normalised), ``coords``, ``params`` [B, P], ``dt`` [B]
+    (and ``member`` [B] for a data mixture); denormalize: normalised [..., C] -> physical. Returns ``nrmse``
+    (full rollout), ``one_step`` (from the true frame at every step), ``per_step`` (list, T - 1 values) and
+    ``persistence``. With members (whose trajectories may differ in length), each score is the mean of the
+    members' scores, ``per_member`` holds them and ``per_step`` is empty.
     """
-    per_sample, one_step, persist = [], [], []
+    groups: dict[int | None, list[list[torch.Tensor]]] = {}
     fn = rollout_fn(model, mode=mode, max_principle=max_principle)
     for got in iter_rollouts(fn, batches, denormalize, device=device):
-        per_sample.append(nrmse_per_sample(got.pred, got.true))  # [B, T-1, C]
-        one_step.append(nrmse_per_sample(got.one_step, got.true))
-        persist.append(nrmse_per_sample(got.u0.unsqueeze(1).expand_as(got.true), got.true))
-    err = torch.cat(per_sample)
-    return {
-        "nrmse": float(err.mean()),
-        "one_step": float(torch.cat(one_step).mean()),
-        "persistence": float(torch.cat(persist).mean()),
-        "per_step": err.mean(dim=(0, 2)).tolist(),
-    }
+        persistence = got.u0.unsqueeze(1).expand_as(got.true)
+        errs = [nrmse_per_sample(x, got.true) for x in (got.pred, got.one_step, persistence)]  # [B, T-1, C]
+        ids = [None] if got.member is None else got.member.unique().tolist()
+        for m in ids:
+            rows = slice(None) if m is None else got.member == m
+            for bucket, err in zip(groups.setdefault(m, [[], [], []]), errs):
+                bucket.append(err[rows])
+    scores = {m: [torch.cat(bucket) for bucket in lists] for m, lists in groups.items()}
+    per_member = {m: {"nrmse": float(e.mean()), "one_step": float(o.mean()), "persistence": float(p.mean())}
+                  for m, (e, o, p) in scores.items()}
+    mean = lambda key: sum(v[key] for v in per_member.values()) / len(per_member)  # noqa: E731
+    out = {"nrmse": mean("nrmse"), "one_step": mean("one_step"), "persistence": mean("persistence")}
+    if list(scores) == [None]:
+        return {**out, "per_step": scores[None][0].mean(dim=(0, 2)).tolist()}
+    return {**out, "per_step": [], "per_member": per_member}

@@ -26,7 +26,7 @@ import torch
 from ups.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from ups.config import apply_overrides, read_yaml_with_includes, validate_config
 from ups.data.metadata import DatasetMetadata
-from ups.data.normalization import Normalizer
+from ups.data.normalization import Normalizer, normalizer_from_dict
 from ups.errors import CheckpointError, DataError, UPSError
 from ups.io_utils import atomic_write_json
 from ups.models import MODELS
@@ -111,9 +111,10 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None, *, 
     raw = read_yaml_with_includes(run.config_path)
     base = _recorded_cwd(run)
     data = raw.setdefault("data", {}) or {}
-    recorded = {k: data.get(k) for k in DATA_PATH_KEYS if data.get(k)}
-    for key, value in recorded.items():
-        data[key] = [str(base / v) for v in value] if isinstance(value, list) else str(base / value)
+    recorded = _resolve_paths(data, base)
+    for member in (data.get("mixture") or {}).get("members") or []:  # a data mixture: its members' files too
+        if isinstance(member, dict):
+            _resolve_paths(member, base)
     exp = validate_config(apply_overrides(raw, overrides or []))
     for key in need:
         value = getattr(exp.data, key)
@@ -124,6 +125,14 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None, *, 
                 raise DataError(f"data.{key} of run {run.path}: '{rec}' is not at {path} (recorded relative to "
                                 f"{base}); move it back, or give its new path: data.{key}=NEW_PATH")
     return exp
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Make the data paths of one data section absolute against ``base`` in place; returns the recorded ones."""
+    recorded = {k: data.get(k) for k in DATA_PATH_KEYS if data.get(k)}
+    for key, value in recorded.items():
+        data[key] = [str(base / v) for v in value] if isinstance(value, list) else str(base / value)
+    return recorded
 
 
 def _as_list(value) -> list:
@@ -182,7 +191,7 @@ def load_run_model(stem: Path) -> tuple[torch.nn.Module, Normalizer, DatasetMeta
     meta = DatasetMetadata.from_dict(info["data_meta"])
     model = MODELS.get(info["model"]).from_config(meta, info["model_params"])
     load_frozen(stem, {"model": model})
-    return model, Normalizer.from_dict(info["normalizer"]), meta, info
+    return model, normalizer_from_dict(info["normalizer"]), meta, info
 
 
 def load_corrector(run_dir: str | Path, kind: str):

@@ -77,6 +77,10 @@ class WindowDataset(Dataset):
         """Draw new random sub-cell offsets for this epoch (same epoch and seed: same offsets)."""
         self.epoch = int(epoch)
 
+    def window_starts(self) -> torch.Tensor:
+        """Start frame of every item counted from ``start`` (what early oversampling weights).  # [len] long"""
+        return torch.arange(len(self)) % self.per_sample
+
     def offset(self, index: int) -> tuple[int, ...]:
         """The sub-cell offset of item ``index`` per spatial axis (zeros unless ``random_offset``)."""
         if not self.random_offset:
@@ -206,7 +210,7 @@ class EarlyWindowSampler(Sampler[int]):
     """
 
     def __init__(self, dataset: WindowDataset, *, boost: float, frames: float, seed: int):
-        t0 = torch.arange(len(dataset)) % dataset.per_sample
+        t0 = dataset.window_starts()  # [len(dataset)]
         self.weights = 1.0 + boost * torch.exp(-t0.double() / frames)  # [len(dataset)]
         self.seed, self.epoch = int(seed), 0
 

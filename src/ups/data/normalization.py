@@ -121,3 +121,88 @@ def identity_normalizer(n_channels: int) -> Normalizer:
     """mean 0, std 1: leaves values unchanged (for tools that work in physical units)."""
     return Normalizer(mean=[0.0] * n_channels, std=[1.0] * n_channels)
 
+
+class MixtureNormalizer:
+    """One :class:`Normalizer` per member of a data mixture (``ups.data.mixture``), each fitted on that
+    member's own train split. Fields are (de-)normalised per sample by the member they belong to:
+    ``member`` is one member index (int) or a tensor of indices ``[B]`` over the first axis of ``x``."""
+
+    def __init__(self, *, members: dict[str, Normalizer]):
+        if not members:
+            raise DataError("a mixture normaliser needs at least one member")
+        channels = {n.n_channels for n in members.values()}
+        if len(channels) > 1:
+            raise DataError(f"the mixture members' normalisers have {sorted(channels)} channels; they must agree")
+        self.members = dict(members)
+        self.names = tuple(members)
+
+    @property
+    def n_channels(self) -> int:
+        return next(iter(self.members.values())).n_channels
+
+    def member(self, key: int | str) -> Normalizer:
+        """The normaliser of member ``key`` (its index in the mixture or its name)."""
+        return self.members[self.names[key] if isinstance(key, int) else key]
+
+    def _stats(self, x: torch.Tensor, member) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample statistics broadcast against x [B, ..., C]: (mean, std) [B, 1, ..., 1, C]."""
+        if member is None:
+            raise DataError("a mixture normaliser needs member= (which data set each sample comes from)")
+        ids = torch.as_tensor(member, dtype=torch.long)
+        ids = ids.expand(x.shape[0]) if ids.ndim == 0 and x.ndim >= 2 else ids.reshape(-1)
+        if x.ndim < 2 or ids.numel() != x.shape[0] or int(ids.min()) < 0 or int(ids.max()) >= len(self.names):
+            raise DataError(f"member ids {ids.tolist()[:8]} do not fit fields of shape {tuple(x.shape)} "
+                            f"([B, ..., C]) of a mixture of {len(self.names)} members")
+        mean = torch.as_tensor(np.stack([self.member(n).mean for n in range(len(self.names))]))  # [M, C]
+        std = torch.as_tensor(np.stack([self.member(n).std for n in range(len(self.names))]))
+        shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        ids = ids.to(mean.device)
+        return (mean[ids].reshape(shape).to(x.device, x.dtype), std[ids].reshape(shape).to(x.device, x.dtype))
+
+    def normalize(self, x: torch.Tensor, member=None) -> torch.Tensor:
+        """Physical -> normalised. x: [B, ..., C]; member: int or [B] member indices."""
+        mean, std = self._stats(torch.as_tensor(x), member)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor, member=None) -> torch.Tensor:
+        """Normalised -> physical. x: [B, ..., C]; member: int or [B] member indices."""
+        mean, std = self._stats(torch.as_tensor(x), member)
+        return x * std + mean
+
+    def to_dict(self) -> dict:
+        return {"kind": "mixture", "members": {name: n.to_dict() for name, n in self.members.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MixtureNormalizer:
+        if not isinstance(d.get("members"), dict):
+            raise DataError("mixture normaliser statistics need 'members' (name -> mean and std)")
+        return cls(members={name: Normalizer.from_dict(v) for name, v in d["members"].items()})
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the statistics as JSON (atomically: temp file + rename)."""
+        atomic_write_json(path, self.to_dict())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MixtureNormalizer) and self.members == other.members
+
+    def __repr__(self) -> str:
+        return "MixtureNormalizer(" + ", ".join(f"{k}: {v!r}" for k, v in self.members.items()) + ")"
+
+
+def normalizer_from_dict(d: dict) -> Normalizer | MixtureNormalizer:
+    """A normaliser from its ``to_dict`` form: one data set's or a mixture's (``kind: mixture``)."""
+    if isinstance(d, dict) and d.get("kind") == "mixture":
+        return MixtureNormalizer.from_dict(d)
+    return Normalizer.from_dict(d)
+
+
+def load_normalizer(path: str | Path) -> Normalizer | MixtureNormalizer:
+    """The statistics a run wrote next to its checkpoints (either kind)."""
+    path = Path(path)
+    if not path.is_file():
+        return Normalizer.from_json(path)  # its one-line error
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    return normalizer_from_dict(data)

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from ups.config import SPLITS, DataConfig, ExperimentConfig, Split
 from ups.data.datasets import WindowDataset, build_metadata, make_loader
 from ups.data.metadata import DatasetMetadata
-from ups.data.normalization import Normalizer
+from ups.data.mixture import MixtureBundle, MixtureLayout, check_members, member_loader, mixture_metadata
+from ups.data.normalization import MixtureNormalizer, Normalizer
 from ups.data.reader import SplitSource, open_split
 from ups.errors import DataError
 
@@ -85,8 +86,11 @@ def _generate_split(data_cfg: DataConfig, split: Split, path: Path, *, progress:
 
 
 def prepare_data(data_cfg: DataConfig, *, splits: tuple[str, ...] = SPLITS, generate: bool = True,
-                 progress: bool = True) -> DataBundle:
-    """Open the named splits (generating missing files first when allowed) and build the metadata."""
+                 progress: bool = True) -> DataBundle | MixtureBundle:
+    """Open the named splits (generating missing files first when allowed) and build the metadata.
+    With ``data.mixture``: every member's, in one :class:`ups.data.mixture.MixtureBundle`."""
+    if data_cfg.mixture is not None:
+        return prepare_mixture(data_cfg, splits=splits, generate=generate, progress=progress)
     if generate:
         ensure_data(data_cfg, progress=progress)
     opened = {s: open_split(data_cfg, s) for s in splits}
@@ -94,8 +98,34 @@ def prepare_data(data_cfg: DataConfig, *, splits: tuple[str, ...] = SPLITS, gene
     return DataBundle(data_cfg=data_cfg, splits=opened, meta=meta)
 
 
-def fit_normalizer(bundle: DataBundle) -> Normalizer:
-    """Per-channel statistics from the train split alone."""
+def prepare_mixture(data_cfg: DataConfig, *, splits: tuple[str, ...], generate: bool = True, progress: bool = True,
+                    layout: MixtureLayout | None = None) -> MixtureBundle:
+    """Open (and generate when allowed) every member of ``data_cfg.mixture``; ``layout``: a trained run's
+    (evaluation: the members may then be any subset of its members)."""
+    if data_cfg.mixture is None:
+        raise DataError("data.mixture is not set")
+    members = {m.pde: prepare_data(m, splits=splits, generate=generate, progress=progress)
+               for m in data_cfg.mixture.members}
+    metas = {name: b.meta for name, b in members.items()}
+    check_members(metas)
+    if layout is None:
+        layout = MixtureLayout.of(metas)
+    for name, meta in metas.items():
+        layout.index(name)
+        if tuple(meta.param_names) != layout.member_params[name]:
+            raise DataError(f"mixture member {name} has parameters {list(meta.param_names)} but the model was "
+                            f"trained with {list(layout.member_params[name])}")
+        for source in members[name].splits.values():  # every file's parameters encode (log needs > 0)
+            for file in source.files:
+                layout.encode_params(name, file.params_array(source.param_names))
+    return MixtureBundle(data_cfg=data_cfg, members=members, layout=layout,
+                         meta=mixture_metadata(metas, layout))
+
+
+def fit_normalizer(bundle: DataBundle | MixtureBundle) -> Normalizer | MixtureNormalizer:
+    """Per-channel statistics from the train split alone (a mixture: each member's from its own)."""
+    if isinstance(bundle, MixtureBundle):
+        return MixtureNormalizer(members={name: fit_normalizer(b) for name, b in bundle.members.items()})
     if "train" not in bundle.splits:
         raise DataError("normalisation statistics come from the train split; open it first")
     return Normalizer.fit(bundle.splits["train"], spatial_stride=bundle.data_cfg.spatial_stride,
@@ -122,6 +152,8 @@ def trajectory_loader(bundle: DataBundle, exp: ExperimentConfig, split: str, *, 
     (``window=None``, what validation rollouts and evaluation score) or windows of ``window`` frames."""
     ds = bundle.windows(split, window=window, normalizer=normalizer,
                         start=exp.eval.rollout_start if window is None else 0)
+    if isinstance(bundle, MixtureBundle):  # members' trajectories differ in length: never batched together
+        return member_loader(ds, batch_size=exp.eval.batch_size)
     return make_loader(ds, batch_size=exp.eval.batch_size, shuffle=False, seed=0)
 
 

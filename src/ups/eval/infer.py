@@ -51,6 +51,9 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
         raise UPSError(f"--steps {steps}: roll out at least one step")
     run_dir = Path(run_dir)
     exp = load_run_config(run_dir)
+    if exp.data.mixture is not None:
+        raise UPSError(f"{run_dir} was trained on a data mixture, which ups infer does not read yet; score it per "
+                       "PDE with `ups eval RUN_DIR --data FILE`")
     from ups.eval.run_eval import _model_stage, check_data_fits
 
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, exp), batch_size=batch_size)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ups.config import DataConfig, ExperimentConfig
-from ups.data.prepare import prepare_data, trajectory_loader
+from ups.data.prepare import prepare_data, prepare_mixture, trajectory_loader
 from ups.data.reader import TrajectoryFile
 from ups.errors import UPSError
 from ups.eval.evaluate import evaluate_split
@@ -100,6 +100,12 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     asked = split or load_run_config(run_dir).eval.split
     need = (asked, "pdebench_file") if data is None and asked != "all" else ()
     exp = load_run_config(run_dir, overrides, need=need)
+    if exp.data.mixture is not None:
+        if ttc or peers or corrector not in ("auto", "none"):
+            raise UPSError("a run trained on a data mixture is evaluated per PDE with the operator alone: drop "
+                           "--ttc, --peer and --corrector")
+        return _evaluate_mixture(run_dir, exp, data=data, split=asked, out=out,
+                                 cap=max_samples or exp.eval.max_samples, write=write)
     split = asked
     data_cfg, split, rule = _data_config(exp, data, split)
     sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, exp))
@@ -136,8 +142,71 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     return result
 
 
+def _evaluate_mixture(run_dir: Path, exp: ExperimentConfig, *, data: str | None, split: str,
+                      out: str | Path | None, cap: int | None, write: bool) -> dict:
+    """A data-mixture run, per PDE: each member's ``split`` (or ``--data FILE``, scored as the member whose PDE
+    it holds) in the run's mixture layout, scored by :func:`evaluate_split` with that member's own metadata.
+    Returns ``per_pde`` (one ``ups eval`` result per PDE, each written to ``OUT/pde_<name>/``) and the mean
+    nRMSE over the PDEs; writes ``OUT/eval_<split>.json``."""
+    from ups.data.mixture import MixtureLayout
+    from ups.simulator import Simulator
+
+    sim = Simulator.from_run(run_dir, stage="operator")
+    layout = MixtureLayout.from_meta(sim.meta)
+    data_cfg, split, rule = _mixture_data(exp, layout.names, data=data, split=split, cap=cap)
+    bundle = prepare_mixture(data_cfg, splits=(split,), generate=False, layout=layout)
+    fn = rollout_fn(sim.model, mode=sim.rollout_mode, max_principle=sim.max_principle)
+    target = eval_out_dir(run_dir, data=data, split=split, out=out)
+    per_pde = {}
+    for name, member in bundle.members.items():
+        for part in member.splits[split].parts:
+            check_data_fits(member.meta, part.file, start=exp.eval.rollout_start)
+        loader = trajectory_loader(bundle.select(name), exp, split, normalizer=sim.normalizer)
+        res, got = evaluate_split(fn, loader, sim.normalizer, member.meta, exp.eval)
+        res["variants"] = {"none": _summary(res["metrics"], res["timing"])}
+        res["data"] = _data_info(member.splits[split], split=split, rule=f"mixture member {name}: {rule}", cap=cap)
+        res["run"] = {"dir": str(run_dir), "stages": _stages(run_dir), "corrector": "none",
+                      "rollout_mode": sim.rollout_mode, "pde": name}
+        res["out_dir"] = str(target / f"pde_{name}")
+        if write:
+            atomic_write_json(target / f"pde_{name}" / f"eval_{split}.json", res)
+        per_pde[name] = {**res, "_fields": got}
+    nrmse = {name: res["metrics"]["nrmse"] for name, res in per_pde.items()}
+    result = {"mixture": list(layout.names), "split": split, "out_dir": str(target),
+              "metrics": {"nrmse_mean_over_pdes": sum(nrmse.values()) / len(nrmse), "nrmse_per_pde": nrmse},
+              "per_pde": {name: {k: v for k, v in res.items() if not k.startswith("_")}
+                          for name, res in per_pde.items()}}
+    if write:
+        atomic_write_json(target / f"eval_{split}.json", result)
+    return {**result, "_per_pde": per_pde}
+
+
+def _mixture_data(exp: ExperimentConfig, names: tuple[str, ...], *, data: str | None, split: str,
+                  cap: int | None) -> tuple[DataConfig, str, str]:
+    """The mixture data section to evaluate (the run's members, or the one member whose PDE ``data`` holds,
+    reading that file whole as its test split), the split to read and why it holds its samples."""
+    members, rule = exp.data.mixture.members, f"data.{split} of the run's config, every sample of it"
+    if data is not None:
+        pde = TrajectoryFile(data).pde
+        members = [m.model_copy(update={"train": None, "val": None, "test": data, "pdebench_file": None,
+                                        "generate": None}) for m in members if m.pde == pde]
+        if not members:
+            raise UPSError(f"{data} holds pde={pde}, but this run was trained on a mixture of "
+                           f"{', '.join(names)}: give a file of one of them")
+        split, rule = "test", "every sample of the file"
+    if cap:
+        members = [m.model_copy(update={"max_samples": {**m.max_samples, split: cap}}) for m in members]
+    mixture = exp.data.mixture.model_copy(update={"members": members})
+    return exp.data.model_copy(update={"mixture": mixture}), split, rule
+
+
 def write_outputs(run_dir: str | Path, result: dict, *, peers: dict | None = None) -> Path:
-    """Plots (space-time images, nRMSE per step) and ``report.html`` for one evaluation."""
+    """Plots (space-time images, nRMSE per step) and ``report.html`` for one evaluation (a data-mixture run:
+    one per PDE, under ``OUT/pde_<name>/``; returns OUT)."""
+    if "_per_pde" in result:
+        for res in result["_per_pde"].values():
+            write_outputs(run_dir, res)
+        return Path(result["out_dir"])
     from ups.eval.plots import evaluation_plots
     from ups.eval.report import write_report
 

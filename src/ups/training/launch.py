@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ups.checkpoint import seed_everything
 from ups.config import ExperimentConfig
-from ups.data.normalization import Normalizer
+from ups.data.normalization import Normalizer, load_normalizer
 from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loaders
 from ups.errors import CheckpointError, ConfigError
 from ups.io_utils import atomic_write_json, file_fingerprint
@@ -84,7 +84,7 @@ def open_or_create_run(exp: ExperimentConfig, bundle: DataBundle, *, resume: str
     """A new run directory (with normaliser and metadata), or the one being resumed."""
     if resume is not None:
         run = RunDir.open(resume)
-        return run, Normalizer.from_json(run.normalizer_path)
+        return run, load_normalizer(run.normalizer_path)
     fingerprints = {s: [file_fingerprint(p.file.path) for p in src.parts] for s, src in bundle.splits.items()}
     if not distributed.is_main():  # rank 0 picks (and creates) the directory; the others use the same one
         run = RunDir(Path(distributed.broadcast_object(None)))

@@ -68,6 +68,7 @@ class Stage(ABC):
     requires: ClassVar[tuple[str, ...]] = ()  # checkpoints (stage names) this stage loads first
     val_metric: ClassVar[str] = "val_loss"
     point_clouds: ClassVar[bool] = False  # trains on padded point-cloud batches with a mask (data.point_subset)
+    mixtures: ClassVar[bool] = False  # trains on a data mixture (data.mixture: batches with a member index)
     stage_cfg: StageConfig  # the typed config the stage was built with
 
     @classmethod
@@ -150,6 +151,24 @@ def check_stage_configs(exp) -> None:
                 f"{model_width} (they must be equal; drop one of them)"
             )
     check_point_clouds(exp)
+    check_mixture(exp)
+
+
+def check_mixture(exp) -> None:
+    """With ``data.mixture`` every configured stage must take mixtures, and a model with a ``param_transform``
+    must take the mixture's parameters as they come (already log-scaled, plus a one-hot identity)."""
+    if exp.data.mixture is None:
+        return
+    from ups.models import MODELS
+
+    for name in exp.stages:
+        if not STAGES.get(name).mixtures:
+            raise ValueError(f"stage '{name}' cannot train on a data mixture (data.mixture); remove that stage")
+    fields = getattr(getattr(MODELS.get(exp.model.name), "config_class", None), "model_fields", {})
+    if "param_transform" in fields and exp.model.params.get("param_transform",
+                                                            fields["param_transform"].default) != "identity":
+        raise ValueError("data.mixture gives log-scaled parameters and a one-hot PDE identity: set "
+                         "model.params.param_transform=identity")
 
 
 def check_point_clouds(exp) -> None:

@@ -223,6 +223,7 @@ class OperatorStage(Stage):
     config_class: ClassVar[type[StageConfig]] = OperatorStageConfig
     val_metric: ClassVar[str] = "val_rollout_nrmse"
     point_clouds: ClassVar[bool] = True
+    mixtures: ClassVar[bool] = True  # trains on a data mixture (mixed batches, per-member validation)
 
     def __init__(self, *, model: nn.Module, stage_cfg: OperatorStageConfig, meta: DatasetMetadata, normalizer,
                  model_name: str, model_params: dict, seed: int = 0):
@@ -294,8 +295,10 @@ class OperatorStage(Stage):
         device = next(self.model.parameters()).device
         scores = rollout_scores(self.model, loader, self.normalizer.denormalize, mode=self.stage_cfg.rollout_mode,
                                 device=device, max_principle=self.max_principle)
+        names = (self.meta.extra.get("mixture") or {}).get("names", [])  # a data mixture: per-member scores too
+        per_member = {f"val_rollout_nrmse_{names[m]}": v["nrmse"] for m, v in scores.get("per_member", {}).items()}
         return {"val_metric": scores["nrmse"], "val_rollout_nrmse": scores["nrmse"],
-                "val_one_step_nrmse": scores["one_step"], "val_persistence_nrmse": scores["persistence"]}
+                "val_one_step_nrmse": scores["one_step"], "val_persistence_nrmse": scores["persistence"], **per_member}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What ``Simulator.from_run`` needs: model name and parameters, data metadata, normaliser."""
