@@ -59,7 +59,8 @@ def test_accuracy_quick(tmp_path):
     assert out["models"]["persistence"]["rollout_nrmse"] > 0
     table = _summary(tmp_path, "accuracy", out)
     ups = out["models"]["ups"]
-    head = f"| ups | {ups['params']} | {ups['steps']} | {ups['ms_per_step']:.3g} | {ups['rollout_nrmse']:.3g} |"
+    head = (f"| ups | {ups['params']} | {ups['steps']} | {ups['train_cpu_s']:.3g} | {ups['ms_per_step']:.3g} | "
+            f"{ups['rollout_nrmse']:.3g} |")
     from10 = ups["rollout_nrmse_from_10"]  # None on the quick data (5 frames)
     row = head + (" — |" if from10 is None else f" {from10:.3g} | {ups['one_step_nrmse']:.3g} |")
     assert row in table and "| persistence | 0 | — |" in table
