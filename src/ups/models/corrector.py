@@ -297,15 +297,12 @@ def condition_vector(params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
     return torch.cat([params.float(), dt.float().view(-1, 1)], dim=-1)
 
 
-class CorrectedSurrogate(nn.Module):
-    """A latent surrogate whose every step is refined by a corrector: ``step = refine(model.step(z))``.
+class WrappedSurrogate(nn.Module):
+    """A latent surrogate ``model`` with a corrector beside it: encode / decode, ``latent_dim`` and
+    ``num_latents`` are the model's; subclasses say how the corrector refines a step. ``generator=None``:
+    the deterministic path; a generator draws one stochastic sample per step."""
 
-    Offers the surrogate interface (encode / step / decode, latent_dim, num_latents), so every rollout
-    (latent or re-encoding, any query points) works unchanged with a corrector. ``generator=None``
-    refines along the deterministic mean path; a generator draws one stochastic sample per step.
-    """
-
-    def __init__(self, *, model: nn.Module, corrector: Corrector, steps: int | None = None,
+    def __init__(self, *, model: nn.Module, corrector: nn.Module, steps: int | None = None,
                  generator: torch.Generator | None = None):
         super().__init__()
         self.model, self.corrector, self.steps, self.generator = model, corrector, steps, generator
@@ -325,6 +322,15 @@ class CorrectedSurrogate(nn.Module):
     def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] or None -> [B, Q, C]."""
         return self.model.decode(z, coords_q, u_q)
+
+
+class CorrectedSurrogate(WrappedSurrogate):
+    """A latent surrogate whose every step is refined by a corrector: ``step = refine(model.step(z))``.
+
+    Offers the surrogate interface (encode / step / decode, latent_dim, num_latents), so every rollout
+    (latent or re-encoding, any query points) works unchanged with a corrector. ``generator=None``
+    refines along the deterministic mean path; a generator draws one stochastic sample per step.
+    """
 
     def step(self, z: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """z: [B, L, D]; params: [B, P]; dt: [B] -> refined z_next [B, L, D]."""

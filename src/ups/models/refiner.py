@@ -35,6 +35,7 @@ from torch import nn
 
 from ups.config import Strict
 from ups.errors import UPSError
+from ups.models.corrector import WrappedSurrogate
 from ups.registry import Registry
 
 REFINER_NETS: Registry = Registry("refiner network")
@@ -224,7 +225,7 @@ class FieldRefiner(nn.Module):
         return out
 
 
-class FieldCorrectedSurrogate(nn.Module):
+class FieldCorrectedSurrogate(WrappedSurrogate):
     """A latent surrogate whose every decoded step is refined on the data grid by a :class:`FieldRefiner`.
 
     Offers encode / step / decode unchanged plus ``refine_field``, which ``ups.rollout`` applies to the
@@ -233,27 +234,6 @@ class FieldCorrectedSurrogate(nn.Module):
     refines along the deterministic path with ``steps`` levels; a generator draws one stochastic sample
     through all K levels per step.
     """
-
-    def __init__(self, *, model: nn.Module, corrector: FieldRefiner, steps: int | None = None,
-                 generator: torch.Generator | None = None):
-        super().__init__()
-        self.model, self.corrector, self.steps, self.generator = model, corrector, steps, generator
-
-    @property
-    def latent_dim(self) -> int:
-        return self.model.latent_dim
-
-    @property
-    def num_latents(self) -> int:
-        return self.model.num_latents
-
-    def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """u: [B, N, C]; coords: [B, N, d] -> z [B, L, D]."""
-        return self.model.encode(u, coords)
-
-    def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
-        """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] or None -> [B, Q, C]."""
-        return self.model.decode(z, coords_q, u_q)
 
     def step(self, z: torch.Tensor, params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """The operator's latent step (unrefined). z: [B, L, D] -> [B, L, D]."""
