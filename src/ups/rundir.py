@@ -194,9 +194,23 @@ def load_run_model(stem: Path) -> tuple[torch.nn.Module, Normalizer, DatasetMeta
     return model, normalizer_from_dict(info["normalizer"]), meta, info
 
 
+def corrector_from_meta(info: dict) -> torch.nn.Module:
+    """The (untrained) corrector network a diff_residual checkpoint's metadata describes: the physical-space
+    refiner (``space: physical``) or the latent flow-matching corrector."""
+    from ups.models.corrector import Corrector, CorrectorConfig
+
+    if info.get("space") == "physical":
+        from ups.models.refiner import FieldRefiner, RefinerConfig
+
+        return FieldRefiner(channels=int(info["channels"]), n_cond=int(info["n_cond"]),
+                            spatial_shape=tuple(info["spatial_shape"]), periodic=bool(info["periodic"]),
+                            config=RefinerConfig(**info["refiner"]))
+    return Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
+                     config=CorrectorConfig(**info["corrector"]))
+
+
 def load_corrector(run_dir: str | Path, kind: str):
     """(corrector, refine steps) of kind ``multi``/``distilled`` from a run, or None if not trained."""
-    from ups.models.corrector import Corrector, CorrectorConfig
 
     if kind not in CORRECTOR_CHECKPOINTS:
         raise UPSError(f"unknown corrector '{kind}' (allowed: none, auto, {', '.join(CORRECTOR_CHECKPOINTS)})")
@@ -204,15 +218,7 @@ def load_corrector(run_dir: str | Path, kind: str):
     if not run.has(CORRECTOR_CHECKPOINTS[kind]):
         return None
     info = read_checkpoint_meta(run.stem(CORRECTOR_CHECKPOINTS[kind]))
-    if info.get("space") == "physical":
-        from ups.models.refiner import FieldRefiner, RefinerConfig
-
-        corr = FieldRefiner(channels=int(info["channels"]), n_cond=int(info["n_cond"]),
-                            spatial_shape=tuple(info["spatial_shape"]), periodic=bool(info["periodic"]),
-                            config=RefinerConfig(**info["refiner"]))
-    else:
-        corr = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
-                         config=CorrectorConfig(**info["corrector"]))
+    corr = corrector_from_meta(info)
     load_frozen(run.stem(CORRECTOR_CHECKPOINTS[kind]), {"corrector": corr}, strict=False)
     steps = info.get("refine_steps")
     return corr, int(corr.config.steps if steps is None else steps)

@@ -53,9 +53,9 @@ from ups.config import ExperimentConfig, ModelConfig
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
 from ups.io_utils import ensure_writable_dir
-from ups.models.corrector import Corrector, CorrectorConfig, noise, sample_tau
+from ups.models.corrector import Corrector, noise, sample_tau
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner
-from ups.rundir import RunFiles, load_frozen, require_checkpoint
+from ups.rundir import RunFiles, corrector_from_meta, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.diff_residual import (
     LatentScores,
@@ -96,15 +96,7 @@ def load_teacher(model_cfg: ModelConfig, meta: DatasetMetadata, run_dir: Path | 
     if "corrector" not in info and info.get("space") != "physical":
         raise CheckpointError(f"checkpoint {stem}.json holds no corrector: it was not written by diff_residual")
     model = MODELS.get(model_cfg.name).from_config(meta, model_cfg.params)
-    if info.get("space") == "physical":
-        from ups.models.refiner import RefinerConfig
-
-        teacher = FieldRefiner(channels=int(info["channels"]), n_cond=int(info["n_cond"]),
-                               spatial_shape=tuple(info["spatial_shape"]), periodic=bool(info["periodic"]),
-                               config=RefinerConfig(**info["refiner"]))
-    else:
-        teacher = Corrector(latent_dim=int(info["latent_dim"]), n_cond=int(info["n_cond"]),
-                            config=CorrectorConfig(**info["corrector"]))
+    teacher = corrector_from_meta(info)
     load_frozen(stem, {"model": model, "corrector": teacher})
     return model, teacher, info
 
