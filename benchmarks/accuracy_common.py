@@ -10,6 +10,7 @@ between the models of a round); the JSON records which models trained together.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -139,9 +140,23 @@ def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, bu
         torch.set_num_threads(threads)
 
 
+def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bool) -> dict[float, dict]:
+    """A previous run's results of ``keys`` at its budget (``{budget: {model: result}}``), for a budget curve
+    extended by a later run on the same data; a result of other data or without these models is refused."""
+    if prior is None:
+        return {}
+    missing = sorted(set(keys) - set(prior.get("models", {})))
+    same = {k: v for k, v in prior.get("data", {}).items() if k != "rollout_steps"} == json.loads(json.dumps(data))
+    if missing or not same or bool(prior.get("quick")) != quick:
+        raise UPSError(f"--reuse: that result has other data or lacks models {missing}: reuse the JSON of a full "
+                       f"run of this benchmark on the same data")
+    return {float(prior["budget_s"]): {k: prior["models"][k] for k in keys}}
+
+
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
-                parallel: int = 1, models: list[str] | None = None, work: Path) -> dict:
-    """Train and score the problem's models at ``budget`` (and at each of ``budgets``: the budget curve)."""
+                parallel: int = 1, models: list[str] | None = None, work: Path, reuse: dict | None = None) -> dict:
+    """Train and score the problem's models at ``budget`` (and at each of ``budgets``: the budget curve).
+    ``reuse``: an earlier result JSON of this benchmark; its budget is not trained again (``reused_budget_s``)."""
     keys = list(models or problem.configs())
     unknown = sorted(set(keys) - set(problem.configs()))
     if unknown or "ups" not in keys:
@@ -149,8 +164,10 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     budget = float(budget if budget is not None else problem.budget_s)
     bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))  # generate once
     problem.superres_bench(bench, quick=quick, work=work, generate=True)
-    by_budget = {b: _train_all(problem, keys, quick=quick, work=work, budget=b, parallel=parallel)
-                 for b in sorted({budget, *[float(x) for x in budgets or []]})}
+    reused = reused_results(reuse, keys=keys, data=data_summary(bench), quick=quick)
+    by_budget = dict(reused)
+    by_budget |= {b: _train_all(problem, keys, quick=quick, work=work, budget=b, parallel=parallel)
+                  for b in sorted({budget, *[float(x) for x in budgets or []]} - set(by_budget))}
     persistence = evaluate(Persistence(), bench)
     results = dict(by_budget[budget])
     results["persistence"] = {"rollout_nrmse": persistence["nrmse"], "one_step_nrmse": persistence["nrmse_one_step"],
@@ -164,7 +181,8 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     rounds = [keys[i:i + max(1, parallel)] for i in range(0, len(keys), max(1, parallel))]
     return {"problem": problem.name, "quick": quick, "budget_s": budget, "data": summary,
             "models": results, "ratios": ratios, "budgets": sorted(by_budget), "budget_curve": curve,
-            "threads_per_model": 1, "parallel": parallel, "trained_together": rounds}
+            "threads_per_model": 1, "parallel": parallel, "trained_together": rounds,
+            "reused_budget_s": sorted(reused)}
 
 
 def data_summary(bench: Bench) -> dict:

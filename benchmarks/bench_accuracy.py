@@ -43,13 +43,13 @@ def default_parallel(quick: bool) -> int:
 
 
 def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
-                 parallel: int | None = None, models: list[str] | None = None) -> dict:
+                 parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
     """``accuracy_common.run_problem`` in a temporary work folder, with the UPS/FNO verdict."""
     t0 = time.perf_counter()
     if quick and budget is None:
         budget = QUICK_BUDGET_S
     with tempfile.TemporaryDirectory(prefix=f"ups-bench-{problem.name}-") as tmp:
-        out = run_problem(problem, budget=budget, quick=quick, budgets=budgets, models=models, work=Path(tmp),
+        out = run_problem(problem, budget=budget, quick=quick, budgets=budgets, models=models, work=Path(tmp), reuse=reuse,
                           parallel=default_parallel(quick) if parallel is None else parallel)
     if "ups_over_fno" in out["ratios"]:
         out["ratio_ups_over_fno_rollout_nrmse"] = out["ratios"]["ups_over_fno"]
@@ -60,10 +60,10 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
 
 
 def run(budget: float | None = None, quick: bool = False, budgets: list[float] | None = None,
-        parallel: int | None = None, models: list[str] | None = None) -> dict:
+        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
     """Train and score every model; ``budget`` seconds of training each (default 900, quick 2)."""
     return {"benchmark": "accuracy", **run_accuracy(BURGERS, budget=budget, quick=quick, budgets=budgets,
-                                                    parallel=parallel, models=models)}
+                                                    parallel=parallel, models=models, reuse=reuse)}
 
 
 def cli(run_fn, argv: list[str] | None = None) -> None:
@@ -74,9 +74,13 @@ def cli(run_fn, argv: list[str] | None = None) -> None:
                         help="comma-separated training budgets in seconds for the budget curve, e.g. 300,900,1800")
     parser.add_argument("--parallel", type=int, default=None, help="models trained at a time (default: cores, <= 2)")
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. ups,fno (ups always)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier result JSON of this benchmark on the same data: its budget is not trained "
+                             "again (extends a budget curve, e.g. --budgets 300,1800 --reuse results/accuracy.json)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    print(json.dumps(run_fn(args.budget, args.quick, args.budgets, args.parallel, models), indent=2))
+    reuse = json.loads(args.reuse.read_text()) if args.reuse else None
+    print(json.dumps(run_fn(args.budget, args.quick, args.budgets, args.parallel, models, reuse=reuse), indent=2))
 
 
 if __name__ == "__main__":

@@ -26,17 +26,27 @@ from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
 from ups.models import MODELS  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
+from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner  # noqa: E402
 from ups.rollout import ROLLOUTS, flatten_points, rollout, rollout_grid  # noqa: E402
 from ups.training.stages.consistency_distill import ConsistencyDistillStage  # noqa: E402
 from ups.training.stages.diff_residual import DiffResidualStage  # noqa: E402
 from ups.training.stages.operator import OperatorStage  # noqa: E402
 
 
-def _with_correctors(model: torch.nn.Module, exp, n_cond: int) -> dict[str, torch.nn.Module]:
-    """The UPS model refined every step by its corrector, as the config sizes it: the multi-step sampler
-    (``diff_residual``'s steps) and the distilled one (``consistency_distill``'s student steps)."""
+def _with_correctors(model: torch.nn.Module, exp, meta) -> dict[str, torch.nn.Module]:
+    """The UPS model refined every step by its corrector, as the config sizes it (``diff_residual.space``:
+    the physical-space refiner, the default, or the latent corrector): the multi-step sampler (all K
+    levels: K + 1 refiner calls per step) and the distilled one (``consistency_distill``'s student calls)."""
     multi = DiffResidualStage.stage_config(exp)
     student = ConsistencyDistillStage.stage_config(exp)
+    n_cond = meta.n_params + 1
+    if multi.space == "physical":
+        refiner = FieldRefiner(channels=meta.n_channels, n_cond=n_cond, spatial_shape=tuple(meta.spatial_shape),
+                               periodic=meta.boundary == "periodic", config=multi.refiner)
+        return {"ups_multi_corrector": FieldCorrectedSurrogate(model=model, corrector=refiner,
+                                                               steps=multi.refiner.steps),
+                "ups_distilled_corrector": FieldCorrectedSurrogate(model=model, corrector=refiner,
+                                                                   steps=student.student_steps - 1)}
     corrector = Corrector(latent_dim=model.latent_dim, n_cond=n_cond, config=multi.corrector)
     return {"ups_multi_corrector": CorrectedSurrogate(model=model, corrector=corrector, steps=multi.corrector.steps),
             "ups_distilled_corrector": CorrectedSurrogate(model=model, corrector=corrector,
@@ -111,8 +121,8 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     runs = {"ups": (built["ups"], ups_mode), "fno": (built["fno"], None), "unet": (built["unet"], None)}
     runs |= {f"ups_{mode}": (built["ups"], mode) for mode in ROLLOUTS.names() if mode != ups_mode}
     if correctors:
-        runs |= {name: (m, None) for name, m in _with_correctors(built["ups"], configs["ups"],
-                                                                 bench.meta.n_params + 1).items()}
+        runs |= {name: (m, ups_mode) for name, m in _with_correctors(built["ups"], configs["ups"],
+                                                                     bench.meta).items()}
     models = {}
     for name, (model, mode) in runs.items():
         seconds = _time_rollout(_rollout_fn(model, mode), data, batch, repeats)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ups.errors import UPSError
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 pytest.importorskip("neuralop")
 
@@ -83,6 +85,24 @@ def test_accuracy_budget_curve_quick(tmp_path):
     assert "Budget curve" in table and "| model | 0.5 s | 1 s |" in table
 
 
+def test_budget_curve_extended_by_a_later_run_reuses_the_earlier_budget(tmp_path):
+    first = _run("bench_accuracy", budget=0.5, models=["ups", "fno"])
+    later = _run("bench_accuracy", budget=0.5, budgets=[1.0], models=["ups", "fno"], reuse=first)
+    assert later["reused_budget_s"] == [0.5] and later["budgets"] == [0.5, 1.0]
+    for key in ("ups", "fno"):  # the reused budget's results are the first run's, the new one is trained
+        assert later["budget_curve"][key]["0.5"] == first["budget_curve"][key]["0.5"]
+        assert later["budget_curve"][key]["1"]["steps"] >= 1
+    from accuracy_common import reused_results
+
+    data = {k: v for k, v in first["data"].items() if k != "rollout_steps"}
+    with pytest.raises(UPSError, match="--reuse"):  # other data, a missing model, a quick result in a full run
+        reused_results(first, keys=["ups"], data={**data, "train": data["train"] + 1}, quick=True)
+    with pytest.raises(UPSError, match="--reuse"):
+        reused_results(first, keys=["ups", "unet"], data=data, quick=True)
+    with pytest.raises(UPSError, match="--reuse"):
+        reused_results(first, keys=["ups"], data=data, quick=False)
+
+
 def test_budgets_flag_parses_and_rejects_bad_values():
     import argparse
 
@@ -111,7 +131,7 @@ def test_inference_quick(tmp_path):
     corrected = out["models"]["ups_multi_corrector"]
     assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted
     table = _summary(tmp_path, "inference", out)
-    assert f"| ups_multi_corrector | one-step | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
+    assert f"| ups_multi_corrector | reencode | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
     assert f"at {out['full_resolution']['points']} points" in table
 
 
