@@ -42,16 +42,25 @@ class Problem:
     data_dir: Path | None = None  # where the full-mode files lie (the super-resolution test file goes there)
     superres: dict = field(default_factory=dict)  # data.generate keys of a finer test file (super-resolution)
     quick_superres: dict = field(default_factory=dict)
+    # UPS trained another way on the same data, chosen with --models (e.g. on random point subsets):
+    # name in the results -> overrides of the UPS config
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def configs(self) -> dict[str, str]:
-        """Model name in the results -> config stem, UPS first."""
-        return {"ups": self.ups, **self.peers}
+        """Model name in the results -> config stem, UPS first (its variants use UPS's config)."""
+        return {"ups": self.ups, **self.peers, **{name: self.ups for name in self.variants}}
+
+    def default_models(self) -> list[str]:
+        """The models a run trains unless --models names others: UPS and the peers."""
+        return ["ups", *self.peers]
 
     def overrides(self, quick: bool) -> list[str]:
         return list(self.quick_eval) if quick else list(self.data)
 
-    def load(self, stem: str, *, quick: bool, work: Path, superres: bool = False) -> ExperimentConfig:
+    def load(self, stem: str, *, quick: bool, work: Path, superres: bool = False,
+             variant: str | None = None) -> ExperimentConfig:
         extra = self.overrides(quick) + (self._superres_overrides(quick, work) if superres else [])
+        extra += list(self.variants.get(variant, ()))
         return load_bench_config(stem, quick=quick, work=work, extra=extra,
                                  generate=self.quick_generate or None, model_params=self.quick_models)
 
@@ -109,15 +118,16 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
     torch.set_num_threads(1)
     bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))
     stem = problem.configs()[model_key]
-    exp = problem.load(stem, quick=quick, work=work)
+    exp = problem.load(stem, quick=quick, work=work, variant=model_key)
     same_data(bench.exp, exp)
     stage_name = "operator" if exp.model.name == "upt" else "baseline"
-    trained, summary = train_for_budget(bench, exp, stage_name, work / "runs" / f"{exp.name}_{budget:g}", budget)
+    trained, summary = train_for_budget(bench, exp, stage_name, work / "runs" / f"{model_key}_{budget:g}", budget)
     model = stage_model(trained)
     info = trained.checkpoint_meta()  # the rollout rules ups eval reads from the checkpoint
     rules = {"mode": info.get("rollout_mode", "reencode"), "max_principle": bool(info.get("max_principle", False))}
     fine = problem.superres_bench(bench, quick=quick, work=work, generate=False)
-    return {"model": exp.model.name, "config": stem, "params": n_params(model), "steps": summary["step"],
+    return {"model": exp.model.name, "config": stem, "overrides": list(problem.variants.get(model_key, ())),
+            "params": n_params(model), "steps": summary["step"],
             "epochs": summary["epochs"], "train_wall_s": round(summary["wall_s"], 2),
             "train_cpu_s": round(summary["cpu_s"], 2),
             "ms_per_step": round(1e3 * summary["cpu_s"] / max(1, summary["step"]), 1),
@@ -141,23 +151,24 @@ def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, bu
 
 
 def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bool) -> dict[float, dict]:
-    """A previous run's results of ``keys`` at its budget (``{budget: {model: result}}``), for a budget curve
-    extended by a later run on the same data; a result of other data or without these models is refused."""
+    """A previous run's results of ``keys`` at its budget (``{budget: {model: result}}``; models it lacks are
+    trained by the new run), for a budget curve or a model added later on the same data; a result of other
+    data, of none of these models or of the other mode (quick / full) is refused."""
     if prior is None:
         return {}
-    missing = sorted(set(keys) - set(prior.get("models", {})))
+    found = {k: prior["models"][k] for k in keys if k in prior.get("models", {})}
     same = {k: v for k, v in prior.get("data", {}).items() if k != "rollout_steps"} == json.loads(json.dumps(data))
-    if missing or not same or bool(prior.get("quick")) != quick:
-        raise UPSError(f"--reuse: that result has other data or lacks models {missing}: reuse the JSON of a full "
-                       f"run of this benchmark on the same data")
-    return {float(prior["budget_s"]): {k: prior["models"][k] for k in keys}}
+    if not found or not same or bool(prior.get("quick")) != quick:
+        raise UPSError(f"--reuse: that result has other data, the other mode or none of the models {keys}: reuse "
+                       "the JSON of a run of this benchmark on the same data")
+    return {float(prior["budget_s"]): found}
 
 
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
                 parallel: int = 1, models: list[str] | None = None, work: Path, reuse: dict | None = None) -> dict:
     """Train and score the problem's models at ``budget`` (and at each of ``budgets``: the budget curve).
     ``reuse``: an earlier result JSON of this benchmark; its budget is not trained again (``reused_budget_s``)."""
-    keys = list(models or problem.configs())
+    keys = list(models or problem.default_models())
     unknown = sorted(set(keys) - set(problem.configs()))
     if unknown or "ups" not in keys:
         raise UPSError(f"models {keys}: choose among {', '.join(problem.configs())} (ups included)")
@@ -165,16 +176,21 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))  # generate once
     problem.superres_bench(bench, quick=quick, work=work, generate=True)
     reused = reused_results(reuse, keys=keys, data=data_summary(bench), quick=quick)
-    by_budget = dict(reused)
-    by_budget |= {b: _train_all(problem, keys, quick=quick, work=work, budget=b, parallel=parallel)
-                  for b in sorted({budget, *[float(x) for x in budgets or []]} - set(by_budget))}
+    by_budget = {}
+    for b in sorted({budget, *[float(x) for x in budgets or []], *reused}):
+        have = reused.get(b, {})
+        todo = [k for k in keys if k not in have]
+        by_budget[b] = have | (_train_all(problem, todo, quick=quick, work=work, budget=b, parallel=parallel)
+                               if todo else {})
     persistence = evaluate(Persistence(), bench)
     results = dict(by_budget[budget])
     results["persistence"] = {"rollout_nrmse": persistence["nrmse"], "one_step_nrmse": persistence["nrmse_one_step"],
                               "corr_time": persistence["corr_time"], "high_corr": persistence.get("high_corr"),
                               "rel_l2_full": persistence.get("rel_l2_full"), "params": 0}
     ratios = {f"ups_over_{k}": results["ups"]["rollout_nrmse"] / results[k]["rollout_nrmse"]
-              for k in keys if k != "ups"}
+              for k in keys if k in problem.peers}
+    ratios |= {f"{k}_over_ups": results[k]["rollout_nrmse"] / results["ups"]["rollout_nrmse"]
+               for k in keys if k in problem.variants}
     curve = {k: {f"{b:g}": {m: res[k][m] for m in ("rollout_nrmse", "rollout_nrmse_from_10", "steps")}
                  for b, res in sorted(by_budget.items())} for k in keys}
     summary = data_summary(bench) | {"rollout_steps": len(results["ups"]["nrmse_per_step"])}
@@ -182,7 +198,7 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     return {"problem": problem.name, "quick": quick, "budget_s": budget, "data": summary,
             "models": results, "ratios": ratios, "budgets": sorted(by_budget), "budget_curve": curve,
             "threads_per_model": 1, "parallel": parallel, "trained_together": rounds,
-            "reused_budget_s": sorted(reused)}
+            "reused": {f"{b:g}": sorted(r) for b, r in reused.items()}}
 
 
 def data_summary(bench: Bench) -> dict:

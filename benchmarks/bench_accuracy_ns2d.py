@@ -29,6 +29,9 @@ NS2D = Problem(
     quick_eval=("eval.rollout_start=2",),
     data_dir=DATA, superres={"resolution": 128, "solver": "{internal: 128}"},  # the same test trajectories at 128^2
     quick_superres={"resolution": 32, "solver": "{internal: 32}"},
+    # issue 14's point-cloud check (--models ups,ups_points50): UPS trained on its own random half of the grid
+    # points per sample, scored on the full grid like every model
+    variants={"ups_points50": ("data.point_subset={fraction: 0.5, min_points: 64}",)},
     quick_models={"upt": {**UPS_QUICK, "num_supernodes": 16}, "fno": {"n_modes": 4, "hidden_channels": 8,
                                                                        "n_layers": 2}},
 )

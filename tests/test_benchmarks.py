@@ -88,17 +88,18 @@ def test_accuracy_budget_curve_quick(tmp_path):
 def test_budget_curve_extended_by_a_later_run_reuses_the_earlier_budget(tmp_path):
     first = _run("bench_accuracy", budget=0.5, models=["ups", "fno"])
     later = _run("bench_accuracy", budget=0.5, budgets=[1.0], models=["ups", "fno"], reuse=first)
-    assert later["reused_budget_s"] == [0.5] and later["budgets"] == [0.5, 1.0]
+    assert later["reused"] == {"0.5": ["fno", "ups"]} and later["budgets"] == [0.5, 1.0]
     for key in ("ups", "fno"):  # the reused budget's results are the first run's, the new one is trained
         assert later["budget_curve"][key]["0.5"] == first["budget_curve"][key]["0.5"]
         assert later["budget_curve"][key]["1"]["steps"] >= 1
     from accuracy_common import reused_results
 
     data = {k: v for k, v in first["data"].items() if k != "rollout_steps"}
-    with pytest.raises(UPSError, match="--reuse"):  # other data, a missing model, a quick result in a full run
+    with pytest.raises(UPSError, match="--reuse"):  # other data, none of the models, a quick result in a full run
         reused_results(first, keys=["ups"], data={**data, "train": data["train"] + 1}, quick=True)
     with pytest.raises(UPSError, match="--reuse"):
-        reused_results(first, keys=["ups", "unet"], data=data, quick=True)
+        reused_results(first, keys=["unet"], data=data, quick=True)
+    assert set(reused_results(first, keys=["ups", "unet"], data=data, quick=True)[0.5]) == {"ups"}  # unet: trained
     with pytest.raises(UPSError, match="--reuse"):
         reused_results(first, keys=["ups"], data=data, quick=False)
 
@@ -225,6 +226,16 @@ def test_other_pde_accuracy_quick(tmp_path, name, pde):
         assert out["models"]["unet"]["rollout_nrmse_superres"] is None
         assert "training grid" in out["models"]["unet"]["superres_error"]
         assert f"at {4 * out['data']['points']} points" in table
+
+
+@pytest.mark.slow
+def test_ns_point_cloud_variant_is_scored_on_the_full_grid_against_ups(tmp_path):
+    out = _run("bench_accuracy_ns2d", budget=1.0, models=["ups", "ups_points50"])
+    ups, cloud = out["models"]["ups"], out["models"]["ups_points50"]
+    assert cloud["overrides"] == ["data.point_subset={fraction: 0.5, min_points: 64}"] and ups["overrides"] == []
+    assert len(cloud["nrmse_per_step"]) == out["data"]["rollout_steps"]  # the same full-grid test rollouts
+    assert out["ratios"] == {"ups_points50_over_ups": pytest.approx(cloud["rollout_nrmse"] / ups["rollout_nrmse"])}
+    assert "UPS_POINTS50 / UPS" in _summary(tmp_path, out["benchmark"], out)
 
 
 @pytest.mark.slow
