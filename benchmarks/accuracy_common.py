@@ -194,7 +194,9 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     curve = {k: {f"{b:g}": {m: res[k][m] for m in ("rollout_nrmse", "rollout_nrmse_from_10", "steps")}
                  for b, res in sorted(by_budget.items())} for k in keys}
     summary = data_summary(bench) | {"rollout_steps": len(results["ups"]["nrmse_per_step"])}
-    rounds = [keys[i:i + max(1, parallel)] for i in range(0, len(keys), max(1, parallel))]
+    trained = [k for k in keys if k not in reused.get(budget, {})]
+    rounds = [r for r in (reuse or {}).get("trained_together", []) if set(r) <= set(reused.get(budget, {}))]
+    rounds += [trained[i:i + max(1, parallel)] for i in range(0, len(trained), max(1, parallel))]
     return {"problem": problem.name, "quick": quick, "budget_s": budget, "data": summary,
             "models": results, "ratios": ratios, "budgets": sorted(by_budget), "budget_curve": curve,
             "threads_per_model": 1, "parallel": parallel, "trained_together": rounds,

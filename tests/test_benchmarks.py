@@ -89,6 +89,7 @@ def test_budget_curve_extended_by_a_later_run_reuses_the_earlier_budget(tmp_path
     first = _run("bench_accuracy", budget=0.5, models=["ups", "fno"])
     later = _run("bench_accuracy", budget=0.5, budgets=[1.0], models=["ups", "fno"], reuse=first)
     assert later["reused"] == {"0.5": ["fno", "ups"]} and later["budgets"] == [0.5, 1.0]
+    assert later["trained_together"] == first["trained_together"]  # nothing new at the headline budget
     for key in ("ups", "fno"):  # the reused budget's results are the first run's, the new one is trained
         assert later["budget_curve"][key]["0.5"] == first["budget_curve"][key]["0.5"]
         assert later["budget_curve"][key]["1"]["steps"] >= 1
