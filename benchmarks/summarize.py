@@ -125,6 +125,7 @@ def datagen(res: dict) -> list[str]:
 
 
 SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
+            "accuracy_dr1d": accuracy_problem,
             "inference": inference, "training": training, "datagen": datagen}
 
 

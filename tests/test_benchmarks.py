@@ -204,7 +204,8 @@ def test_datagen_quick_reports_every_pde(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,pde", [("bench_accuracy_ks", "ks1d"), ("bench_accuracy_ns2d", "ns2d")])
+@pytest.mark.parametrize("name,pde", [("bench_accuracy_ks", "ks1d"), ("bench_accuracy_ns2d", "ns2d"),
+                                      ("bench_accuracy_dr1d", "diffusion_reaction1d")])
 def test_other_pde_accuracy_quick(tmp_path, name, pde):
     out = _run(name, budget=1.0)
     assert out["data"]["pde"] == pde and set(out["models"]) == {"ups", "fno", "unet", "persistence"}
