@@ -11,6 +11,7 @@ between the models of a round); the JSON records which models trained together.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,19 +125,25 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
             **_scores(model, bench, rules), **_superres(model, fine, rules)}
 
 
-def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, budget: float,
-               parallel: int) -> dict:
-    """Every model in ``keys`` at one budget; ``parallel`` > 1 trains that many at a time in worker processes."""
+def side_by_side(fn: Callable[..., dict], jobs: dict[str, dict], *, parallel: int) -> dict[str, dict]:
+    """``fn(**kwargs)`` for every job (key -> kwargs, submitted in order): in this process when ``parallel``
+    <= 1, else ``parallel`` at a time in spawned worker processes (``fn`` sets its own threads)."""
     if parallel <= 1:
-        return {k: train_and_score(problem, k, quick=quick, work=work, budget=budget) for k in keys}
+        return {k: fn(**kw) for k, kw in jobs.items()}
     threads = torch.get_num_threads()
     try:
         with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {k: pool.submit(train_and_score, problem, k, quick=quick, work=work, budget=budget)
-                       for k in keys}
+            futures = {k: pool.submit(fn, **kw) for k, kw in jobs.items()}
             return {k: f.result() for k, f in futures.items()}
     finally:
         torch.set_num_threads(threads)
+
+
+def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, budget: float,
+               parallel: int) -> dict:
+    """Every model in ``keys`` at one budget; ``parallel`` > 1 trains that many at a time in worker processes."""
+    jobs = {k: {"problem": problem, "model_key": k, "quick": quick, "work": work, "budget": budget} for k in keys}
+    return side_by_side(train_and_score, jobs, parallel=parallel)
 
 
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
