@@ -86,7 +86,8 @@ def _scores(model: torch.nn.Module, bench: Bench, rules: dict) -> dict:
     data (without retraining) where the data are strided and the model runs at another resolution."""
     head = evaluate(model, bench, **rules)
     keys = ("corr_time", "valid_time", "high_corr", "rel_l2_full", "rel_l2_step")
-    out = {"rollout_nrmse": head["nrmse"], "one_step_nrmse": head["nrmse_one_step"],
+    out = {"rollout_nrmse": head["nrmse"], "rollout_nrmse_finite": head["nrmse_finite"], "diverged": head["diverged"],
+           "samples": head["samples"], "one_step_nrmse": head["nrmse_one_step"],
            **{k: head.get(k) for k in keys}, "nrmse_per_step": head["nrmse_per_step"]}
     start = bench.exp.eval.rollout_start
     later = start + 10 if start == 0 else None
