@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,8 @@ def _scores(model: torch.nn.Module, bench: Bench, rules: dict) -> dict:
     data (without retraining) where the data are strided and the model runs at another resolution."""
     head = evaluate(model, bench, **rules)
     keys = ("corr_time", "valid_time", "high_corr", "rel_l2_full", "rel_l2_step")
-    out = {"rollout_nrmse": head["nrmse"], "one_step_nrmse": head["nrmse_one_step"],
+    out = {"rollout_nrmse": head["nrmse"], "rollout_nrmse_finite": head["nrmse_finite"], "diverged": head["diverged"],
+           "samples": head["samples"], "one_step_nrmse": head["nrmse_one_step"],
            **{k: head.get(k) for k in keys}, "nrmse_per_step": head["nrmse_per_step"]}
     start = bench.exp.eval.rollout_start
     later = start + 10 if start == 0 else None
@@ -135,19 +137,25 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
             **_scores(model, bench, rules), **_superres(model, fine, rules)}
 
 
-def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, budget: float,
-               parallel: int) -> dict:
-    """Every model in ``keys`` at one budget; ``parallel`` > 1 trains that many at a time in worker processes."""
+def side_by_side(fn: Callable[..., dict], jobs: dict[str, dict], *, parallel: int) -> dict[str, dict]:
+    """``fn(**kwargs)`` for every job (key -> kwargs, submitted in order): in this process when ``parallel``
+    <= 1, else ``parallel`` at a time in spawned worker processes (``fn`` sets its own threads)."""
     if parallel <= 1:
-        return {k: train_and_score(problem, k, quick=quick, work=work, budget=budget) for k in keys}
+        return {k: fn(**kw) for k, kw in jobs.items()}
     threads = torch.get_num_threads()
     try:
         with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {k: pool.submit(train_and_score, problem, k, quick=quick, work=work, budget=budget)
-                       for k in keys}
+            futures = {k: pool.submit(fn, **kw) for k, kw in jobs.items()}
             return {k: f.result() for k, f in futures.items()}
     finally:
         torch.set_num_threads(threads)
+
+
+def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, budget: float,
+               parallel: int) -> dict:
+    """Every model in ``keys`` at one budget; ``parallel`` > 1 trains that many at a time in worker processes."""
+    jobs = {k: {"problem": problem, "model_key": k, "quick": quick, "work": work, "budget": budget} for k in keys}
+    return side_by_side(train_and_score, jobs, parallel=parallel)
 
 
 def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bool) -> dict[float, dict]:
@@ -167,7 +175,7 @@ def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bo
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
                 parallel: int = 1, models: list[str] | None = None, work: Path, reuse: dict | None = None) -> dict:
     """Train and score the problem's models at ``budget`` (and at each of ``budgets``: the budget curve).
-    ``reuse``: an earlier result JSON of this benchmark; its budget is not trained again (``reused_budget_s``)."""
+    ``reuse``: an earlier result JSON of this benchmark; the models it has at its budget are not trained again (``reused``)."""
     keys = list(models or problem.default_models())
     unknown = sorted(set(keys) - set(problem.configs()))
     if unknown or "ups" not in keys:

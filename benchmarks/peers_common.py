@@ -234,22 +234,26 @@ def n_params(module: torch.nn.Module) -> int:
 
 def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode: str = "reencode",
              max_principle: bool | None = None, start: int | None = None,
-             spatial_stride: int | None = None) -> dict[str, Any]:
+             spatial_stride: int | None = None, member: str | None = None) -> dict[str, Any]:
     """Physical-space metrics of the rollout over whole trajectories of ``split``, by the code and rules of
     ``ups eval`` (``ups.eval.evaluate.evaluate_split``; ``mode`` for latent surrogates; by default every
     model's rollout obeys the PDE's maximum principle when it has one), from frame ``start`` (default
     ``eval.rollout_start``) at ``spatial_stride`` (default the config's; 1 = every cell of the file, the
-    model unchanged); without the per-step lists but ``nrmse_per_step``."""
+    model unchanged); ``member``: one PDE of a data mixture, scored with its own metadata as ``ups eval``
+    scores a mixture run; without the per-step lists but ``nrmse_per_step``."""
     exp, bundle = bench.exp, bench.bundle
     if start is not None:
         exp = exp.model_copy(update={"eval": exp.eval.model_copy(update={"rollout_start": start})})
     if spatial_stride is not None and spatial_stride != exp.data.spatial_stride:
         exp = exp.model_copy(update={"data": exp.data.model_copy(update={"spatial_stride": spatial_stride})})
         bundle = prepare_data(exp.data, splits=(split,), generate=False, progress=False)
-    mp = has_maximum_principle(bundle.meta.pde) if max_principle is None else max_principle
+    meta = bundle.meta
+    if member is not None:
+        meta, bundle = bundle.members[member].meta, bundle.select(member)
+    mp = has_maximum_principle(meta.pde) if max_principle is None else max_principle
     loader = trajectory_loader(bundle, exp, split, normalizer=bench.normalizer)
     result, _ = evaluate_split(rollout_fn(model.eval(), mode=mode, max_principle=mp), loader, bench.normalizer,
-                               bundle.meta, exp.eval)
+                               meta, exp.eval)
     metrics = result["metrics"]
     return {k: v for k, v in metrics.items() if not isinstance(v, list)} | {
         "nrmse_per_step": [round(x, 6) for x in metrics["nrmse_per_step"]]}

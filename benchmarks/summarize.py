@@ -26,6 +26,17 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _rollout(m: dict, key: str = "rollout_nrmse"):
+    """The rollout nRMSE cell: the plain mean, with "(k of n diverged, x on the rest)" when k > 0 rollouts
+    went non-finite (their NaN hides how many did)."""
+    k = m.get("diverged") or 0
+    if k <= 0:
+        return m[key]
+    rest = m.get(f"{key}_finite")
+    return (f"{_fmt(m[key])} ({k} of {m.get('samples', '?')} diverged"
+            + (f", {_fmt(rest)} on the rest)" if rest is not None else ")"))
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
@@ -38,7 +49,7 @@ def accuracy(res: dict) -> list[str]:
            f"{res['threads']} thread(s); "
            f"{d['pde']} {d['params']}, {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame 0.", ""]
-    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), m["rollout_nrmse"],
+    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), _rollout(m),
              m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"),
              m["corr_time"]]
             for name, m in res["models"].items()]
@@ -71,7 +82,7 @@ def accuracy_problem(res: dict) -> list[str]:
            f"{d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
     fine = next((m["superres_points"] for m in res["models"].values() if m.get("superres_points")), None)
-    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), m["rollout_nrmse"],
+    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), _rollout(m),
              m["one_step_nrmse"],
              m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")]
             + ([m.get("rollout_nrmse_superres")] if fine else []) for name, m in res["models"].items()]
@@ -80,6 +91,30 @@ def accuracy_problem(res: dict) -> list[str]:
     out += _table(header + ([f"rollout nRMSE at {fine} points (no retraining)"] if fine else []), rows)
     ratios = ", ".join(f"{k.replace('_over_', ' / ').upper()} = {v:.3g}" for k, v in res["ratios"].items())
     return out + ["", f"Rollout nRMSE ratios: {ratios}."]
+
+
+def multi_pde(res: dict) -> list[str]:
+    """One model on the PDE mixture against one model per PDE, at equal total compute, per PDE."""
+    pdes = list(res["per_pde"])
+    data = "; ".join(f"{p} {d['params']}: {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
+                     f"rollout over {d['rollout_steps']} steps" for p, d in res["data"].items())
+    mix = res["models"]["mixture"]
+    out = [f"One model across PDEs at equal total compute ({res['config']}): one UPS model per PDE trained "
+           f"{res['budget_s']:.0f} CPU seconds on its PDE alone, one on the mixture of all {len(pdes)} trained "
+           f"{res['mixture_budget_s']:.0f} CPU seconds, one thread each, {res['parallel']} at a time; {data}. "
+           f"The mixture's steps and CPU seconds cover all PDEs together ({mix['steps']} steps, "
+           f"{mix['train_cpu_s']:.0f} s).", ""]
+    rows = []
+    for pde, c in res["per_pde"].items():
+        single = res["models"][pde]
+        for name, m, run in (("single", c["single"], single), ("mixture", c["mixture"], mix),
+                             ("persistence", c["persistence"], {})):
+            rows.append([pde, name, run.get("steps"), run.get("train_cpu_s"), _rollout(m), m["one_step_nrmse"],
+                         (m.get("high_corr") or {}).get("0.8", {}).get("steps"), f"{m['diverged']} of {m['samples']}"])
+    out += _table(["PDE", "model", "training steps", "training CPU s", "rollout nRMSE", "one-step nRMSE",
+                   "corr. > 0.8 (steps)", "diverged rollouts"], rows)
+    ratios = ", ".join(f"{p} {_fmt(c['ratio_mixture_over_single'])}" for p, c in res["per_pde"].items())
+    return out + ["", f"Mixture / single-PDE rollout nRMSE (below 1: the mixture model is better): {ratios}."]
 
 
 def inference(res: dict) -> list[str]:
@@ -125,8 +160,8 @@ def datagen(res: dict) -> list[str]:
 
 
 SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
-            "accuracy_dr1d": accuracy_problem,
-            "inference": inference, "training": training, "datagen": datagen}
+            "accuracy_dr1d": accuracy_problem, "multi_pde": multi_pde, "inference": inference, "training": training,
+            "datagen": datagen}
 
 
 def summarize(results: Path) -> str:

@@ -287,3 +287,86 @@ def test_readme_benchmark_tables_are_the_committed_json():
     readme = (BENCH.parent / "README.md").read_text()
     block = readme.split(summarize.BEGIN + "\n", 1)[1].split(summarize.END, 1)[0]
     assert block == summarize.summarize(results), "run: python benchmarks/summarize.py --readme README.md"
+
+
+@pytest.mark.slow
+def test_multi_pde_quick(tmp_path):
+    """The mixture model trains members x the single models' budget; every model is scored on its PDEs by the
+    one scorer, and the README table shows each PDE's three rows and the mixture / single ratios."""
+    out = _run("bench_multi_pde", budget=1.0)
+    pdes = ["burgers1d", "ks1d", "diffusion_reaction1d"]
+    assert out["benchmark"] == "multi_pde" and list(out["per_pde"]) == pdes
+    assert set(out["models"]) == {"mixture", *pdes}
+    assert out["models"]["mixture"]["budget_s"] == pytest.approx(3 * out["budget_s"])
+    assert list(out["models"]["mixture"]["per_pde"]) == pdes
+    for pde in pdes:
+        single = out["models"][pde]
+        assert list(single["per_pde"]) == [pde] and single["budget_s"] == pytest.approx(out["budget_s"])
+        assert single["rollout_rules"]["max_principle"] is False  # the mixture's rule (it has none)
+        c = out["per_pde"][pde]
+        assert c["single"] == single["per_pde"][pde] and c["mixture"] == out["models"]["mixture"]["per_pde"][pde]
+        assert c["ratio_mixture_over_single"] == pytest.approx(c["mixture"]["rollout_nrmse"]
+                                                               / c["single"]["rollout_nrmse"])
+        for m in (c["single"], c["mixture"], c["persistence"]):
+            assert m["samples"] == out["data"][pde]["test"] and 0 <= m["diverged"] <= m["samples"]
+            assert len(m["nrmse_per_step"]) == out["data"][pde]["rollout_steps"]
+            assert 0 <= m["high_corr"]["0.8"]["steps"] <= out["data"][pde]["rollout_steps"]
+    for m in out["models"].values():
+        assert m["status"] == "time_budget" and m["steps"] >= 1
+    table = _summary(tmp_path, "multi_pde", out)
+    ks = out["models"]["ks1d"]
+    assert f"| ks1d | single | {ks['steps']} |" in table and "| ks1d | persistence | — |" in table
+    assert "Mixture / single-PDE rollout nRMSE" in table and "1 CPU seconds on its PDE alone" in table
+
+
+@pytest.mark.slow
+def test_multi_pde_scores_a_mixture_member_as_its_own_data_set(tmp_path):
+    """Persistence scored as one member of the mixture (its normaliser, its physical metadata) equals
+    persistence scored on that PDE's data set alone."""
+    sys.path.insert(0, str(BENCH))
+    from bench_multi_pde import mixture_config, single_config
+    from peers_common import Bench, evaluate
+
+    from ups.models.persistence import Persistence
+
+    mix = Bench.open(mixture_config(quick=True, work=tmp_path))
+    for pde in ("ks1d", "burgers1d"):
+        alone = evaluate(Persistence(), Bench.open(single_config(mix.exp, pde)))
+        member = evaluate(Persistence(), mix, member=pde)
+        for key in ("nrmse", "nrmse_one_step", "corr_time", "rel_l2_full"):
+            assert member[key] == pytest.approx(alone[key], rel=1e-6), (pde, key)
+        assert member["high_corr"] == alone["high_corr"] and member["samples"] == alone["samples"]
+
+
+def test_multi_pde_single_config_is_the_mixture_on_one_member(tmp_path):
+    from bench_multi_pde import mixture_config, single_config
+
+    from ups.errors import UPSError
+
+    mix = mixture_config(quick=False, work=tmp_path)
+    ks = single_config(mix, "ks1d")
+    member = next(m for m in mix.data.mixture.members if m.pde == "ks1d")
+    assert ks.data.mixture is None and ks.data.pde == "ks1d" and ks.data.test == member.test
+    assert Path(ks.data.train).is_absolute() and ks.data.batch_size == mix.data.batch_size
+    assert ks.model.params["param_transform"] == "log" and ks.stages["operator"]["max_principle"] is False
+    assert ks.training == mix.training and ks.model.params["latent_dim"] == mix.model.params["latent_dim"]
+    with pytest.raises(UPSError, match="'advection1d' is not a member of multi1d"):
+        single_config(mix, "advection1d")
+
+
+def test_multi_pde_rejects_a_bad_budget_in_one_line(capsys):
+    import bench_multi_pde
+
+    assert bench_multi_pde.main(["--budget", "0", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --budget must be a positive number of CPU seconds, got 0"]
+
+
+def test_summarize_says_how_many_rollouts_diverged():
+    import summarize
+
+    m = {"rollout_nrmse": float("nan"), "rollout_nrmse_finite": 0.0512, "diverged": 2, "samples": 32}
+    assert summarize._rollout(m) == "nan (2 of 32 diverged, 0.0512 on the rest)"
+    assert summarize._rollout({**m, "rollout_nrmse_finite": None, "diverged": 32}) == "nan (32 of 32 diverged)"
+    assert summarize._rollout({**m, "rollout_nrmse": 0.05, "diverged": 0}) == pytest.approx(0.05)
+    assert summarize._rollout({"rollout_nrmse": 0.05}) == pytest.approx(0.05)  # older JSON without the count

@@ -211,7 +211,7 @@ def test_persistence_rollout_repeats_the_initial_state():
 KEYS = {"nrmse", "nrmse_one_step", "crmse", "brmse", "frmse_low", "frmse_mid", "frmse_high", "max_error",
         "conservation_gap", "conservation_gap_t0", "bc_violation", "negativity", "spectral_energy_error",
         "corr_time", "valid_time", "nrmse_per_step", "corr_per_step", "samples", "steps", "high_corr",
-        "rel_l2_full", "rel_l2_step"}
+        "rel_l2_full", "rel_l2_step", "diverged", "nrmse_finite"}
 
 
 def test_evaluate_rollout_returns_every_metric_consistently():
@@ -221,6 +221,7 @@ def test_evaluate_rollout_returns_every_metric_consistently():
     out = M.evaluate_rollout(pred, true, boundary="dirichlet", nonnegative=(True,), Lx=2.0)
     assert set(out) == KEYS
     assert out["nrmse"] == pytest.approx(M.nrmse(pred, true), rel=1e-12)
+    assert out["diverged"] == 0 and out["nrmse_finite"] == pytest.approx(out["nrmse"], rel=1e-12)
     assert out["nrmse_one_step"] == M.nrmse(pred[:, :1], true[:, :1])
     assert out["bc_violation"] == M.bc_violation(pred, true, "dirichlet")
     assert out["frmse_mid"] == M.frmse_mid(pred, true, Lx=2.0)
@@ -305,3 +306,20 @@ def test_high_correlation_times_in_steps_and_time_units():
 def test_bc_violation_needs_three_points():
     with pytest.raises(UPSError, match="at least 3 points"):
         M.bc_violation(torch.zeros(1, 1, 2, 1), torch.zeros(1, 1, 2, 1))
+
+
+def test_diverged_rollouts_are_counted_and_the_finite_ones_scored():
+    """Three samples: nRMSE 0.1 and 0.3 exactly (p = (1 + s) y), and one that turns NaN at step 2. The plain
+    mean stays NaN; 1 of 3 diverged; the finite mean is (0.1 + 0.3) / 2; correlation and validity end at the
+    divergence (the diverged sample counts as uncorrelated: mean corr 2/3 < 0.8 from step 2)."""
+    y = torch.sin(2 * math.pi * X).reshape(1, 1, N, 1).expand(3, 4, N, 1)
+    scale = torch.tensor([0.1, 0.3, 0.0], dtype=torch.float64).reshape(3, 1, 1, 1)
+    pred = ((1 + scale) * y).clone()
+    pred[2, 2:, 5, 0] = math.nan
+    out = M.evaluate_rollout(pred, y.clone(), frame_dt=0.5, valid_threshold=0.5)
+    assert math.isnan(out["nrmse"]) and out["samples"] == 3
+    assert out["diverged"] == 1 and math.isclose(out["nrmse_finite"], 0.2, rel_tol=1e-12)
+    assert M.correlation_per_step(pred, y) == pytest.approx([1.0, 1.0, 2 / 3, 2 / 3], rel=1e-12)
+    assert out["high_corr"]["0.8"]["steps"] == 2 and out["valid_time"] == pytest.approx(2.0)
+    assert M.divergence(pred[:2], y[:2]) == {"diverged": 0, "nrmse_finite": pytest.approx(0.2, rel=1e-12)}
+    assert M.divergence(pred[2:], y[2:]) == {"diverged": 1, "nrmse_finite": None}  # nothing finite to score

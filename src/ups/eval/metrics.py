@@ -68,6 +68,17 @@ def nrmse(pred: torch.Tensor, true: torch.Tensor) -> float:
     return float(nrmse_per_sample(pred, true).mean())
 
 
+def divergence(pred: torch.Tensor, true: torch.Tensor) -> dict[str, int | float | None]:
+    """Diverged rollouts and what the others score. pred, true: [B, T, *spatial, C].
+
+    ``diverged``: samples with any non-finite predicted value; ``nrmse_finite``: :func:`nrmse` over the other
+    samples (None when all diverged). The plain nRMSE stays the mean over every sample, so it is NaN or inf as
+    soon as one diverges; these two say how many did and what the rest score."""
+    ok = torch.isfinite(pred).flatten(1).all(dim=1)  # [B]
+    k = int((~ok).sum())
+    return {"diverged": k, "nrmse_finite": nrmse(pred[ok], true[ok]) if k < ok.numel() else None}
+
+
 def nrmse_per_step(pred: torch.Tensor, true: torch.Tensor) -> list[float]:
     """nRMSE of each rollout step (averaged over samples and channels). pred, true: [B, T, *spatial, C]."""
     return nrmse_per_sample(pred, true).mean(dim=(0, 2)).tolist()
@@ -363,7 +374,8 @@ def correlation_per_step(pred: torch.Tensor, true: torch.Tensor, eps: float = 1e
 
     The correlation is taken over the spatial points of each (sample, channel), then averaged over samples
     and channels. Pairs where either field is constant (variance below eps) have no correlation and are left
-    out of the mean; a step where every pair is constant is NaN.
+    out of the mean; a step where every pair is constant is NaN. A pair whose prediction is not finite (a
+    diverged rollout) counts as uncorrelated (0), so divergence ends the high-correlation time.
     """
     _check_pair(pred, true)
     dims = _spatial_dims(true)
@@ -372,13 +384,15 @@ def correlation_per_step(pred: torch.Tensor, true: torch.Tensor, eps: float = 1e
     var_p, var_y = p.pow(2).mean(dim=dims), y.pow(2).mean(dim=dims)  # [B, T, C]
     corr = (p * y).mean(dim=dims) / (var_p * var_y).sqrt().clamp_min(eps)
     corr = torch.where((var_p > eps) & (var_y > eps), corr, torch.full_like(corr, math.nan))
+    finite = (~torch.isfinite(pred.double())).sum(dim=dims) == 0  # [B, T, C]
+    corr = torch.where(finite, corr, torch.zeros_like(corr))
     return corr.nanmean(dim=(0, 2)).tolist()
 
 
-def _steps_until(values: list[float], fails: Callable[[float], bool]) -> int:
-    """The number of leading values that do not fail (len(values) if none fails; NaN never fails)."""
+def _steps_until(values: list[float], fails: Callable[[float], bool], *, nan_fails: bool = False) -> int:
+    """The number of leading values that do not fail (len(values) if none fails; NaN fails when ``nan_fails``)."""
     for i, v in enumerate(values):
-        if not math.isnan(v) and fails(v):
+        if (nan_fails if math.isnan(v) else fails(v)):
             return i
     return len(values)
 
@@ -396,10 +410,10 @@ def corr_time(pred: torch.Tensor, true: torch.Tensor, threshold: float = 0.8, dt
 
 
 def valid_time(pred: torch.Tensor, true: torch.Tensor, threshold: float = 0.2, dt: float | None = None) -> float:
-    """Valid-rollout time: steps before the per-step nRMSE first exceeds ``threshold`` (T if never; times dt
-    when given). pred, true: [B, T, *spatial, C]."""
+    """Valid-rollout time: steps before the per-step nRMSE first exceeds ``threshold`` or is NaN (T if never;
+    times dt when given). pred, true: [B, T, *spatial, C]."""
     _check_pair(pred, true)
-    return _as_time(_steps_until(nrmse_per_step(pred, true), lambda e: e > threshold), dt)
+    return _as_time(_steps_until(nrmse_per_step(pred, true), lambda e: e > threshold, nan_fails=True), dt)
 
 
 def persistence_rollout(u0: torch.Tensor, steps: int) -> torch.Tensor:
@@ -462,10 +476,11 @@ def evaluate_rollout(
         "negativity": negativity(pred, nonnegative),
         "spectral_energy_error": spectral_energy_error(pred, true),
         "corr_time": _as_time(_steps_until(corr, lambda c: c < corr_threshold), dt),
-        "valid_time": _as_time(_steps_until(per_step, lambda e: e > valid_threshold), dt),
+        "valid_time": _as_time(_steps_until(per_step, lambda e: e > valid_threshold, nan_fails=True), dt),
         "high_corr": _high_corr(corr, frame_dt),
         "rel_l2_full": relative_l2_full(pred, true),
         "rel_l2_step": relative_l2_step(pred, true),
+        **divergence(pred, true),
         "nrmse_per_step": per_step,
         "corr_per_step": corr,
         "samples": int(true.shape[0]),
