@@ -160,8 +160,9 @@ def datagen(res: dict) -> list[str]:
 
 
 SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
-            "accuracy_dr1d": accuracy_problem, "multi_pde": multi_pde, "inference": inference, "training": training,
-            "datagen": datagen}
+            # the NS point-cloud check: bench_accuracy_ns2d.py --models ups,ups_points50 (its JSON saved here)
+            "accuracy_ns2d_points": accuracy_problem, "accuracy_dr1d": accuracy_problem, "multi_pde": multi_pde,
+            "inference": inference, "training": training, "datagen": datagen}
 
 
 def summarize(results: Path) -> str:
