@@ -51,6 +51,12 @@ class Problem:
         """Model name in the results -> config stem, UPS first (its variants use UPS's config)."""
         return {"ups": self.ups, **self.peers, **{name: self.ups for name in self.variants}}
 
+    @property
+    def reference(self) -> str:
+        """The config whose data section every model's is checked against (the first peer's: a fixed grid,
+        no random offsets), which also opens the test splits."""
+        return self.peers[next(iter(self.peers))]
+
     def default_models(self) -> list[str]:
         """The models a run trains unless --models names others: UPS and the peers."""
         return ["ups", *self.peers]
@@ -75,7 +81,7 @@ class Problem:
         data's normaliser; None when the problem has no super-resolution test."""
         if not (self.quick_superres if quick else self.superres):
             return None
-        exp = self.load(self.peers[next(iter(self.peers))], quick=quick, work=work, superres=True)
+        exp = self.load(self.reference, quick=quick, work=work, superres=True)
         bundle = prepare_data(exp.data, splits=("test",), generate=generate, progress=False)
         return Bench(exp=exp, bundle=bundle, normalizer=bench.normalizer)
 
@@ -118,7 +124,7 @@ def _scores(model: torch.nn.Module, bench: Bench, rules: dict) -> dict:
 def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path, budget: float) -> dict:
     """Train one model of ``problem`` for ``budget`` seconds and score it (runs in a worker process)."""
     torch.set_num_threads(1)
-    bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))
+    bench = Bench.open(problem.load(problem.reference, quick=quick, work=work))
     stem = problem.configs()[model_key]
     exp = problem.load(stem, quick=quick, work=work, variant=model_key)
     same_data(bench.exp, exp)
@@ -181,7 +187,7 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     if unknown or "ups" not in keys:
         raise UPSError(f"models {keys}: choose among {', '.join(problem.configs())} (ups included)")
     budget = float(budget if budget is not None else problem.budget_s)
-    bench = Bench.open(problem.load(problem.peers[next(iter(problem.peers))], quick=quick, work=work))  # generate once
+    bench = Bench.open(problem.load(problem.reference, quick=quick, work=work))  # generate once
     problem.superres_bench(bench, quick=quick, work=work, generate=True)
     reused = reused_results(reuse, keys=keys, data=data_summary(bench), quick=quick)
     by_budget = {}
