@@ -49,8 +49,10 @@ class Problem:
     def overrides(self, quick: bool) -> list[str]:
         return list(self.quick_eval) if quick else list(self.data)
 
-    def load(self, stem: str, *, quick: bool, work: Path, superres: bool = False) -> ExperimentConfig:
-        extra = self.overrides(quick) + (self._superres_overrides(quick, work) if superres else [])
+    def load(self, stem: str, *, quick: bool, work: Path, superres: bool = False,
+             extra: tuple[str, ...] = ()) -> ExperimentConfig:
+        """``configs/{stem}.yaml`` on this problem's data (quick or full), then the ``extra`` overrides."""
+        extra = self.overrides(quick) + (self._superres_overrides(quick, work) if superres else []) + list(extra)
         return load_bench_config(stem, quick=quick, work=work, extra=extra,
                                  generate=self.quick_generate or None, model_params=self.quick_models)
 

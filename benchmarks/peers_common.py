@@ -240,16 +240,22 @@ def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode:
     model's rollout obeys the PDE's maximum principle when it has one), from frame ``start`` (default
     ``eval.rollout_start``) at ``spatial_stride`` (default the config's; 1 = every cell of the file, the
     model unchanged); without the per-step lists but ``nrmse_per_step``."""
+    mp = has_maximum_principle(bench.meta.pde) if max_principle is None else max_principle
+    return evaluate_fn(rollout_fn(model.eval(), mode=mode, max_principle=mp), bench, split=split, start=start,
+                       spatial_stride=spatial_stride)
+
+
+def evaluate_fn(fn: Any, bench: Bench, *, split: str = "test", start: int | None = None,
+                spatial_stride: int | None = None) -> dict[str, Any]:
+    """:func:`evaluate` of a rollout function (``ups.rollout.RolloutFn``: a model's, or TTC's best-of-K)."""
     exp, bundle = bench.exp, bench.bundle
     if start is not None:
         exp = exp.model_copy(update={"eval": exp.eval.model_copy(update={"rollout_start": start})})
     if spatial_stride is not None and spatial_stride != exp.data.spatial_stride:
         exp = exp.model_copy(update={"data": exp.data.model_copy(update={"spatial_stride": spatial_stride})})
         bundle = prepare_data(exp.data, splits=(split,), generate=False, progress=False)
-    mp = has_maximum_principle(bundle.meta.pde) if max_principle is None else max_principle
     loader = trajectory_loader(bundle, exp, split, normalizer=bench.normalizer)
-    result, _ = evaluate_split(rollout_fn(model.eval(), mode=mode, max_principle=mp), loader, bench.normalizer,
-                               bundle.meta, exp.eval)
+    result, _ = evaluate_split(fn, loader, bench.normalizer, bundle.meta, exp.eval)
     metrics = result["metrics"]
     return {k: v for k, v in metrics.items() if not isinstance(v, list)} | {
         "nrmse_per_step": [round(x, 6) for x in metrics["nrmse_per_step"]]}
