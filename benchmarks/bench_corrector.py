@@ -275,12 +275,17 @@ def run_corrector(setup: Setup, *, quick: bool, parallel: int = 2) -> dict:
 def make_setup(problem: str, *, quick: bool, budget: float | None = None, corrector_s: float | None = None,
                distill_s: float | None = None, ttc: int | None = None, overrides: list[str] | None = None,
                own_part: bool | None = None) -> Setup:
-    """The setup of ``problem`` (SETUPS) with the given values replacing its defaults (quick: tiny ones)."""
+    """The setup of ``problem`` (SETUPS) with the given values replacing its defaults (quick: tiny ones); another
+    ``budget`` keeps the default shares of the corrector and the distillation."""
     if problem not in SETUPS:
         raise UPSError(f"unknown problem '{problem}' (choose among {', '.join(SETUPS)})")
     setup = SETUPS[problem]
     if quick:
         setup = replace(setup, **QUICK, overrides=setup.overrides + QUICK_REFINER)
+    if budget is not None:  # the corrector's and the distillation's shares of the default budget, unless given
+        scale = budget / setup.budget_s
+        corrector_s = setup.corrector_s * scale if corrector_s is None else corrector_s
+        distill_s = setup.distill_s * scale if distill_s is None else distill_s
     given = {"budget_s": budget, "corrector_s": corrector_s, "distill_s": distill_s, "ttc_candidates": ttc,
              "own_part": own_part}
     setup = replace(setup, **{k: v for k, v in given.items() if v is not None},

@@ -309,5 +309,9 @@ def test_corrector_rejects_a_budget_the_corrector_would_fill():
 
     with pytest.raises(UPSError, match="corrector seconds 300 must lie between 0 and the budget 300"):
         bench_corrector.make_setup("ks1d", quick=False, budget=300.0, corrector_s=300.0)
+    setup = bench_corrector.make_setup("ks1d", quick=False, budget=150.0)  # make bench shares its budget
+    default = bench_corrector.SETUPS["ks1d"]
+    assert setup.corrector_s == pytest.approx(default.corrector_s / 2) and setup.distill_s == pytest.approx(
+        default.distill_s / 2)
     with pytest.raises(UPSError, match="unknown problem 'ns9d'"):
         bench_corrector.make_setup("ns9d", quick=False)

@@ -12,6 +12,9 @@ of a random level. Validation rolls whole validation trajectories out with and w
 ``select_levels`` (default) it does so with 0, 1, .., K denoising levels after the correction and keeps
 the best count for inference (``refine_steps`` in the checkpoint): an under-trained denoiser applied
 without noise can move the field by more than the operator's own error, the level-0 correction cannot.
+``select_by: corr_time`` ranks instead by the high-correlation time of the validation rollouts
+(``val_corr_ratio`` = operator / corrected steps above ``corr_threshold``, ties by the nRMSE ratio): on a
+chaotic PDE the nRMSE of long rollouts saturates, and one diverging operator rollout makes it NaN.
 
 ``space: latent``: a flow-matching corrector of the operator's one-step latent residual (below).
 The operator's modules (``model``: encoder, operator, decoder) are loaded from ``operator_best`` and
