@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import sys
 import tempfile
@@ -251,7 +252,8 @@ def verdict(variants: dict, setup: Setup) -> dict:
         out["ttc_cost_ratio"] = _ratio(ttc["cpu_ms_per_step"], base["cpu_ms_per_step"])
     out["corrector_meets_1.2x"] = bool((out["corr_ratio_0.8"] or 0.0) >= 1.2)
     out["distilled_keeps_half"] = bool(kept is not None and kept >= 0.5 and (out["distilled_calls"] or 99) <= 2)
-    out["nrmse_no_worse"] = bool((out["nrmse_ratio"] or float("inf")) <= 1.0)
+    ratio = out["nrmse_ratio"]  # NaN when a test rollout diverged in either arm: no verdict
+    out["nrmse_no_worse"] = None if ratio is None or math.isnan(ratio) else bool(ratio <= 1.0)
     return out
 
 

@@ -86,6 +86,12 @@ def _steps(value) -> str | None:
     return None if value is None else f"{value:.3g}x"
 
 
+def _nrmse_verdict(no_worse: bool | None) -> str:
+    if no_worse is None:
+        return "no verdict: a test rollout diverged (NaN)"
+    return "no worse" if no_worse else "worse"
+
+
 def corrector_problem(name: str, res: dict) -> list[str]:
     """One problem of the corrector benchmark: every variant, its training CPU seconds and its cost per step."""
     d, v = res["data"], res["verdict"]
@@ -100,7 +106,7 @@ def corrector_problem(name: str, res: dict) -> list[str]:
     kept = v.get("distilled_gain_kept")
     line = (f"Corrected / operator alone: correlation time (0.8) {_steps(v['corr_ratio_0.8'])} "
             f"({'meets' if v['corrector_meets_1.2x'] else 'does not meet'} 1.2x), rollout nRMSE "
-            f"{_fmt(v['nrmse_ratio'])} ({'no worse' if v['nrmse_no_worse'] else 'worse'}); distilled sampler: "
+            f"{_fmt(v['nrmse_ratio'])} ({_nrmse_verdict(v['nrmse_no_worse'])}); distilled sampler: "
             f"{_steps(v.get('distilled_corr_ratio_0.8'))} at {_fmt(v.get('distilled_calls'))} calls per step, "
             f"keeps {'—' if kept is None else f'{kept:.0%}'} of the gain.")
     if "ttc_helps" in v:
