@@ -65,9 +65,9 @@ class Problem:
         return list(self.quick_eval) if quick else list(self.data)
 
     def load(self, stem: str, *, quick: bool, work: Path, superres: bool = False,
-             variant: str | None = None) -> ExperimentConfig:
-        extra = self.overrides(quick) + (self._superres_overrides(quick, work) if superres else [])
-        extra += list(self.variants.get(variant, ()))
+             extra: tuple[str, ...] = ()) -> ExperimentConfig:
+        """``configs/{stem}.yaml`` on this problem's data (quick or full), then the ``extra`` overrides."""
+        extra = self.overrides(quick) + (self._superres_overrides(quick, work) if superres else []) + list(extra)
         return load_bench_config(stem, quick=quick, work=work, extra=extra,
                                  generate=self.quick_generate or None, model_params=self.quick_models)
 
@@ -126,7 +126,7 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
     torch.set_num_threads(1)
     bench = Bench.open(problem.load(problem.reference, quick=quick, work=work))
     stem = problem.configs()[model_key]
-    exp = problem.load(stem, quick=quick, work=work, variant=model_key)
+    exp = problem.load(stem, quick=quick, work=work, extra=problem.variants.get(model_key, ()))
     same_data(bench.exp, exp)
     stage_name = "operator" if exp.model.name == "upt" else "baseline"
     trained, summary = train_for_budget(bench, exp, stage_name, work / "runs" / f"{model_key}_{budget:g}", budget)

@@ -241,6 +241,15 @@ def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode:
     ``eval.rollout_start``) at ``spatial_stride`` (default the config's; 1 = every cell of the file, the
     model unchanged); ``member``: one PDE of a data mixture, scored with its own metadata as ``ups eval``
     scores a mixture run; without the per-step lists but ``nrmse_per_step``."""
+    pde = bench.bundle.members[member].meta.pde if member is not None else bench.meta.pde
+    mp = has_maximum_principle(pde) if max_principle is None else max_principle
+    return evaluate_fn(rollout_fn(model.eval(), mode=mode, max_principle=mp), bench, split=split, start=start,
+                       spatial_stride=spatial_stride, member=member)
+
+
+def evaluate_fn(fn: Any, bench: Bench, *, split: str = "test", start: int | None = None,
+                spatial_stride: int | None = None, member: str | None = None) -> dict[str, Any]:
+    """:func:`evaluate` of a rollout function (``ups.rollout.RolloutFn``: a model's, or TTC's best-of-K)."""
     exp, bundle = bench.exp, bench.bundle
     if start is not None:
         exp = exp.model_copy(update={"eval": exp.eval.model_copy(update={"rollout_start": start})})
@@ -250,10 +259,8 @@ def evaluate(model: torch.nn.Module, bench: Bench, *, split: str = "test", mode:
     meta = bundle.meta
     if member is not None:
         meta, bundle = bundle.members[member].meta, bundle.select(member)
-    mp = has_maximum_principle(meta.pde) if max_principle is None else max_principle
     loader = trajectory_loader(bundle, exp, split, normalizer=bench.normalizer)
-    result, _ = evaluate_split(rollout_fn(model.eval(), mode=mode, max_principle=mp), loader, bench.normalizer,
-                               meta, exp.eval)
+    result, _ = evaluate_split(fn, loader, bench.normalizer, meta, exp.eval)
     metrics = result["metrics"]
     return {k: v for k, v in metrics.items() if not isinstance(v, list)} | {
         "nrmse_per_step": [round(x, 6) for x in metrics["nrmse_per_step"]]}

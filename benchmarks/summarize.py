@@ -117,6 +117,48 @@ def multi_pde(res: dict) -> list[str]:
     return out + ["", f"Mixture / single-PDE rollout nRMSE (below 1: the mixture model is better): {ratios}."]
 
 
+def _steps(value) -> str | None:
+    return None if value is None else f"{value:.3g}x"
+
+
+def _nrmse_verdict(no_worse: bool | None) -> str:
+    if no_worse is None:
+        return "no verdict: a test rollout diverged (NaN)"
+    return "no worse" if no_worse else "worse"
+
+
+def corrector_problem(name: str, res: dict) -> list[str]:
+    """One problem of the corrector benchmark: every variant, its training CPU seconds and its cost per step."""
+    d, v = res["data"], res["verdict"]
+    out = [f"Corrector, {d['pde']} {d['params']}: operator alone {res['budget_s']:.0f} CPU s against operator "
+           f"{res['budget_s'] - res['corrector_s']:.0f} s + refiner (diff_residual) {res['corrector_s']:.0f} s "
+           f"(+ distillation {res['distill_s']:.0f} s), one thread per arm; {d['train']} train / {d['test']} "
+           f"test trajectories, rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
+    rows = [[k, m.get("train_cpu_s"), m["corrector_calls"], m["cpu_ms_per_step"], m["rollout_nrmse"],
+             m["corr_steps_0.8"], m["corr_steps_0.9"]] for k, m in res["variants"].items()]
+    out += _table(["variant", "training CPU s", "corrector calls / step", "CPU ms / step", "rollout nRMSE",
+                   "corr. > 0.8 (steps)", "corr. > 0.9 (steps)"], rows)
+    kept = v.get("distilled_gain_kept")
+    line = (f"Corrected / operator alone: correlation time (0.8) {_steps(v['corr_ratio_0.8'])} "
+            f"({'meets' if v['corrector_meets_1.2x'] else 'does not meet'} 1.2x), rollout nRMSE "
+            f"{_fmt(v['nrmse_ratio'])} ({_nrmse_verdict(v['nrmse_no_worse'])}); distilled sampler: "
+            f"{_steps(v.get('distilled_corr_ratio_0.8'))} at {_fmt(v.get('distilled_calls'))} calls per step, "
+            f"keeps {'—' if kept is None else f'{kept:.0%}'} of the gain.")
+    if "ttc_helps" in v:
+        line += (f" TTC best-of-{res['ttc_candidates']} against the same corrected model: nRMSE x"
+                 f"{_fmt(v['ttc_nrmse_ratio'])}, correlation time x{_fmt(v['ttc_corr_ratio_0.8'])} at "
+                 f"{_fmt(v['ttc_cost_ratio'])}x the CPU per step ({'helps' if v['ttc_helps'] else 'does not help'}).")
+    return out + ["", line]
+
+
+def corrector(res: dict) -> list[str]:
+    """The corrector benchmark (issue 15): each problem's table, KS first."""
+    out: list[str] = []
+    for name, part in res["problems"].items():
+        out += ([""] if out else []) + corrector_problem(name, part)
+    return out
+
+
 def inference(res: dict) -> list[str]:
     """Rollout of the whole test set against the solver, in one process, at each resolution measured."""
     out = []
@@ -162,7 +204,7 @@ def datagen(res: dict) -> list[str]:
 SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
             # the NS point-cloud check: bench_accuracy_ns2d.py --models ups,ups_points50 (its JSON saved here)
             "accuracy_ns2d_points": accuracy_problem, "accuracy_dr1d": accuracy_problem, "multi_pde": multi_pde,
-            "inference": inference, "training": training, "datagen": datagen}
+            "corrector": corrector, "inference": inference, "training": training, "datagen": datagen}
 
 
 def summarize(results: Path) -> str:

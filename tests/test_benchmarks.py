@@ -370,3 +370,64 @@ def test_summarize_says_how_many_rollouts_diverged():
     assert summarize._rollout({**m, "rollout_nrmse_finite": None, "diverged": 32}) == "nan (32 of 32 diverged)"
     assert summarize._rollout({**m, "rollout_nrmse": 0.05, "diverged": 0}) == pytest.approx(0.05)
     assert summarize._rollout({"rollout_nrmse": 0.05}) == pytest.approx(0.05)  # older JSON without the count
+
+
+def test_corrector_calls_count_the_deterministic_levels_and_the_ttc_samples():
+    import bench_corrector
+
+    from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
+
+    refiner = FieldRefiner(channels=1, n_cond=1, spatial_shape=(16,), periodic=True,
+                           config=RefinerConfig(width=4, depth=1, steps=3))
+    wrapped = FieldCorrectedSurrogate(model=torch.nn.Identity(), corrector=refiner, steps=1)
+    assert bench_corrector.corrector_calls(torch.nn.Identity()) == 0
+    assert bench_corrector.corrector_calls(wrapped) == 2  # the correction + one denoising level
+    assert bench_corrector.corrector_calls(wrapped, 4) == 2 + 3 * 4  # 3 samples through all 3 levels + 1
+
+
+@pytest.mark.slow
+def test_corrector_quick(tmp_path):
+    """Both arms train to their CPU budgets, every variant is scored on the whole test trajectories, the
+    verdict's ratios are those of the variants, and the README table shows each variant's row."""
+    out = _run("bench_corrector", problems=("ks1d",))
+    res = out["problems"]["ks1d"]
+    v, verdict = res["variants"], res["verdict"]
+    subset = " (1 of 2 test trajectories)"  # quick mode scores TTC on one trajectory, with and without it
+    assert set(v) == {"operator alone", "operator (its own part of the budget)", "operator + corrector",
+                      "operator + distilled corrector", "operator + corrector" + subset,
+                      "operator + corrector + TTC best-of-2" + subset}
+    for arm in res["training"].values():
+        assert all(stage["status"] == "time_budget" and stage["steps"] >= 1 for stage in arm.values())
+    steps = res["data"]["rollout_steps"]
+    for m in v.values():
+        assert len(m["nrmse_per_step"]) == steps and m["cpu_ms_per_step"] > 0
+        assert 0 <= m["corr_steps_0.9"] <= m["corr_steps_0.8"] <= steps
+    assert v["operator alone"]["corrector_calls"] == 0
+    assert 1 <= v["operator + corrector"]["corrector_calls"] <= 4 and v["operator + distilled corrector"][
+        "corrector_calls"] <= 2
+    ttc, base = v["operator + corrector + TTC best-of-2" + subset], v["operator + corrector" + subset]
+    assert ttc["corrector_calls"] == base["corrector_calls"] + 4  # one sample through all K = 3 levels + correction
+    assert verdict["ttc_nrmse_ratio"] == pytest.approx(ttc["rollout_nrmse"] / base["rollout_nrmse"])
+    assert verdict["nrmse_ratio"] == pytest.approx(v["operator + corrector"]["rollout_nrmse"]
+                                                   / v["operator alone"]["rollout_nrmse"])
+    assert verdict["corrector_meets_1.2x"] == (verdict["corr_ratio_0.8"] >= 1.2)
+    table = _summary(tmp_path, "corrector", out)
+    row = v["operator + corrector"]
+    assert (f"| operator + corrector | {row['train_cpu_s']:.3g} | {row['corrector_calls']} | "
+            f"{row['cpu_ms_per_step']:.3g} | {row['rollout_nrmse']:.3g} |") in table
+    assert ("does not meet 1.2x" in table) != verdict["corrector_meets_1.2x"]
+
+
+def test_corrector_rejects_a_budget_the_corrector_would_fill():
+    import bench_corrector
+
+    from ups.errors import UPSError
+
+    with pytest.raises(UPSError, match="corrector seconds 300 must lie between 0 and the budget 300"):
+        bench_corrector.make_setup("ks1d", quick=False, budget=300.0, corrector_s=300.0)
+    setup = bench_corrector.make_setup("ks1d", quick=False, budget=150.0)  # make bench shares its budget
+    default = bench_corrector.SETUPS["ks1d"]
+    assert setup.corrector_s == pytest.approx(default.corrector_s / 2) and setup.distill_s == pytest.approx(
+        default.distill_s / 2)
+    with pytest.raises(UPSError, match="unknown problem 'ns9d'"):
+        bench_corrector.make_setup("ns9d", quick=False)

@@ -6,7 +6,7 @@ import torch
 
 from ups.config import TTCConfig
 from ups.data.normalization import Normalizer
-from ups.eval.ttc import PhysicsReward, burgers_residual, spectral_misfit, ttc_rollout_fn
+from ups.eval.ttc import PhysicsReward, burgers_residual, ks_residual, spectral_misfit, ttc_rollout_fn
 from ups.models.corrector import CorrectedSurrogate
 
 
@@ -66,6 +66,21 @@ def test_burgers_residual_vanishes_on_an_exact_stationary_state_and_not_otherwis
     assert torch.allclose(burgers_residual(u, u, params, dt, 1 / 64), torch.zeros(2))
     moved = u + 0.05  # u_t = 1 with no flux or diffusion to balance it
     assert torch.allclose(burgers_residual(u, moved, params, dt, 1 / 64), torch.ones(2), atol=1e-5)
+
+
+def test_ks_residual_of_a_frozen_sine_is_the_hand_computed_mean_square():
+    """u = A sin(q x) held still: u_t = 0, u u_x = (A^2 q / 2) sin(2 q x), u_xx + u_xxxx = A (q^4 - q^2) sin(q x);
+    two orthogonal sines, so the mean square is (A^2 q / 2)^2 / 2 + (A (q^4 - q^2))^2 / 2."""
+    n, length, a = 128, 64.0, 0.3
+    q = 2 * math.pi * 3 / length  # the third mode of the periodic domain
+    x = torch.arange(n, dtype=torch.float64) * (length / n)
+    u = (a * torch.sin(q * x)).view(1, n, 1)
+    dt = torch.full((1,), 0.2, dtype=torch.float64)
+    expected = (a * a * q / 2) ** 2 / 2 + (a * (q**4 - q**2)) ** 2 / 2
+    got = ks_residual(u, u, torch.zeros(1, 1), dt, length / n)
+    assert math.isclose(float(got), expected, rel_tol=1e-9)
+    moved = u + 0.02  # u_t = 0.1 adds a third orthogonal part (the mean), and u u_x gains 0.02 u_x
+    assert float(ks_residual(u, moved, torch.zeros(1, 1), dt, length / n)) > expected
 
 
 def test_one_candidate_is_the_deterministic_corrected_rollout():

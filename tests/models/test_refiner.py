@@ -21,9 +21,9 @@ def test_noise_levels_are_pde_refiners_geometric_ladder():
         noise_levels(3, 1.5)
 
 
-def _refiner(dims=1, steps=3, channels=1, n_cond=2):
+def _refiner(dims=1, steps=3, channels=1, n_cond=2, **config):
     shape = (32,) if dims == 1 else (8, 8)
-    cfg = RefinerConfig(width=8, depth=2, kernel=3, steps=steps)
+    cfg = RefinerConfig(width=8, depth=2, kernel=3, steps=steps, **config)
     return FieldRefiner(channels=channels, n_cond=n_cond, spatial_shape=shape, periodic=True, config=cfg)
 
 
@@ -142,3 +142,23 @@ def test_conserve_mean_keeps_the_previous_states_mean_exactly():
     out = ref.refine(u_prev, u_pred)
     torch.testing.assert_close(out.mean(dim=1), u_prev.mean(dim=1))
     assert not torch.allclose(out - out.mean(1, keepdim=True), u_pred - u_pred.mean(1, keepdim=True))
+
+
+def test_denoise_fraction_scores_the_noise_prediction_on_that_share_of_the_pairs():
+    """With denoise_fraction 0.25 of 8 pairs the denoising loss sees 2 pairs (chosen at random), the correction
+    loss all 8; at 1.0 both see every pair and the result is the plain losses."""
+    torch.manual_seed(0)
+    full, quarter = _refiner(), _refiner(denoise_fraction=0.25)
+    quarter.load_state_dict(full.state_dict())
+    u_prev, u_pred = torch.randn(8, 32, 1), torch.randn(8, 32, 1)
+    u_true, cond = u_pred + 0.1 * torch.randn(8, 32, 1), torch.randn(8, 2)
+    seen = []
+    hook = quarter.net.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    torch.manual_seed(3)
+    parts = quarter.losses(u_prev, u_pred, u_true, cond)
+    hook.remove()
+    assert seen == [8, 2]  # the correction on every pair, the denoising on a quarter of them
+    torch.manual_seed(3)
+    torch.testing.assert_close(parts["correct"], full.losses(u_prev, u_pred, u_true, cond)["correct"])
+    with pytest.raises(ValueError, match="denoise_fraction"):
+        RefinerConfig(denoise_fraction=0.0)

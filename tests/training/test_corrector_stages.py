@@ -322,3 +322,27 @@ def test_decoded_residual_target_is_the_correction_the_decoder_needs():
     r = decoded_residual(upt, pair, iters=30, reg=1e-3)
     zero, encoded = misfit(torch.zeros_like(r)), misfit(pair["z_true"] - pair["z_pred"])
     assert misfit(r) < 0.5 * min(zero, encoded), (misfit(r), zero, encoded)
+
+
+def test_field_validation_can_rank_by_high_correlation_time(field_run):
+    """select_by corr_time: val_metric is operator / corrected correlation steps, the levels minimise it (ties by
+    the nRMSE ratio), and the operator's steps are those of ``ups.eval.metrics.corr_time`` on its own rollout."""
+    from ups.eval.metrics import corr_time
+    from ups.rollout import flatten_points, rollout
+
+    stage = field_run["stage"]
+    stage.stage_cfg = stage.stage_cfg.model_copy(update={"select_by": "corr_time", "corr_threshold": 0.9})
+    val = toy_batches(4, 64, seed=2)
+    out = stage.validate(val)
+    keys = [(out[f"val_corr_ratio_k{k}"], out[f"val_rollout_ratio_k{k}"]) for k in range(3)]
+    assert keys[int(out["val_levels"])] == min(keys) and out["val_metric"] == out["val_corr_ratio"]
+    for k in range(3):
+        assert out[f"val_corr_ratio_k{k}"] == pytest.approx(out["val_corr_steps_operator"]
+                                                            / max(out[f"val_corr_steps_k{k}"], 1.0))
+    preds, truth = [], []
+    for batch in val:
+        u, x = flatten_points(batch["u"], batch["coords"])
+        preds.append(rollout(stage.model, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1)[:, 1:])
+        truth.append(u[:, 1:])
+    assert out["val_corr_steps_operator"] == pytest.approx(corr_time(torch.cat(preds), torch.cat(truth), 0.9))
+    stage.stage_cfg = stage.stage_cfg.model_copy(update={"select_by": "rollout_nrmse", "corr_threshold": 0.8})

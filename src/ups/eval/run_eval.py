@@ -19,7 +19,7 @@ from ups.data.prepare import prepare_data, prepare_mixture, trajectory_loader
 from ups.data.reader import TrajectoryFile
 from ups.errors import UPSError
 from ups.eval.evaluate import evaluate_split
-from ups.eval.ttc import RESIDUALS, PhysicsReward, ttc_rollout_fn
+from ups.eval.ttc import physics_reward, ttc_rollout_fn
 from ups.io_utils import atomic_write_json, file_sha256
 from ups.rollout import RolloutFn, rollout_fn
 from ups.rundir import CORRECTOR_CHECKPOINTS, RunFiles, load_corrector, load_run_config, with_corrector
@@ -305,10 +305,7 @@ def _ttc(run_dir: Path, sim, exp: ExperimentConfig, loader, base: dict) -> dict:
     if kind is None:
         return {"skipped": "no corrector in this run: TTC needs a stochastic corrector (train diff_residual)"}
     surrogate = with_corrector(sim.model, run_dir, kind)
-    meta = sim.meta
-    residual = RESIDUALS.get(meta.pde) if meta.pde in RESIDUALS else None
-    dx = (meta.domain[0][1] - meta.domain[0][0]) / meta.spatial_shape[0]
-    reward = PhysicsReward(weights=exp.eval.ttc.weights, nonnegative=meta.nonnegative, residual=residual, dx=dx)
+    reward = physics_reward(sim.meta, exp.eval.ttc)
     fn = ttc_rollout_fn(surrogate, sim.normalizer, reward, exp.eval.ttc, seed=exp.training.seed,
                         max_principle=sim.max_principle)
     start = time.perf_counter()

@@ -47,6 +47,21 @@ def burgers_residual(u_prev, u_next, params, dt, dx: float) -> torch.Tensor:
     return res.pow(2).mean(-1)
 
 
+@RESIDUALS.register("ks1d")
+def ks_residual(u_prev, u_next, params, dt, dx: float) -> torch.Tensor:
+    """u_t + u u_x + u_xx + u_xxxx at the step's midpoint, spectral derivatives on the periodic grid -> [B]."""
+    um = 0.5 * (u_prev + u_next)[..., 0]  # [B, N]
+    n = um.shape[-1]
+    k = 2 * torch.pi * torch.fft.rfftfreq(n, d=dx).to(um)  # angular wavenumbers [n // 2 + 1]
+    u_hat = torch.fft.rfft(um, dim=-1)
+
+    def deriv(order: int) -> torch.Tensor:
+        return torch.fft.irfft((1j * k) ** order * u_hat, n=n, dim=-1)
+
+    res = (u_next - u_prev)[..., 0] / dt.view(-1, 1) + um * deriv(1) + deriv(2) + deriv(4)
+    return res.pow(2).mean(-1)
+
+
 @dataclass
 class PhysicsReward:
     """Scores decoded candidates in physical space; higher is better."""
@@ -73,6 +88,14 @@ class PhysicsReward:
         if self.residual is not None and w.get("residual", 0):
             total = total + w["residual"] * self.residual(u_prev, u_next, params, dt, self.dx)
         return -total
+
+
+def physics_reward(meta, ttc_cfg: TTCConfig) -> PhysicsReward:
+    """The reward of ``ttc_cfg.weights`` for data described by ``meta`` (a ``DatasetMetadata``): its PDE's
+    residual when one is registered, grid spacing of the first axis."""
+    residual = RESIDUALS.get(meta.pde) if meta.pde in RESIDUALS else None
+    dx = (meta.domain[0][1] - meta.domain[0][0]) / meta.spatial_shape[0]
+    return PhysicsReward(weights=ttc_cfg.weights, nonnegative=meta.nonnegative, residual=residual, dx=dx)
 
 
 def spectral_misfit(u: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,9 @@ class RefinerConfig(Strict):
     steps: int = Field(3, ge=0)  # K denoising levels after the correction (0: the correction alone)
     sigma_min: float = Field(4e-7, gt=0, lt=1)
     conserve_mean: bool = False  # the refined field keeps the spatial mean of u_prev (periodic Burgers, KS)
+    # share of each training batch the denoising loss is computed on (the correction loss sees every pair): under
+    # a small budget the denoising levels cost half of every step and validation may still keep 0 of them
+    denoise_fraction: float = Field(1.0, gt=0, le=1)
 
 
 def noise_levels(steps: int, sigma_min: float) -> torch.Tensor:
@@ -213,15 +216,20 @@ class FieldRefiner(nn.Module):
     def losses(self, u_prev: torch.Tensor, u_pred: torch.Tensor, u_true: torch.Tensor,
                cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training losses of one batch of pairs (fields [B, N, C]): ``correct`` (level 0, standardised
-        residual) and, when K > 0, ``denoise`` (one random level 1..K per sample, noise prediction)."""
+        residual) and, when K > 0, ``denoise`` (one random level 1..K per sample, noise prediction, on a random
+        ``denoise_fraction`` of the pairs)."""
         zero = torch.zeros(u_pred.shape[0], dtype=torch.long, device=u_pred.device)
         out = {"correct": (self(u_pred, zero, u_prev, u_pred, cond)
                            - (u_true - u_pred) / self.res_scale).pow(2).mean()}
         if self.config.steps:
-            level = torch.randint(1, self.config.steps + 1, (u_pred.shape[0],), device=u_pred.device)
+            m = max(1, math.ceil(self.config.denoise_fraction * u_pred.shape[0]))
+            pick = torch.randperm(u_pred.shape[0], device=u_pred.device)[:m] if m < u_pred.shape[0] else slice(None)
+            level = torch.randint(1, self.config.steps + 1, (m,), device=u_pred.device)
             sigma = self.sigmas[level - 1].view(-1, *([1] * (u_true.ndim - 1)))
-            eps = torch.randn_like(u_true)
-            out["denoise"] = (self(u_true + sigma * eps, level, u_prev, u_pred, cond) - eps).pow(2).mean()
+            eps = torch.randn_like(u_true[pick])
+            c = None if cond is None else cond[pick]
+            out["denoise"] = (self(u_true[pick] + sigma * eps, level, u_prev[pick], u_pred[pick], c)
+                              - eps).pow(2).mean()
         return out
 
 

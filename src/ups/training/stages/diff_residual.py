@@ -12,6 +12,9 @@ of a random level. Validation rolls whole validation trajectories out with and w
 ``select_levels`` (default) it does so with 0, 1, .., K denoising levels after the correction and keeps
 the best count for inference (``refine_steps`` in the checkpoint): an under-trained denoiser applied
 without noise can move the field by more than the operator's own error, the level-0 correction cannot.
+``select_by: corr_time`` ranks instead by the high-correlation time of the validation rollouts
+(``val_corr_ratio`` = operator / corrected steps above ``corr_threshold``, ties by the nRMSE ratio): on a
+chaotic PDE the nRMSE of long rollouts saturates, and one diverging operator rollout makes it NaN.
 
 ``space: latent``: a flow-matching corrector of the operator's one-step latent residual (below).
 The operator's modules (``model``: encoder, operator, decoder) are loaded from ``operator_best`` and
@@ -54,7 +57,7 @@ from ups.checkpoint import read_checkpoint_meta
 from ups.config import ExperimentConfig, ModelConfig
 from ups.data.metadata import DatasetMetadata
 from ups.errors import CheckpointError
-from ups.eval.metrics import nrmse_per_sample
+from ups.eval.metrics import corr_time, nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
@@ -72,6 +75,10 @@ class DiffResidualConfig(StageConfig):
     pushforward_steps: int = Field(3, ge=1)  # physical: operator steps rolled out per training window
     rollout_with_refiner: bool = False  # physical: train on the corrected rollout's states
     select_levels: bool = True  # physical: validation picks how many of the K denoising levels inference uses
+    # physical: what validation ranks by (levels and best checkpoint): the corrected / operator rollout nRMSE, or
+    # for chaotic PDEs the operator / corrected high-correlation time (steps above corr_threshold; ties: nRMSE)
+    select_by: Literal["rollout_nrmse", "corr_time"] = "rollout_nrmse"
+    corr_threshold: float = Field(0.8, gt=0, lt=1)
     corrector: CorrectorConfig = Field(default_factory=CorrectorConfig)  # space: latent
     tau_distribution: Literal["uniform", "beta"] = "uniform"
     tau_beta: tuple[float, float] = (1.0, 1.0)  # (a, b) of the Beta distribution
@@ -335,12 +342,16 @@ class DiffResidualStage(OneStepPairs, Stage):
         ks = range(k_max + 1) if self.stage_cfg.select_levels else (k_max,)
         variants = {f"k{k}": FieldCorrectedSurrogate(model=self.model, corrector=self.corrector, steps=k) for k in ks}
         out = field_rollout_scores(self.model, variants, list(loader), self.normalizer,
-                                   max_principle=self.max_principle)
-        self.levels = min(ks, key=lambda k: out[f"val_rollout_ratio_k{k}"])
-        for key in ("val_rollout_nrmse", "val_rollout_ratio", "val_first_step_ratio"):
+                                   max_principle=self.max_principle, corr_threshold=self.stage_cfg.corr_threshold)
+        by_corr = self.stage_cfg.select_by == "corr_time"
+        rank = (lambda k: (out[f"val_corr_ratio_k{k}"], out[f"val_rollout_ratio_k{k}"])) if by_corr else (
+            lambda k: out[f"val_rollout_ratio_k{k}"])
+        self.levels = min(ks, key=rank)
+        for key in ("val_rollout_nrmse", "val_rollout_ratio", "val_first_step_ratio", "val_corr_steps",
+                    "val_corr_ratio"):
             out[key] = out[f"{key}_k{self.levels}"]
         out["val_levels"] = float(self.levels)
-        out["val_metric"] = out["val_rollout_ratio"]
+        out["val_metric"] = out["val_corr_ratio" if by_corr else "val_rollout_ratio"]
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -361,28 +372,39 @@ def refiner_meta(refiner: FieldRefiner) -> dict[str, Any]:
 
 @torch.no_grad()
 def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loader: Iterable[dict[str, torch.Tensor]],
-                         normalizer=None, *, max_principle: bool = False) -> dict[str, float]:
-    """Rollout nRMSE (physical units) of ``model`` and of each corrected variant over every trajectory of
-    ``loader`` (``u`` [B, T, *spatial, C]) from its first frame. Returns ``val_rollout_nrmse_operator`` and,
-    per variant name v, ``val_rollout_nrmse_v``, ``val_rollout_ratio_v`` (corrected / operator) and
-    ``val_first_step_ratio_v``."""
+                         normalizer=None, *, max_principle: bool = False, corr_threshold: float = 0.8
+                         ) -> dict[str, float]:
+    """Rollout nRMSE (physical units) and high-correlation time of ``model`` and of each corrected variant over
+    every trajectory of ``loader`` (``u`` [B, T, *spatial, C]) from its first frame. Returns
+    ``val_rollout_nrmse_operator``, ``val_corr_steps_operator`` and, per variant name v, ``val_rollout_nrmse_v``,
+    ``val_rollout_ratio_v`` (corrected / operator), ``val_first_step_ratio_v``, ``val_corr_steps_v`` (steps
+    before the mean correlation with the truth falls below ``corr_threshold``, ``ups.eval.metrics.corr_time``)
+    and ``val_corr_ratio_v`` (operator / corrected steps: below 1 the corrector keeps the rollout correlated
+    longer)."""
     den = normalizer.denormalize if normalizer is not None else (lambda v: v)
     errs: dict[str, list[torch.Tensor]] = {}
+    fields: dict[str, list[torch.Tensor]] = {}
     device = next(iter(variants.values())).corrector.res_scale.device
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         u, x = flatten_points(batch["u"], batch["coords"])
         true = den(u[:, 1:])
+        fields.setdefault("truth", []).append(true)
         for key, m in (("operator", model), *variants.items()):
             pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1,
                                max_principle=max_principle)[:, 1:])
             err = nrmse_per_sample(pred, true)  # [B, T - 1, C]
             errs.setdefault(key, []).append(err.mean(dim=(1, 2)))
             errs.setdefault(key + "/1", []).append(err[:, 0].mean(-1))
+            fields.setdefault(key, []).append(pred)
     mean = {k: float(torch.cat(v).mean()) for k, v in errs.items()}
-    out = {"val_rollout_nrmse_operator": mean["operator"]}
+    truth = torch.cat(fields["truth"])
+    steps = {k: corr_time(torch.cat(fields[k]), truth, corr_threshold) for k in ("operator", *variants)}
+    out = {"val_rollout_nrmse_operator": mean["operator"], "val_corr_steps_operator": steps["operator"]}
     for v in variants:
         out[f"val_rollout_nrmse_{v}"] = mean[v]
         out[f"val_rollout_ratio_{v}"] = mean[v] / max(mean["operator"], 1e-30)
         out[f"val_first_step_ratio_{v}"] = mean[v + "/1"] / max(mean["operator/1"], 1e-30)
+        out[f"val_corr_steps_{v}"] = steps[v]
+        out[f"val_corr_ratio_{v}"] = steps["operator"] / max(steps[v], 1.0)
     return out
