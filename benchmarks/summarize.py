@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -121,10 +122,11 @@ def _steps(value) -> str | None:
     return None if value is None else f"{value:.3g}x"
 
 
-def _nrmse_verdict(no_worse: bool | None) -> str:
-    if no_worse is None:
+def _nrmse_verdict(ratio: float | None) -> str:
+    """Corrected / operator-alone rollout nRMSE read as a verdict (derived here from the measured ratio)."""
+    if ratio is None or math.isnan(ratio):
         return "no verdict: a test rollout diverged (NaN)"
-    return "no worse" if no_worse else "worse"
+    return "no worse" if ratio <= 1.0 else "worse"
 
 
 def corrector_problem(name: str, res: dict) -> list[str]:
@@ -141,7 +143,7 @@ def corrector_problem(name: str, res: dict) -> list[str]:
     kept = v.get("distilled_gain_kept")
     line = (f"Corrected / operator alone: correlation time (0.8) {_steps(v['corr_ratio_0.8'])} "
             f"({'meets' if v['corrector_meets_1.2x'] else 'does not meet'} 1.2x), rollout nRMSE "
-            f"{_fmt(v['nrmse_ratio'])} ({_nrmse_verdict(v['nrmse_no_worse'])}); distilled sampler: "
+            f"{_fmt(v['nrmse_ratio'])} ({_nrmse_verdict(v['nrmse_ratio'])}); distilled sampler: "
             f"{_steps(v.get('distilled_corr_ratio_0.8'))} at {_fmt(v.get('distilled_calls'))} calls per step, "
             f"keeps {'—' if kept is None else f'{kept:.0%}'} of the gain.")
     if "ttc_helps" in v:
