@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_common import Problem, data_summary  # noqa: E402
 from bench_accuracy_ks import KS  # noqa: E402
 from peers_common import QUICK_GENERATE, ROOT, Bench, compute_clock, evaluate_fn, train_for_budget  # noqa: E402
+from summarize import ttc_verdict  # noqa: E402
 
 from ups.data.prepare import prepare_data  # noqa: E402
 from ups.errors import UPSError  # noqa: E402
@@ -258,8 +259,7 @@ def verdict(variants: dict, setup: Setup) -> dict:
     if ttc is not None:
         out["ttc_nrmse_ratio"] = _ratio(ttc["rollout_nrmse"], base["rollout_nrmse"])
         out["ttc_corr_ratio_0.8"] = _ratio(ttc["corr_steps_0.8"], base["corr_steps_0.8"])
-        out["ttc_helps"] = bool(ttc["rollout_nrmse"] < base["rollout_nrmse"]
-                                or ttc["corr_steps_0.8"] > base["corr_steps_0.8"])
+        out["ttc_helps"] = ttc_verdict(out["ttc_nrmse_ratio"], out["ttc_corr_ratio_0.8"]) == "helps"
         out["ttc_cost_ratio"] = _ratio(ttc["cpu_ms_per_step"], base["cpu_ms_per_step"])
     out["corrector_meets_1.2x"] = bool((out["corr_ratio_0.8"] or 0.0) >= 1.2)
     out["distilled_keeps_half"] = bool(kept is not None and kept >= 0.5 and (out["distilled_calls"] or 99) <= 2)

@@ -372,6 +372,17 @@ def test_summarize_says_how_many_rollouts_diverged():
     assert summarize._rollout({"rollout_nrmse": 0.05}) == pytest.approx(0.05)  # older JSON without the count
 
 
+def test_ttc_verdict_needs_one_measure_better_and_none_worse():
+    """A saturated nRMSE that falls while the correlation shortens is "mixed", not help (the KS run: x0.97, x0.92)."""
+    import summarize
+    assert summarize.ttc_verdict(0.97, 0.92) == "mixed"
+    assert summarize.ttc_verdict(0.97, 1.0) == "helps"
+    assert summarize.ttc_verdict(1.0, 1.25) == "helps"
+    assert summarize.ttc_verdict(float("nan"), 1.25) == "helps"  # a diverged rollout: judged on correlation alone
+    assert summarize.ttc_verdict(1.0, 1.0) == "does not help"
+    assert summarize.ttc_verdict(1.02, 0.9) == "does not help"
+
+
 def test_corrector_calls_count_the_deterministic_levels_and_the_ttc_samples():
     import bench_corrector
 
