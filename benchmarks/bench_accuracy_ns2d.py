@@ -21,7 +21,7 @@ from peers_common import ROOT, UPS_QUICK  # noqa: E402
 
 DATA = ROOT / "data" / "bench_ns2d"
 NS2D = Problem(
-    name="ns2d", ups="ns2d", peers={"fno": "fno_ns2d", "unet": "unet2d_ns2d"}, budget_s=300.0,
+    name="ns2d", ups="ns2d", peers={"fno": "fno_ns2d", "unet": "unet2d_ns2d"}, budget_s=600.0,
     data=tuple(f"data.{s}={DATA / f'{s}.h5'}" for s in ("train", "val", "test")) + (
         "data.generate.samples={train: 96, val: 8, test: 16}", "data.max_samples={val: 8}",
         # a few hundred steps fit the budget: the configs' 100 warm-up steps would take a third of them
@@ -43,7 +43,7 @@ NS2D = Problem(
 
 def run(budget: float | None = None, quick: bool = False, budgets: list[float] | None = None,
         parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
-    """UPS, FNO-2D and U-Net-2D on Navier-Stokes; ``budget`` seconds of training each (default 300, quick 2)."""
+    """UPS, FNO-2D and U-Net-2D on Navier-Stokes; ``budget`` seconds of training each (default 600, quick 2)."""
     return {"benchmark": "accuracy_ns2d", **run_accuracy(NS2D, budget=budget, quick=quick, budgets=budgets,
                                                          parallel=parallel, models=models, reuse=reuse)}
 

@@ -217,8 +217,7 @@ def datagen(res: dict) -> list[str]:
 
 
 SECTIONS = {"accuracy": accuracy, "accuracy_ks": accuracy_problem, "accuracy_ns2d": accuracy_problem,
-            # the NS point-cloud check: bench_accuracy_ns2d.py --models ups,ups_points50 (its JSON saved here)
-            "accuracy_ns2d_points": accuracy_problem, "accuracy_dr1d": accuracy_problem, "multi_pde": multi_pde,
+            "accuracy_dr1d": accuracy_problem, "multi_pde": multi_pde,
             "corrector": corrector, "inference": inference, "training": training, "datagen": datagen}
 
 
