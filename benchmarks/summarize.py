@@ -43,6 +43,12 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
 
 
+def _label(name: str, res: dict) -> str:
+    """A model's row name; "(reused)" when ``--reuse`` took its result at the table's budget from an earlier run
+    on the same data (``reused``: {budget: [models]})."""
+    return f"{name} (reused)" if name in (res.get("reused") or {}).get(f"{res['budget_s']:g}", []) else name
+
+
 def accuracy(res: dict) -> list[str]:
     """Equal training compute (CPU seconds), same data, same test rollouts."""
     d = res["data"]
@@ -50,8 +56,8 @@ def accuracy(res: dict) -> list[str]:
            f"{res['threads']} thread(s); "
            f"{d['pde']} {d['params']}, {d['train']} train / {d['test']} test trajectories, {d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame 0.", ""]
-    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), _rollout(m),
-             m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"),
+    rows = [[_label(name, res), m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"),
+             _rollout(m), m.get("rollout_nrmse_from_10"), m["one_step_nrmse"], m.get("rollout_nrmse_full_resolution"),
              m["corr_time"]]
             for name, m in res["models"].items()]
     out += _table(["model", "parameters", "training steps", "training CPU s", "ms / step", "rollout nRMSE",
@@ -83,8 +89,8 @@ def accuracy_problem(res: dict) -> list[str]:
            f"{d['points']} points, "
            f"rollout over {d['rollout_steps']} steps from frame {d['rollout_start']}.", ""]
     fine = next((m["superres_points"] for m in res["models"].values() if m.get("superres_points")), None)
-    rows = [[name, m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"), _rollout(m),
-             m["one_step_nrmse"],
+    rows = [[_label(name, res), m.get("params"), m.get("steps"), m.get("train_cpu_s"), m.get("ms_per_step"),
+             _rollout(m), m["one_step_nrmse"],
              m.get("rel_l2_full"), _corr(m, "0.8"), _corr(m, "0.9")]
             + ([m.get("rollout_nrmse_superres")] if fine else []) for name, m in res["models"].items()]
     header = ["model", "parameters", "training steps", "training CPU s", "ms / step", "rollout nRMSE",

@@ -372,6 +372,15 @@ def test_summarize_says_how_many_rollouts_diverged():
     assert summarize._rollout({"rollout_nrmse": 0.05}) == pytest.approx(0.05)  # older JSON without the count
 
 
+def test_a_reused_row_is_labelled_only_at_the_budget_it_was_reused_for():
+    import summarize
+
+    res = {"budget_s": 900.0, "reused": {"900": ["unet"], "300": ["fno"]}}
+    assert summarize._label("unet", res) == "unet (reused)"
+    assert summarize._label("fno", res) == "fno"  # reused for the 300-s point of the curve, trained at 900
+    assert summarize._label("ups", {"budget_s": 900.0}) == "ups"  # older JSON without the field
+
+
 def test_ttc_verdict_needs_one_measure_better_and_none_worse():
     """A saturated nRMSE that falls while the correlation shortens is "mixed", not help (the KS run: x0.97, x0.92)."""
     import summarize
