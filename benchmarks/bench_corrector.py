@@ -98,7 +98,8 @@ KS_REFINER = BOTH_ARMS + (
     "stages.diff_residual.select_by=corr_time", "stages.diff_residual.training={warmup_steps: 10, lr: 0.002}",
     "stages.consistency_distill.student_steps=1", "stages.consistency_distill.pushforward_steps=2")
 SETUPS = {
-    # reserve: the refiner's final validation took 35 CPU s on the 8 validation trajectories (measured)
+    # reserve: the refiner's final validation on the 8 validation trajectories took 35 CPU s at load 8-10, about
+    # 26 s on an idle machine (where 35 left the corrected arm 291 s against the operator alone's 307)
     "ks1d": Setup(problem=KS, budget_s=300.0, corrector_s=100.0, distill_s=30.0, reserve_s=35.0,
                   overrides=KS_REFINER),
     # Burgers: the KS refiner settings (a small refiner learns more in a short budget), ranked by rollout nRMSE
@@ -278,7 +279,8 @@ def run_corrector(setup: Setup, *, quick: bool, parallel: int = 2) -> dict:
     variants = {name: v for arm in arms.values() for name, v in arm["variants"].items()}
     training = {arm: res["training"] for arm, res in arms.items()}
     return {"problem": setup.problem.name, "quick": quick, "budget_s": setup.budget_s,
-            "corrector_s": setup.corrector_s, "distill_s": setup.distill_s, "ttc_candidates": setup.ttc_candidates,
+            "corrector_s": setup.corrector_s, "reserve_s": setup.reserve_s, "distill_s": setup.distill_s,
+            "ttc_candidates": setup.ttc_candidates,
             "overrides": list(setup.overrides),
             "data": data_summary(bench) | {"rollout_steps": len(variants["operator alone"]["nrmse_per_step"])},
             "threads_per_arm": 1, "parallel": parallel, "training": training, "variants": variants,
