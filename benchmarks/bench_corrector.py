@@ -239,6 +239,13 @@ def _ratio(a, b) -> float | None:
     return None if a is None or b is None or not b else a / b
 
 
+def _gain_kept(alone: float, teacher: float, student: float) -> float | None:
+    """The share of the teacher's rollout nRMSE reduction (alone -> teacher) the student keeps; None without one."""
+    if any(math.isnan(v) for v in (alone, teacher, student)) or teacher >= alone:
+        return None
+    return (alone - student) / (alone - teacher)
+
+
 def verdict(variants: dict, setup: Setup) -> dict:
     """Issue 15's acceptance numbers: correlation-time and nRMSE ratios against the operator alone, the share of
     the corrector's correlation-time gain the distilled sampler keeps, and TTC against no TTC."""
@@ -256,7 +263,9 @@ def verdict(variants: dict, setup: Setup) -> dict:
            "nrmse_ratio": _ratio(cor["rollout_nrmse"], op["rollout_nrmse"]),
            "distilled_corr_ratio_0.8": None if dist is None else _ratio(dist["corr_steps_0.8"], op["corr_steps_0.8"]),
            "distilled_nrmse_ratio": None if dist is None else _ratio(dist["rollout_nrmse"], op["rollout_nrmse"]),
-           "distilled_gain_kept": kept, "distilled_calls": None if dist is None else dist["corrector_calls"]}
+           "distilled_gain_kept": kept, "distilled_calls": None if dist is None else dist["corrector_calls"],
+           "distilled_nrmse_gain_kept": None if dist is None else _gain_kept(
+               op["rollout_nrmse"], cor["rollout_nrmse"], dist["rollout_nrmse"])}
     if ttc is not None:
         out["ttc_nrmse_ratio"] = _ratio(ttc["rollout_nrmse"], base["rollout_nrmse"])
         out["ttc_corr_ratio_0.8"] = _ratio(ttc["corr_steps_0.8"], base["corr_steps_0.8"])

@@ -132,7 +132,7 @@ def _nrmse_verdict(ratio: float | None) -> str:
     """Corrected / operator-alone rollout nRMSE read as a verdict (derived here from the measured ratio)."""
     if ratio is None or math.isnan(ratio):
         return "no verdict: a test rollout diverged (NaN)"
-    return "no worse" if ratio <= 1.0 else "worse"
+    return "better" if ratio < 1.0 else "no worse" if ratio <= 1.0 else "worse"
 
 
 def ttc_verdict(nrmse_ratio: float | None, corr_ratio: float | None) -> str:
@@ -163,7 +163,9 @@ def corrector_problem(name: str, res: dict) -> list[str]:
             f"({'meets' if v['corrector_meets_1.2x'] else 'does not meet'} 1.2x), rollout nRMSE "
             f"{_fmt(v['nrmse_ratio'])} ({_nrmse_verdict(v['nrmse_ratio'])}); distilled sampler: "
             f"{_steps(v.get('distilled_corr_ratio_0.8'))} at {_fmt(v.get('distilled_calls'))} calls per step, "
-            f"keeps {'—' if kept is None else f'{kept:.0%}'} of the gain.")
+            f"keeps {'—' if kept is None else f'{kept:.0%}'} of the gain"
+            + ("." if v.get("distilled_nrmse_gain_kept") is None else
+               f" in correlation time and {v['distilled_nrmse_gain_kept']:.0%} of the nRMSE gain."))
     if "ttc_helps" in v:
         line += (f" TTC best-of-{res['ttc_candidates']} against the same corrected model: nRMSE x"
                  f"{_fmt(v['ttc_nrmse_ratio'])}, correlation time x{_fmt(v['ttc_corr_ratio_0.8'])} at "
