@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy_common import Problem, data_summary  # noqa: E402
+from accuracy_common import Problem, data_summary, side_by_side  # noqa: E402
 from bench_accuracy_ks import KS  # noqa: E402
 from peers_common import QUICK_GENERATE, ROOT, Bench, compute_clock, evaluate_fn, train_for_budget  # noqa: E402
 from summarize import ttc_verdict  # noqa: E402
@@ -221,18 +219,18 @@ def ttc_variants(setup: Setup, run: Path, bench: Bench, *, train_cpu_s: float, s
                 run, sub, corrector="multi", ttc_candidates=k, seed=seed)}}
 
 
+ARMS = {"operator alone": operator_arm, "operator + corrector": corrected_arm}
+
+
+def run_arm(arm: str, setup: Setup, quick: bool, work: Path) -> dict:
+    """One arm of ``ARMS`` by name (a picklable entry point for the worker processes)."""
+    return ARMS[arm](setup, quick=quick, work=work)
+
+
 def _arms(setup: Setup, *, quick: bool, work: Path, parallel: int) -> dict:
-    """Both arms, side by side in ``parallel`` (<= 2) spawned workers, or one after the other."""
-    arms = {"operator alone": operator_arm, "operator + corrector": corrected_arm}
-    if parallel <= 1:
-        return {name: fn(setup, quick=quick, work=work) for name, fn in arms.items()}
-    threads = torch.get_num_threads()
-    try:
-        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(fn, setup, quick=quick, work=work) for name, fn in arms.items()}
-            return {name: f.result() for name, f in futures.items()}
-    finally:
-        torch.set_num_threads(threads)
+    """Both arms, side by side in spawned workers (``accuracy_common.side_by_side``), or one after the other."""
+    jobs = {arm: {"arm": arm, "setup": setup, "quick": quick, "work": work} for arm in ARMS}
+    return side_by_side(run_arm, jobs, parallel=min(parallel, len(ARMS)))
 
 
 def _ratio(a, b) -> float | None:
