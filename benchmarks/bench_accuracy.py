@@ -49,8 +49,8 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
     if quick and budget is None:
         budget = QUICK_BUDGET_S
     with tempfile.TemporaryDirectory(prefix=f"ups-bench-{problem.name}-") as tmp:
-        out = run_problem(problem, budget=budget, quick=quick, budgets=budgets, models=models, work=Path(tmp), reuse=reuse,
-                          parallel=default_parallel(quick) if parallel is None else parallel)
+        out = run_problem(problem, budget=budget, quick=quick, budgets=budgets, models=models, work=Path(tmp),
+                          reuse=reuse, parallel=default_parallel(quick) if parallel is None else parallel)
     if "ups_over_fno" in out["ratios"]:
         out["ratio_ups_over_fno_rollout_nrmse"] = out["ratios"]["ups_over_fno"]
         out["ups_beats_fno"] = out["ratios"]["ups_over_fno"] < 1.0

@@ -161,7 +161,7 @@ def score(run: Path, bench: Bench, *, corrector: str = "none", ttc_candidates: i
             "cpu_ms_per_step": timed.ms_per_step, "nrmse_per_step": m["nrmse_per_step"]}
 
 
-def _train(setup: Setup, bench: Bench, exp, stage: str, run: Path, budget: float) -> dict:
+def _train(bench: Bench, exp, stage: str, run: Path, budget: float) -> dict:
     _, summary = train_for_budget(bench, exp, stage, run, budget)
     return {"cpu_s": round(summary["cpu_s"], 2), "steps": summary["step"], "status": summary["status"],
             "best_val_metric": summary["best_metric"]}
@@ -173,7 +173,7 @@ def operator_arm(setup: Setup, *, quick: bool, work: Path) -> dict:
     exp = setup.config(quick=quick, work=work)
     bench = Bench.open(exp)
     run = work / "runs" / "operator_alone"
-    training = {"operator": _train(setup, bench, exp, "operator", run, setup.budget_s)}
+    training = {"operator": _train(bench, exp, "operator", run, setup.budget_s)}
     return {"training": training, "variants": {"operator alone": {
         "train_cpu_s": training["operator"]["cpu_s"], **score(run, bench)}}}
 
@@ -184,12 +184,12 @@ def corrected_arm(setup: Setup, *, quick: bool, work: Path) -> dict:
     exp = setup.config(quick=quick, work=work)
     bench = Bench.open(exp)
     run = work / "runs" / "operator_corrector"
-    training = {"operator": _train(setup, bench, exp, "operator", run, setup.budget_s - setup.corrector_s)}
+    training = {"operator": _train(bench, exp, "operator", run, setup.budget_s - setup.corrector_s)}
     # the refiner gets what the operator left of B (its final validation may overrun B - b), less the reserve
     left = setup.budget_s - training["operator"]["cpu_s"] - setup.reserve_s
-    training["diff_residual"] = _train(setup, bench, exp, "diff_residual", run, max(1.0, left))
+    training["diff_residual"] = _train(bench, exp, "diff_residual", run, max(1.0, left))
     if setup.distill_s:
-        training["consistency_distill"] = _train(setup, bench, exp, "consistency_distill", run, setup.distill_s)
+        training["consistency_distill"] = _train(bench, exp, "consistency_distill", run, setup.distill_s)
     cpu = {k: v["cpu_s"] for k, v in training.items()}
     op, corrected = cpu["operator"], cpu["operator"] + cpu["diff_residual"]
     variants = {"operator + corrector": {"train_cpu_s": corrected, **score(run, bench, corrector="multi")}}
