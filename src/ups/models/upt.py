@@ -44,6 +44,7 @@ from ups.models.layers import (
     param_versions,
     relative_offset,
 )
+from ups.models.neighbours import nearest_tokens, tokens_within
 
 
 class UPTConfig(Strict):
@@ -100,6 +101,8 @@ class UPT(nn.Module):
         hi = torch.tensor([b for _, b in domain], dtype=torch.float32)
         n = _per_dim(config.num_supernodes, dims)
         self.register_buffer("positions", lattice(n, lo, hi), persistent=False)  # [L, d]
+        self.register_buffer("lo", lo, persistent=False)  # [d]
+        self.n_per_dim = n
         self.register_buffer("spacing", (hi - lo) / n, persistent=False)  # [d]
         self.register_buffer("period", hi - lo, persistent=False)  # [d]
         self.periodic = periodic
@@ -146,10 +149,19 @@ class UPT(nn.Module):
     def _period(self) -> torch.Tensor | None:
         return self.period if self.periodic else None
 
+    def _lattice(self) -> dict:
+        return dict(n=self.n_per_dim, lo=self.lo, spacing=self.spacing, period=self._period())
+
     def _neighbourhoods(self, coords: torch.Tensor, radius: float, points: torch.Tensor | None = None):
         """The real points within ``radius`` spacings of each token. coords: [B, N, d]; points: [B, N] bool
         (True = real point; None: all) -> idx [B, L, m] of points, delta [B, L, m, d] offsets in spacings,
-        mask [B, L, m] (m = largest count). Padded points are never in a neighbourhood."""
+        mask [B, L, m] (m = largest count). Padded points are never in a neighbourhood. Searched cell by cell
+        on the token lattice (``neighbours.tokens_within``); the dense search where the lattice is too small."""
+        found = tokens_within(coords, radius=radius, points=points, **self._lattice())
+        return found if found is not None else self._dense_neighbourhoods(coords, radius, points)
+
+    def _dense_neighbourhoods(self, coords: torch.Tensor, radius: float, points: torch.Tensor | None = None):
+        """``_neighbourhoods`` from every point-token distance ([B, L, N]; the reference the lattice search matches)."""
         delta = relative_offset(coords[:, None], self.positions[None, :, None], self._period()) / self.spacing
         dist = delta.norm(dim=-1)  # [B, L, N]
         if points is not None:
@@ -191,9 +203,15 @@ class UPT(nn.Module):
 
     def _nearest_tokens(self, coords_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``decoder_neighbours`` tokens nearest to each query. coords_q: [B, Q, d] ->
-        idx [B, Q, k], delta [B, Q, k, d] (query minus token, in spacings)."""
+        idx [B, Q, k], delta [B, Q, k, d] (query minus token, in spacings). Searched in the lattice cells around
+        each query (``neighbours.nearest_tokens``); the dense search where that does not apply."""
+        k = min(self.config.decoder_neighbours, self.num_latents)
+        found = nearest_tokens(coords_q, k=k, **self._lattice())
+        return found if found is not None else self._dense_nearest(coords_q, k)
+
+    def _dense_nearest(self, coords_q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_nearest_tokens`` from every query-token distance ([B, Q, L]; the reference the lattice search matches)."""
         delta = relative_offset(coords_q[:, :, None], self.positions[None, None], self._period()) / self.spacing
-        k = min(self.config.decoder_neighbours, delta.shape[2])
         idx = delta.norm(dim=-1).topk(k, dim=-1, largest=False).indices
         return idx, torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
 
