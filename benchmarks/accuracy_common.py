@@ -43,13 +43,16 @@ class Problem:
     data_dir: Path | None = None  # where the full-mode files lie (the super-resolution test file goes there)
     superres: dict = field(default_factory=dict)  # data.generate keys of a finer test file (super-resolution)
     quick_superres: dict = field(default_factory=dict)
-    # UPS trained another way on the same data, chosen with --models (e.g. on random point subsets):
-    # name in the results -> overrides of the UPS config
+    # a model trained another way on the same data, chosen with --models (e.g. UPS on random point subsets, a
+    # peer at UPS's batch size): name in the results -> overrides of the config of UPS, or of the model that
+    # ``variant_of`` names
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    variant_of: dict[str, str] = field(default_factory=dict)  # variant -> "ups" (default) or a peer's name
 
     def configs(self) -> dict[str, str]:
-        """Model name in the results -> config stem, UPS first (its variants use UPS's config)."""
-        return {"ups": self.ups, **self.peers, **{name: self.ups for name in self.variants}}
+        """Model name in the results -> config stem, UPS first (a variant uses the config of the model it varies)."""
+        base = {"ups": self.ups, **self.peers}
+        return {**base, **{name: base[self.variant_of.get(name, "ups")] for name in self.variants}}
 
     @property
     def reference(self) -> str:
@@ -202,10 +205,10 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     results["persistence"] = {"rollout_nrmse": persistence["nrmse"], "one_step_nrmse": persistence["nrmse_one_step"],
                               "corr_time": persistence["corr_time"], "high_corr": persistence.get("high_corr"),
                               "rel_l2_full": persistence.get("rel_l2_full"), "params": 0}
-    ratios = {f"ups_over_{k}": results["ups"]["rollout_nrmse"] / results[k]["rollout_nrmse"]
-              for k in keys if k in problem.peers}
+    peers = [k for k in keys if k in problem.peers or problem.variant_of.get(k, "ups") != "ups"]
+    ratios = {f"ups_over_{k}": results["ups"]["rollout_nrmse"] / results[k]["rollout_nrmse"] for k in peers}
     ratios |= {f"{k}_over_ups": results[k]["rollout_nrmse"] / results["ups"]["rollout_nrmse"]
-               for k in keys if k in problem.variants}
+               for k in keys if k in problem.variants and k not in peers}
     curve = {k: {f"{b:g}": {m: res[k][m] for m in ("rollout_nrmse", "rollout_nrmse_from_10", "steps")}
                  for b, res in sorted(by_budget.items())} for k in keys}
     summary = data_summary(bench) | {"rollout_steps": len(results["ups"]["nrmse_per_step"])}

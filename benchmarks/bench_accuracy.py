@@ -52,8 +52,10 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
         out = run_problem(problem, budget=budget, quick=quick, budgets=budgets, models=models, work=Path(tmp),
                           reuse=reuse, parallel=default_parallel(quick) if parallel is None else parallel)
     if "ups_over_fno" in out["ratios"]:
-        out["ratio_ups_over_fno_rollout_nrmse"] = out["ratios"]["ups_over_fno"]
-        out["ups_beats_fno"] = out["ratios"]["ups_over_fno"] < 1.0
+        # against the better FNO where it also ran as a variant (e.g. at UPS's batch size)
+        fno = max((v for k, v in out["ratios"].items() if k.startswith("ups_over_fno")))
+        out["ratio_ups_over_fno_rollout_nrmse"] = fno
+        out["ups_beats_fno"] = fno < 1.0
     out["threads"] = 1
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     return out
