@@ -61,8 +61,8 @@ class Problem:
         return self.peers[next(iter(self.peers))]
 
     def default_models(self) -> list[str]:
-        """The models a run trains unless --models names others: UPS and the peers."""
-        return ["ups", *self.peers]
+        """The models a run trains unless --models names others: UPS, the peers and the peers' variants."""
+        return ["ups", *self.peers, *[k for k in self.variants if self.variant_of.get(k, "ups") != "ups"]]
 
     def overrides(self, quick: bool) -> list[str]:
         return list(self.quick_eval) if quick else list(self.data)
