@@ -49,14 +49,15 @@ MODEL_KEYS = {"model", "params", "steps", "epochs", "train_wall_s", "status", "b
 def test_accuracy_quick(tmp_path):
     out = _run("bench_accuracy", budget=1.0)
     assert out["benchmark"] == "accuracy" and out["budget_s"] == 1.0
-    assert set(out["models"]) == {"ups", "fno", "unet", "persistence"}
-    for name in ("ups", "fno", "unet"):
+    assert set(out["models"]) == {"ups", "fno", "unet", "fno_b8", "persistence"}  # FNO also at batch 8
+    for name in ("ups", "fno", "unet", "fno_b8"):
         m = out["models"][name]
         assert MODEL_KEYS <= set(m), name
         assert m["steps"] >= 1 and m["params"] > 0 and len(m["nrmse_per_step"]) == out["data"]["rollout_steps"]
         assert m["status"] == "time_budget", name  # every model trains for its whole budget, none stops early
-    assert out["ratio_ups_over_fno_rollout_nrmse"] == pytest.approx(
-        out["models"]["ups"]["rollout_nrmse"] / out["models"]["fno"]["rollout_nrmse"])
+    assert out["models"]["fno_b8"]["overrides"] == ["data.batch_size=8"]
+    assert out["ratio_ups_over_fno_rollout_nrmse"] == pytest.approx(  # against the better FNO
+        out["models"]["ups"]["rollout_nrmse"] / min(out["models"][k]["rollout_nrmse"] for k in ("fno", "fno_b8")))
     assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
     assert out["models"]["persistence"]["rollout_nrmse"] > 0
     table = _summary(tmp_path, "accuracy", out)
@@ -77,7 +78,7 @@ def test_accuracy_quick(tmp_path):
 @pytest.mark.slow
 def test_accuracy_budget_curve_quick(tmp_path):
     out = _run("bench_accuracy", budget=0.5, budgets=[0.5, 1.0])
-    assert out["budgets"] == [0.5, 1.0] and set(out["budget_curve"]) == {"ups", "fno", "unet"}
+    assert out["budgets"] == [0.5, 1.0] and set(out["budget_curve"]) == {"ups", "fno", "unet", "fno_b8"}
     for curve in out["budget_curve"].values():
         assert set(curve) == {"0.5", "1"} and all(c["rollout_nrmse"] > 0 and c["steps"] >= 1 for c in curve.values())
     assert out["budget_curve"]["ups"]["0.5"]["rollout_nrmse"] == pytest.approx(out["models"]["ups"]["rollout_nrmse"])
