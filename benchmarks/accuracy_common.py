@@ -60,9 +60,14 @@ class Problem:
         no random offsets), which also opens the test splits."""
         return self.peers[next(iter(self.peers))]
 
+    def peer_variants(self, of: str | None = None) -> list[str]:
+        """The variants of a peer (of the peer ``of`` only, when given), not of UPS."""
+        return [k for k in self.variants if self.variant_of.get(k, "ups") != "ups"
+                and (of is None or self.variant_of[k] == of)]
+
     def default_models(self) -> list[str]:
         """The models a run trains unless --models names others: UPS, the peers and the peers' variants."""
-        return ["ups", *self.peers, *[k for k in self.variants if self.variant_of.get(k, "ups") != "ups"]]
+        return ["ups", *self.peers, *self.peer_variants()]
 
     def overrides(self, quick: bool) -> list[str]:
         return list(self.quick_eval) if quick else list(self.data)
@@ -205,7 +210,7 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     results["persistence"] = {"rollout_nrmse": persistence["nrmse"], "one_step_nrmse": persistence["nrmse_one_step"],
                               "corr_time": persistence["corr_time"], "high_corr": persistence.get("high_corr"),
                               "rel_l2_full": persistence.get("rel_l2_full"), "params": 0}
-    peers = [k for k in keys if k in problem.peers or problem.variant_of.get(k, "ups") != "ups"]
+    peers = [k for k in keys if k in problem.peers or k in problem.peer_variants()]
     ratios = {f"ups_over_{k}": results["ups"]["rollout_nrmse"] / results[k]["rollout_nrmse"] for k in peers}
     ratios |= {f"{k}_over_ups": results[k]["rollout_nrmse"] / results["ups"]["rollout_nrmse"]
                for k in keys if k in problem.variants and k not in peers}

@@ -55,7 +55,8 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
                           reuse=reuse, parallel=default_parallel(quick) if parallel is None else parallel)
     if "ups_over_fno" in out["ratios"]:
         # against the better FNO where it also ran as a variant (e.g. at UPS's batch size)
-        fno = max((v for k, v in out["ratios"].items() if k.startswith("ups_over_fno")))
+        fno = max(out["ratios"][f"ups_over_{k}"] for k in ("fno", *problem.peer_variants(of="fno"))
+                  if f"ups_over_{k}" in out["ratios"])
         out["ratio_ups_over_fno_rollout_nrmse"] = fno
         out["ups_beats_fno"] = fno < 1.0
     out["threads"] = 1
