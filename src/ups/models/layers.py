@@ -113,24 +113,73 @@ class Modulation(nn.Module):
         return tuple(c.unsqueeze(1) for c in self.lin(F.silu(cond)).chunk(6, dim=-1))
 
 
-class Block(nn.Module):
-    """Transformer block on tokens with a relative-position attention bias.
+class SpectralMix(nn.Module):
+    """Token mixing on the lowest Fourier modes of the token lattice (an FNO layer on the latent tokens).
 
+    ``out = irfft(W_k * rfft(z)_k)`` over the lattice's ``d`` axes, one complex ``D x D`` matrix per kept mode
+    ``k``: ``modes`` frequencies per axis (the non-negative ones on the last axis, both signs on the others).
+    The tokens' positions enter only through the transform, so the layer commutes with lattice shifts
+    (periodic domains). On a bounded domain the lattice is zero-padded to twice its size first, so nothing wraps
+    across the boundary.
+    """
+
+    def __init__(self, *, width: int, dims: int, n_per_dim: int, modes: int, periodic: bool = True):
+        super().__init__()
+        self.dims, self.n = dims, n_per_dim
+        self.size = n_per_dim if periodic else 2 * n_per_dim  # the transformed lattice's points per axis
+        if modes > self.size // 2 + 1:
+            raise ValueError(f"spectral_modes={modes} exceeds the {self.size // 2 + 1} Fourier modes of a token "
+                             f"lattice of {self.size} per axis; choose spectral_modes <= {self.size // 2 + 1}")
+        both = torch.cat([torch.arange(modes), torch.arange(self.size - modes, self.size)])
+        full = torch.arange(self.size) if 2 * modes >= self.size else both
+        self.index = [full] * (dims - 1) + [torch.arange(modes)]  # kept modes per axis (last: rfft half)
+        shape = [len(i) for i in self.index]
+        self.weight = nn.Parameter(torch.randn(*shape, width, width, 2) / (2 * width) ** 0.5)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: [B, L, D] (L = n ** d, last lattice axis fastest) -> [B, L, D]."""
+        b, length, width = z.shape
+        axes = tuple(range(1, self.dims + 1))
+        x = z.reshape(b, *([self.n] * self.dims), width)
+        if self.size != self.n:  # bounded domain: zero-pad every lattice axis to twice its size
+            x = F.pad(x, [0, 0] + [0, self.n] * self.dims)
+        spec = torch.fft.rfftn(x, dim=axes, norm="ortho")  # [B, *modes_full, D]
+        sel = (slice(None), *torch.meshgrid(*[i.to(spec.device) for i in self.index], indexing="ij"))
+        mixed = torch.einsum("b...i,...io->b...o", spec[sel], torch.view_as_complex(self.weight))
+        out = torch.zeros_like(spec)
+        out[sel] = mixed
+        x = torch.fft.irfftn(out, s=[self.size] * self.dims, dim=axes, norm="ortho")
+        if self.size != self.n:
+            x = x[(slice(None), *[slice(0, self.n)] * self.dims)]
+        return x.reshape(b, length, width)
+
+
+class Block(nn.Module):
+    """Transformer block on tokens: a token mixer, then a token-wise MLP.
+
+    ``mixer``: "attention" (multi-head, with a relative-position attention bias for locality) or
+    "spectral" (:class:`SpectralMix` on the token lattice, which needs ``n_per_dim`` and ``modes``).
     Conditioned (``cond_dim`` given): adaLN-Zero, so the untrained block is exactly the identity.
     Unconditioned: residual branches with learned gates that start at ``gate_init``.
     ``norm``: "none" keeps the token amplitude visible to the branches; "layer" is the textbook
     pre-norm (discards it).
     """
 
-    def __init__(self, *, width: int, heads: int, mlp_ratio: float, cond_dim: int | None, norm: str, dims: int):
+    def __init__(self, *, width: int, heads: int, mlp_ratio: float, cond_dim: int | None, norm: str, dims: int,
+                 mixer: str = "attention", n_per_dim: int | None = None, modes: int | None = None,
+                 periodic: bool = True):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.mixer = mixer
+        if mixer == "spectral":
+            self.spectral = SpectralMix(width=width, dims=dims, n_per_dim=n_per_dim, modes=modes, periodic=periodic)
+        else:
+            self.qkv = nn.Linear(width, 3 * width)
+            self.proj = nn.Linear(width, width)
+            self.bias = RelativeBias(dims=dims, heads=heads)
         self.mlp = MLP(n_in=width, n_hidden=int(width * mlp_ratio), n_out=width)
-        self.bias = RelativeBias(dims=dims, heads=heads)
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False) if norm == "layer" else nn.Identity()
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False) if norm == "layer" else nn.Identity()
         self.modulation = Modulation(width=width, cond_dim=cond_dim) if cond_dim is not None else None
@@ -145,14 +194,19 @@ class Block(nn.Module):
         out = torch.matmul(logits.softmax(dim=-1), v)  # [B, H, L, Dh]
         return self.proj(out.transpose(1, 2).reshape(b, n, width))
 
+    def mix(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The token mixer. h: [B, L, D]; delta: [L, L, d] token offsets (attention only) -> [B, L, D]."""
+        if self.mixer == "spectral":
+            return self.spectral(h)
+        return self.attention(h, self.bias(delta).permute(2, 0, 1).unsqueeze(0))  # bias [1, H, L, L]
+
     def forward(self, z: torch.Tensor, delta: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, L, D]; delta: [L, L, d] token offsets in spacing units; cond: [B, cond_dim] -> [B, L, D]."""
-        bias = self.bias(delta).permute(2, 0, 1).unsqueeze(0)  # [1, H, L, L]
         if self.modulation is None:
-            z = z + self.gates[0] * self.attention(self.norm1(z), bias)
+            z = z + self.gates[0] * self.mix(self.norm1(z), delta)
             return z + self.gates[1] * self.mlp(self.norm2(z))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
-        z = z + gate1 * self.attention(self.norm1(z) * (1 + scale1) + shift1, bias)
+        z = z + gate1 * self.mix(self.norm1(z) * (1 + scale1) + shift1, delta)
         return z + gate2 * self.mlp(self.norm2(z) * (1 + scale2) + shift2)
 
 

@@ -56,6 +56,10 @@ class UPTConfig(Strict):
     encoder_depth: int = Field(1, ge=0)
     operator_depth: int = Field(4, ge=1)
     mlp_ratio: float = Field(2.0, gt=0)
+    # how tokens mix in the encoder and operator blocks: "attention" (relative-position bias) or "spectral" (a
+    # learned multiplier on the lowest ``spectral_modes`` Fourier modes of the token lattice, per axis)
+    mixer: Literal["attention", "spectral"] = "attention"
+    spectral_modes: int = Field(16, ge=1)
     encoder_radius: float = Field(1.5, gt=0)  # in supernode spacings
     kernel_hidden: int = Field(32, ge=4)
     encode_square: bool = True  # messages from [u, u^2/2] rather than u alone
@@ -108,7 +112,8 @@ class UPT(nn.Module):
         self.periodic = periodic
         token_delta = relative_offset(self.positions[:, None], self.positions[None], self._period()) / self.spacing
         self.register_buffer("token_delta", token_delta, persistent=False)  # [L, L, d]
-        block = dict(width=width, heads=config.heads, mlp_ratio=config.mlp_ratio, norm=config.norm, dims=dims)
+        block = dict(width=width, heads=config.heads, mlp_ratio=config.mlp_ratio, norm=config.norm, dims=dims,
+                     mixer=config.mixer, n_per_dim=n, modes=config.spectral_modes, periodic=periodic)
         # encoder
         self.pool = ContinuousConv(dims=dims, channels=channels, width=width, hidden=config.kernel_hidden,
                                    square=config.encode_square)
