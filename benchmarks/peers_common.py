@@ -40,7 +40,7 @@ QUICK_GENERATE = {"params": "{nu: 0.1}", "resolution": 128, "frames": 21, "t_end
                   "samples": {"train": 8, "val": 2, "test": 3}, "seeds": {"train": 11, "val": 12, "test": 13},
                   "batch_size": 8}
 UPS_QUICK = {"latent_dim": 16, "num_supernodes": 8, "heads": 2, "operator_depth": 1, "kernel_hidden": 8,
-             "decoder_hidden": 16}
+             "decoder_hidden": 16, "spectral_modes": 2}  # 2 modes fit any lattice of >= 2 tokens per axis
 QUICK_MODEL_PARAMS = {
     "upt": UPS_QUICK,
     "fno": {"n_modes": 8, "hidden_channels": 16, "n_layers": 2},
