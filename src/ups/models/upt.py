@@ -5,8 +5,10 @@ tokens with a conditioned transformer, decode at any query points.
 u [B, N, C] at coords [B, N, d]
   encode: continuous convolution onto S supernodes (evenly spread lattice, radius neighbourhoods,
           mean of u-linear messages -> the amplitude survives) -> transformer blocks     z [B, L=S, D]
-  step:   adaLN-Zero transformer blocks conditioned on dt and the PDE parameters, relative-position
-          attention bias between tokens (locality); z_next = z + f(z, cond)         z [B, L, D]
+  step:   adaLN-Zero transformer blocks conditioned on dt and the PDE parameters; tokens mix by
+          attention with a relative-position bias (``mixer: attention``) or by a learned multiplier on
+          the token lattice's lowest Fourier modes (``mixer: spectral``, an FNO layer in latent space);
+          z_next = z + f(z, cond)                                                     z [B, L, D]
   decode: each query reads its nearest tokens, either by attention (offset-dependent filters and
           attention bias, u_q in the query; ``decoder: attention``) or by a learned continuous-
           convolution kernel of the offset, sum_s K(x_q - y_s) V z_s (``decoder: kernel``, ~4x
