@@ -132,8 +132,10 @@ class SpectralMix(nn.Module):
                              f"lattice of {self.size} per axis; choose spectral_modes <= {self.size // 2 + 1}")
         both = torch.cat([torch.arange(modes), torch.arange(self.size - modes, self.size)])
         full = torch.arange(self.size) if 2 * modes >= self.size else both
-        self.index = [full] * (dims - 1) + [torch.arange(modes)]  # kept modes per axis (last: rfft half)
-        shape = [len(i) for i in self.index]
+        index = [full] * (dims - 1) + [torch.arange(modes)]  # kept modes per axis (last: rfft half)
+        # the kept modes' coordinates, built once: [d, *shape]; it follows the module across devices
+        self.register_buffer("mode_index", torch.stack(torch.meshgrid(*index, indexing="ij")), persistent=False)
+        shape = [len(i) for i in index]
         self.weight = nn.Parameter(torch.randn(*shape, width, width, 2) / (2 * width) ** 0.5)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -144,7 +146,7 @@ class SpectralMix(nn.Module):
         if self.size != self.n:  # bounded domain: zero-pad every lattice axis to twice its size
             x = F.pad(x, [0, 0] + [0, self.n] * self.dims)
         spec = torch.fft.rfftn(x, dim=axes, norm="ortho")  # [B, *modes_full, D]
-        sel = (slice(None), *torch.meshgrid(*[i.to(spec.device) for i in self.index], indexing="ij"))
+        sel = (slice(None), *self.mode_index)
         mixed = torch.einsum("b...i,...io->b...o", spec[sel], torch.view_as_complex(self.weight))
         out = torch.zeros_like(spec)
         out[sel] = mixed
