@@ -173,7 +173,8 @@ def _train_all(problem: Problem, keys: list[str], *, quick: bool, work: Path, bu
 
 
 def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bool) -> dict[float, dict]:
-    """A previous run's results of ``keys`` at its budget (``{budget: {model: result}}``; models it lacks are
+    """A previous run's results of ``keys`` at its budget, and its budget-curve points of ``keys`` at its other
+    budgets (``{budget: {model: result}}``; a curve point holds the curve's metrics only; models it lacks are
     trained by the new run), for a budget curve or a model added later on the same data; a result of other
     data, of none of these models or of the other mode (quick / full) is refused."""
     if prior is None:
@@ -183,7 +184,12 @@ def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bo
     if not found or not same or bool(prior.get("quick")) != quick:
         raise UPSError(f"--reuse: that result has other data, the other mode or none of the models {keys}: reuse "
                        "the JSON of a run of this benchmark on the same data")
-    return {float(prior["budget_s"]): found}
+    out = {float(prior["budget_s"]): found}
+    for k in keys:
+        for b, point in prior.get("budget_curve", {}).get(k, {}).items():
+            if float(b) not in out or k not in out[float(b)]:
+                out.setdefault(float(b), {})[k] = point
+    return out
 
 
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,

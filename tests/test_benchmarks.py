@@ -102,6 +102,10 @@ def test_budget_curve_extended_by_a_later_run_reuses_the_earlier_budget(tmp_path
     with pytest.raises(UPSError, match="--reuse"):
         reused_results(first, keys=["unet"], data=data, quick=True)
     assert set(reused_results(first, keys=["ups", "unet"], data=data, quick=True)[0.5]) == {"ups"}  # unet: trained
+    third = _run("bench_accuracy", budget=0.5, budgets=[1.0, 1.5], models=["ups"], reuse=later)
+    assert third["reused"] == {"0.5": ["ups"], "1": ["ups"]}  # the earlier curve point is kept, only 1.5 s trained
+    assert third["budget_curve"]["ups"]["1"] == later["budget_curve"]["ups"]["1"]
+    assert third["budget_curve"]["ups"]["1.5"]["steps"] >= 1
     with pytest.raises(UPSError, match="--reuse"):
         reused_results(first, keys=["ups"], data=data, quick=False)
 
