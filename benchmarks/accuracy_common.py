@@ -195,8 +195,8 @@ def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bo
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
                 parallel: int = 1, models: list[str] | None = None, work: Path, reuse: dict | None = None) -> dict:
     """Train and score the problem's models at ``budget`` (and at each of ``budgets``: the budget curve).
-    ``reuse``: an earlier result JSON of this benchmark; the models it has at its budget are not trained again
-    (``reused``)."""
+    ``reuse``: an earlier result JSON of this benchmark; the models it has at its budget and on its budget curve
+    are not trained again at those budgets (``reused``)."""
     keys = list(models or problem.default_models())
     unknown = sorted(set(keys) - set(problem.configs()))
     if unknown or "ups" not in keys:

@@ -80,8 +80,9 @@ def cli(run_fn, argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=None, help="models trained at a time (default: cores, <= 2)")
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. ups,fno (ups always)")
     parser.add_argument("--reuse", type=Path, default=None,
-                        help="an earlier result JSON of this benchmark on the same data: its budget is not trained "
-                             "again (extends a budget curve, e.g. --budgets 300,1800 --reuse results/accuracy.json)")
+                        help="an earlier result JSON of this benchmark on the same data: its budget and its curve's "
+                             "budgets are not trained again (extends a budget curve, e.g. --budgets 1800 --reuse "
+                             "results/accuracy.json)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     reuse = json.loads(args.reuse.read_text()) if args.reuse else None
