@@ -185,10 +185,9 @@ def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bo
         raise UPSError(f"--reuse: that result has other data, the other mode or none of the models {keys}: reuse "
                        "the JSON of a run of this benchmark on the same data")
     out = {float(prior["budget_s"]): found}
-    for k in keys:
+    for k in keys:  # the curve's other budgets; at the headline budget the full result above stays
         for b, point in prior.get("budget_curve", {}).get(k, {}).items():
-            if float(b) not in out or k not in out[float(b)]:
-                out.setdefault(float(b), {})[k] = point
+            out.setdefault(float(b), {}).setdefault(k, point)
     return out
 
 

@@ -102,7 +102,7 @@ SETUPS = {
                   overrides=KS_REFINER),
     # Burgers: the KS refiner settings (a small refiner learns more in a short budget), ranked by rollout nRMSE;
     # 45 of the 300 s: with the spectral operator, which learns fast, 90 s for the refiner cost the operator more
-    # than the refiner gave back (corrected / alone 1.02 with 90 s, 0.92 with 45 s; seventh session, one seed each)
+    # than the refiner gave back (corrected / alone 1.02 with 90 s; 0.92, 0.94, 0.92 with 45 s in three seeds)
     "burgers1d": Setup(problem=BURGERS, budget_s=300.0, corrector_s=45.0, distill_s=30.0, reserve_s=5.0,
                        overrides=tuple(o for o in KS_REFINER if "select_by" not in o and "student_steps" not in o)
                        + ("stages.consistency_distill.student_steps=2",)),
