@@ -79,29 +79,6 @@ class OffsetFeatures(nn.Module):
         return torch.cat([arg.sin(), arg.cos(), delta.unsqueeze(-1) / self.scale], dim=-1).flatten(-2)
 
 
-class WindowedBasis(nn.Module):
-    """Local basis of a query-token offset for the read-out ``u(x_q) = sum_s basis(x_q - y_s) . c_s``.
-
-    Per axis, t = delta / radius; the basis is ``w(t) * [1, t_i, sin(pi f t_i), cos(pi f t_i)]`` (f = 1 ..
-    n_freq, every axis i) with the window ``w = prod_i cos^2(pi t_i / 2)`` (0 where |t_i| >= 1). The window
-    vanishes before a token leaves the query's neighbour set, so the read-out is continuous in x_q.
-    delta: [..., d] -> [..., 1 + d (2 n_freq + 1)].
-    """
-
-    def __init__(self, *, dims: int, n_freq: int, radius: float):
-        super().__init__()
-        self.register_buffer("freqs", torch.pi * torch.arange(1, n_freq + 1, dtype=torch.float32), persistent=False)
-        self.radius = radius
-        self.n_out = 1 + dims * (2 * n_freq + 1)
-
-    def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        t = (delta / self.radius).clamp(-1.0, 1.0)  # [..., d]
-        window = torch.cos(0.5 * torch.pi * t).pow(2).prod(dim=-1, keepdim=True)  # [..., 1]
-        arg = t.unsqueeze(-1) * self.freqs  # [..., d, n_freq]
-        local = torch.cat([arg.sin(), arg.cos(), t.unsqueeze(-1)], dim=-1).flatten(-2)  # [..., d (2 n_freq + 1)]
-        return window * torch.cat([torch.ones_like(window), local], dim=-1)
-
-
 class RelativeBias(nn.Module):
     """Per-head attention bias from the offset between two positions (locality).
 

@@ -13,9 +13,7 @@ u [B, N, C] at coords [B, N, d]
           attention bias, u_q in the query; ``decoder: attention``) or by a learned continuous-
           convolution kernel of the offset, sum_s K(x_q - y_s) V z_s (``decoder: kernel``, ~4x
           cheaper); its own current value u_q is added; MLP head -> C channels; with
-          ``predict_increment`` the head predicts u_next - u_q; or (``decoder: basis``) every token
-          emits coefficients of a fixed windowed local basis and a query sums basis . coefficients
-          over its nearest tokens: no network per query, so many query points cost little  u [B, Q, C]
+          ``predict_increment`` the head predicts u_next - u_q                        u [B, Q, C]
 ```
 Neighbour tables are cached per point set (a rollout or a training step on fixed points searches them
 once); under ``torch.no_grad`` / ``inference_mode`` the pooling and decoder kernels are cached too.
@@ -43,7 +41,6 @@ from ups.models.layers import (
     ContinuousConv,
     GeometryCache,
     OffsetFeatures,
-    WindowedBasis,
     gather_neighbours,
     lattice,
     param_versions,
@@ -72,10 +69,8 @@ class UPTConfig(Strict):
     decoder_hidden: int = Field(64, ge=4)
     decoder_freqs: int = Field(4, ge=1)  # Fourier features of the query-token offset: f = 1/2 .. freqs/2 cycles
     # "attention": each query attends to its nearest tokens (content-dependent weights); "kernel": a learned
-    # continuous-convolution kernel of the offset interpolates the tokens to the query (about 4x cheaper);
-    # "basis": every token emits coefficients of a fixed windowed local basis, a query sums them over its
-    # nearest tokens (no per-query network: the cost per query is a dot product, for many query points)
-    decoder: Literal["attention", "kernel", "basis"] = "attention"
+    # continuous-convolution kernel of the offset interpolates the tokens to the query (about 4x cheaper)
+    decoder: Literal["attention", "kernel"] = "attention"
     decoder_width: int | None = Field(None, ge=4)  # width of the kernel decoder's values (None: latent_dim)
     predict_increment: bool = True  # decode(z, x, u_q) = u_q + head(...)
     norm: Literal["none", "layer"] = "none"
@@ -129,10 +124,6 @@ class UPT(nn.Module):
         self.cond_embed = MLP(n_in=1 + n_params, n_hidden=width, n_out=width)
         self.operator_blocks = nn.ModuleList(Block(cond_dim=width, **block) for _ in range(config.operator_depth))
         # decoder
-        self._geometry = GeometryCache()
-        if config.decoder == "basis":
-            self._build_basis_decoder(width)
-            return
         dec_width = width if config.decoder == "attention" else (config.decoder_width or width)
         self.query_embed = MLP(n_in=channels, n_hidden=config.decoder_hidden, n_out=dec_width)
         self.missing_query = nn.Parameter(torch.zeros(dec_width))
@@ -146,20 +137,7 @@ class UPT(nn.Module):
             self.dec_bias = nn.Linear(self.dec_features.n_out, config.heads)  # offset-dependent attention bias
             self.dec_slope = nn.Parameter(torch.zeros(config.heads))  # distance decay per head (softplus)
         self.head = MLP(n_in=dec_width, n_hidden=config.decoder_hidden, n_out=channels)
-
-    def _build_basis_decoder(self, width: int) -> None:
-        """``decoder: basis``: the windowed basis reaches m / 2 spacings per axis for k = m^d neighbours (so
-        a token's weight is 0 before it leaves the neighbour set); two coefficient maps, one for the
-        increment (given u_q) and one for the field itself (reconstruction)."""
-        k, dims = self.config.decoder_neighbours, self.dims
-        m = round(k ** (1.0 / dims))
-        if m**dims != k:
-            raise ValueError(f"decoder: basis needs decoder_neighbours = m^{dims} in {dims}D (got {k}); "
-                             f"use e.g. {max(2, m) ** dims}")
-        self.dec_features = WindowedBasis(dims=dims, n_freq=self.config.decoder_freqs, radius=m / 2)
-        n_coef = self.dec_features.n_out * self.channels
-        self.dec_coef = MLP(n_in=width, n_hidden=self.config.decoder_hidden, n_out=n_coef)
-        self.dec_coef_field = MLP(n_in=width, n_hidden=self.config.decoder_hidden, n_out=n_coef)
+        self._geometry = GeometryCache()
 
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> UPT:
@@ -256,8 +234,6 @@ class UPT(nn.Module):
         decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
         """
         idx, delta, feats = self._geometry.get(coords_q, ("decoder",), lambda: self._query_geometry(coords_q))
-        if self.config.decoder == "basis":
-            return self._read_basis(z, idx, feats, u_q)
         b, q, _ = idx.shape
         phi = self.missing_query.expand(b, q, -1) if u_q is None else self.query_embed(u_q)  # [B, Q, D']
         if self.config.decoder == "kernel":
@@ -274,16 +250,6 @@ class UPT(nn.Module):
         if u_q is not None and self.config.predict_increment:
             pred = u_q + pred
         return pred
-
-    def _read_basis(self, z: torch.Tensor, idx: torch.Tensor, basis: torch.Tensor,
-                    u_q: torch.Tensor | None) -> torch.Tensor:
-        """``decoder: basis``: ``u_q + sum_s basis(x_q - y_s) . c(z_s)`` (without u_q, or without
-        ``predict_increment``, the field map's coefficients alone). z [B, L, D]; idx [B, Q, k]; basis [B, Q, k, F];
-        u_q [B, Q, C] or None -> [B, Q, C]."""
-        coef_map = self.dec_coef if u_q is not None else self.dec_coef_field
-        coef = gather_neighbours(coef_map(z), idx).unflatten(-1, (basis.shape[-1], -1))  # [B, Q, k, F, C]
-        out = torch.einsum("bqkf,bqkfc->bqc", basis, coef)
-        return u_q + out if u_q is not None and self.config.predict_increment else out
 
     def _query_geometry(self, coords_q: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """coords_q: [B, Q, d] -> nearest tokens idx [B, Q, k], offsets [B, Q, k, d], features [B, Q, k, F]."""
