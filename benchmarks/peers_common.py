@@ -26,6 +26,7 @@ from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loa
 from ups.errors import UPSError
 from ups.eval.evaluate import evaluate_split
 from ups.rollout import rollout_fn
+from ups.training.optim import adam_implementation
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 
@@ -210,10 +211,11 @@ def train_for_budget(bench: Bench, exp: ExperimentConfig, stage_name: str, run_d
 
 
 def steps_per_second(stage: Stage, loader: Any, exp: ExperimentConfig, *, seconds: float) -> float:
-    """Optimizer steps per second of ``stage`` on ``loader`` (forward, backward, AdamW), measured."""
+    """Optimizer steps per second of ``stage`` on ``loader`` (forward, backward, AdamW as the trainer builds it:
+    fused or foreach, ``ups.training.optim.adam_implementation``), measured."""
     module = {n: stage.modules()[n] for n in stage.trainable_modules()}
     params = [p for m in module.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-4, **adam_implementation([{"params": params}]))
     done, t0 = 0, None
     while True:
         for batch in loader:

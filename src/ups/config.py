@@ -100,6 +100,9 @@ class DataConfig(Strict):
     max_samples: dict[Split, int] = Field(default_factory=dict)
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
+    # a split whose strided frames (at the file's full resolution) fit in this many MiB is read from the file
+    # once and then served from memory, per process (0: every item read from the file)
+    cache_mb: float = Field(2048.0, ge=0)
     # training windows starting at frame t0 drawn with weight 1 + early_oversample * exp(-t0 / early_frames)
     early_oversample: float = Field(0.0, ge=0)
     early_frames: float = Field(5.0, gt=0)

@@ -202,3 +202,23 @@ def test_metadata_of_our_files(burgers):
     np.testing.assert_allclose(meta.domain, [(0.0, 1.0)], atol=1e-12)
     assert meta.dt == pytest.approx(0.1)
     assert meta.n_frames == 21 and meta.spatial_shape == (16,) and meta.boundary == "periodic"
+
+
+def test_cached_items_equal_file_reads_and_the_cache_respects_its_limit(tmp_path):
+    u = indexed_array(4, 11, 16)  # 4 samples x 11 frames x 16 points: 2,816 bytes as float32
+    source = open_split(DataConfig(train=str(write_ups_file(tmp_path / "c.hdf5", u))), "train")
+    kw = dict(window=3, normalizer=Normalizer(mean=[1.0], std=[2.0]), temporal_stride=2, spatial_stride=4,
+              random_offset=True, seed=5, start=1)
+    from_file, cached = WindowDataset(source, cache_mb=0, **kw), WindowDataset(source, cache_mb=1, **kw)
+    assert not from_file.cached and cached.cached
+    for epoch in range(3):  # new random offsets every epoch, served from the same cached frames
+        from_file.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(cached)):
+            a, b = from_file[i], cached[i]
+            assert set(a) == set(b) and all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+    item = cached[0]
+    item["u"].add_(100.0)  # an item is a copy: changing it leaves the cache alone
+    assert torch.equal(cached[0]["u"], from_file[0]["u"])
+    assert not WindowDataset(source, cache_mb=1e-3, **kw).cached  # 2,816 bytes do not fit in 1,049
+    assert cached.__getstate__()["_frames"] == {}  # loader workers start with an empty cache

@@ -6,7 +6,7 @@ import pytest
 import torch
 import toy_training as toy
 
-from ups.training.optim import SCALER_SETTINGS, Precision, clip_gradients
+from ups.training.optim import SCALER_SETTINGS, Precision, adam_implementation, clip_gradients
 from ups.training.runs import JsonlLog
 from ups.training.trainer import Trainer
 
@@ -156,3 +156,32 @@ def test_global_and_per_group_clipping_by_hand():
     groups = [_group(torch.tensor([float("inf"), 1.0]))]
     norm, clipped = clip_gradients(groups, 1.0, per_group=False)
     assert math.isinf(norm) and not clipped and groups[0]["params"][0].grad[1] == 1.0
+
+
+def test_complex_gradients_clip_by_their_modulus():
+    # |3 + 4i| = 5 and |0 + 12i| = 12: the global norm is 13; clipped to 1.0, every entry scales by 1/13
+    groups = [_group(torch.tensor([3 + 4j, 12j], dtype=torch.complex64)), _group(torch.tensor([0.0]))]
+    norm, clipped = clip_gradients(groups, 1.0, per_group=False)
+    assert (norm, clipped) == (pytest.approx(13.0), True)
+    assert torch.allclose(groups[0]["params"][0].grad, torch.tensor([3 + 4j, 12j]) / 13, atol=1e-6)
+
+
+def test_adam_is_fused_for_real_weights_and_foreach_for_complex_ones():
+    real = [{"name": "a", "params": [torch.nn.Parameter(torch.randn(3, 2))]}]
+    mixed = [{"name": "a", "params": [torch.nn.Parameter(torch.randn(3, 2)),
+                                      torch.nn.Parameter(torch.randn(4, dtype=torch.complex64))]}]
+    assert adam_implementation(real) == {"fused": True}
+    assert adam_implementation(mixed) == {"foreach": True}
+    # the fused and the per-tensor loop take the same steps (up to rounding), complex weights through foreach
+    for groups, kw in ((real, {"fused": True}), (mixed, {"foreach": True})):
+        twins = [torch.nn.Parameter(p.detach().clone()) for p in groups[0]["params"]]
+        fast = torch.optim.AdamW(groups[0]["params"], lr=0.1, weight_decay=0.01, **kw)
+        loop = torch.optim.AdamW(twins, lr=0.1, weight_decay=0.01, foreach=False)
+        for step in range(3):
+            for p, q in zip(groups[0]["params"], twins):
+                p.grad = torch.full_like(p, 0.5 * (step + 1))
+                q.grad = p.grad.clone()
+            fast.step()
+            loop.step()
+        for p, q in zip(groups[0]["params"], twins):
+            assert torch.allclose(p, q, atol=1e-6)

@@ -41,11 +41,15 @@ class WindowDataset(Dataset):
     :func:`set_loader_epoch`) each epoch for fresh offsets. ``normalizer=None`` leaves values physical.
     ``point_subset=(fraction, min_points)`` keeps each point of an item with probability ``fraction``,
     at least ``min_points`` (or all) of them, drawn from ``(seed, epoch, index)`` like the offsets.
+    ``cache_mb``: when every sample's strided frames at the file's full spatial resolution fit in that many
+    MiB, each sample is read from the file once and kept in memory (per process; items are copies, the
+    values identical to a file read); 0 reads every item from the file.
     """
 
     def __init__(self, source: SplitSource, *, window: int | None, normalizer: Normalizer | None,
                  temporal_stride: int = 1, spatial_stride: int = 1, random_offset: bool = False,
-                 start: int = 0, seed: int = 0, point_subset: tuple[float, int] | None = None):
+                 start: int = 0, seed: int = 0, point_subset: tuple[float, int] | None = None,
+                 cache_mb: float = 0.0):
         if temporal_stride < 1 or spatial_stride < 1 or start < 0:
             raise DataError(f"temporal_stride={temporal_stride}, spatial_stride={spatial_stride} must be >= 1 "
                             f"and start={start} >= 0")
@@ -69,6 +73,12 @@ class WindowDataset(Dataset):
         self.max_offset = tuple(min(spatial_stride, n - spatial_stride * (strided_length(n, spatial_stride) - 1))
                                 for n in source.spatial_shape)
         self.spatial_shape = tuple(strided_length(n, spatial_stride) for n in source.spatial_shape)
+        frame_bytes = 4 * int(np.prod(source.spatial_shape)) * source.n_channels
+        self.cached = cache_mb > 0 and len(source) * self.n_frames * frame_bytes <= cache_mb * 2**20
+        self._frames: dict[int, np.ndarray] = {}  # sample -> [T', *full spatial, C] when cached
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_frames": {}}  # loader workers fill their own cache
 
     def __len__(self) -> int:
         return len(self.source) * self.per_sample
@@ -103,11 +113,9 @@ class WindowDataset(Dataset):
             raise IndexError(f"item {index} out of range for {len(self)} items")
         sample, t0 = divmod(int(index), self.per_sample)
         t0 += self.start
-        ts = self.temporal_stride
         file, j = self.source.locate(sample)
         offset = self.offset(index)
-        u = file.read(j, slice(t0 * ts, (t0 + self.span - 1) * ts + 1, ts),
-                      spatial_stride=self.spatial_stride, offset=offset)  # [W, *spatial, C]
+        u = self._read(sample, t0, offset)  # [W, *spatial, C]
         if self.normalizer is not None:
             u = self.normalizer.normalize(u)
         coords = file.coords(spatial_stride=self.spatial_stride, offset=offset)  # [*spatial, d]
@@ -115,7 +123,7 @@ class WindowDataset(Dataset):
             "u": torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32)),
             "coords": torch.from_numpy(coords.astype(np.float32)),
             "params": torch.from_numpy(file.params_array(self.source.param_names)),
-            "dt": float(file.dt * ts),
+            "dt": float(file.dt * self.temporal_stride),
             "sample": sample,
             "t0": t0,
         }
@@ -126,6 +134,21 @@ class WindowDataset(Dataset):
             item["coords"] = item["coords"].flatten(0, -2)[keep_t].contiguous()
             item["mask"] = torch.ones(len(keep), dtype=torch.bool)
         return item
+
+
+    def _read(self, sample: int, t0: int, offset: tuple[int, ...]) -> np.ndarray:
+        """The item's frames t0 .. t0 + span - 1 (strided timeline) on the grid ``offset::spatial_stride``, from
+        the file or from the sample's cached frames.  # [W, *spatial, C] float32"""
+        ts = self.temporal_stride
+        file, j = self.source.locate(sample)
+        if not self.cached:
+            return file.read(j, slice(t0 * ts, (t0 + self.span - 1) * ts + 1, ts),
+                             spatial_stride=self.spatial_stride, offset=offset)
+        frames = self._frames.get(sample)
+        if frames is None:
+            frames = self._frames[sample] = file.read(j, slice(0, None, ts))  # [T', *full spatial, C]
+        grid = tuple(slice(o, None, self.spatial_stride) for o in offset)
+        return frames[(slice(t0, t0 + self.span),) + grid].copy()
 
 
 def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:

@@ -38,6 +38,7 @@ class DataBundle:
             temporal_stride=self.data_cfg.temporal_stride, spatial_stride=self.data_cfg.spatial_stride,
             random_offset=train and self.data_cfg.random_offset and self.data_cfg.spatial_stride > 1,
             start=start, seed=seed, point_subset=self._point_subset() if train else None,
+            cache_mb=self.data_cfg.cache_mb,
         )
 
     def _point_subset(self) -> tuple[float, int] | None:

