@@ -135,7 +135,6 @@ class WindowDataset(Dataset):
             item["mask"] = torch.ones(len(keep), dtype=torch.bool)
         return item
 
-
     def _read(self, sample: int, t0: int, offset: tuple[int, ...]) -> np.ndarray:
         """The item's frames t0 .. t0 + span - 1 (strided timeline) on the grid ``offset::spatial_stride``, from
         the file or from the sample's cached frames.  # [W, *spatial, C] float32"""
