@@ -26,7 +26,7 @@ from ups.data.prepare import DataBundle, fit_normalizer, prepare_data, stage_loa
 from ups.errors import UPSError
 from ups.eval.evaluate import evaluate_split
 from ups.rollout import rollout_fn
-from ups.training.optim import adam_implementation
+from ups.training.optim import build_optimizer
 from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 
@@ -211,11 +211,9 @@ def train_for_budget(bench: Bench, exp: ExperimentConfig, stage_name: str, run_d
 
 
 def steps_per_second(stage: Stage, loader: Any, exp: ExperimentConfig, *, seconds: float) -> float:
-    """Optimizer steps per second of ``stage`` on ``loader`` (forward, backward, AdamW as the trainer builds it:
-    fused or foreach, ``ups.training.optim.adam_implementation``), measured."""
-    module = {n: stage.modules()[n] for n in stage.trainable_modules()}
-    params = [p for m in module.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, **adam_implementation([{"params": params}]))
+    """Optimizer steps per second of ``stage`` on ``loader`` (forward, backward, and the optimizer step the
+    trainer builds: ``ups.training.optim.build_optimizer``), measured."""
+    opt = build_optimizer(stage.modules(), list(stage.trainable_modules()), exp.stage_training(stage.name))
     done, t0 = 0, None
     while True:
         for batch in loader:

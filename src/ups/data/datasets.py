@@ -115,7 +115,7 @@ class WindowDataset(Dataset):
         t0 += self.start
         file, j = self.source.locate(sample)
         offset = self.offset(index)
-        u = self._read(sample, t0, offset)  # [W, *spatial, C]
+        u = self._read(file, j, sample, t0, offset)  # [W, *spatial, C]
         if self.normalizer is not None:
             u = self.normalizer.normalize(u)
         coords = file.coords(spatial_stride=self.spatial_stride, offset=offset)  # [*spatial, d]
@@ -135,11 +135,10 @@ class WindowDataset(Dataset):
             item["mask"] = torch.ones(len(keep), dtype=torch.bool)
         return item
 
-    def _read(self, sample: int, t0: int, offset: tuple[int, ...]) -> np.ndarray:
-        """The item's frames t0 .. t0 + span - 1 (strided timeline) on the grid ``offset::spatial_stride``, from
-        the file or from the sample's cached frames.  # [W, *spatial, C] float32"""
+    def _read(self, file, j: int, sample: int, t0: int, offset: tuple[int, ...]) -> np.ndarray:
+        """Sample ``sample`` (sample ``j`` of ``file``): its frames t0 .. t0 + span - 1 (strided timeline) on the
+        grid ``offset::spatial_stride``, from the file or from its cached frames.  # [W, *spatial, C] float32"""
         ts = self.temporal_stride
-        file, j = self.source.locate(sample)
         if not self.cached:
             return file.read(j, slice(t0 * ts, (t0 + self.span - 1) * ts + 1, ts),
                              spatial_stride=self.spatial_stride, offset=offset)

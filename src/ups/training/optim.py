@@ -54,7 +54,7 @@ def adam_implementation(groups: list[dict]) -> dict[str, bool]:
     is a real floating-point tensor on a CPU or CUDA device, else ``foreach`` (complex spectral weights, as
     in FNO, cannot be fused). Both compute the same update as the per-tensor loop up to float rounding."""
     params = [p for g in groups for p in g["params"]]
-    fusable = all(p.is_floating_point() and not p.is_complex() and p.device.type in ("cpu", "cuda") for p in params)
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return {"fused": True} if fusable else {"foreach": True}
 
 
