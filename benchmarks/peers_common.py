@@ -58,7 +58,8 @@ def quick_overrides(work: Path, model: str | None = None, *, generate: dict | No
     folder = work / "data"
     out = [f"data.{s}={folder / f'{s}.hdf5'}" for s in ("train", "val", "test")]
     out += [f"data.generate.{k}={v}" for k, v in (generate or QUICK_GENERATE).items()]
-    out += ["data.batch_size=4", "eval.batch_size=4", "training.progress=none", "training.health_every=1000"]
+    out += ["data.batch_size=4", "eval.batch_size=4", "training.progress=none", "training.health_every=1000",
+            "training.compile=false"]  # a compilation would outlast the seconds of a quick run
     sizes = {**QUICK_MODEL_PARAMS, **(model_params or {})}
     for key, value in sizes.get(model or "", {}).items():
         out.append(f"model.params.{key}={value}")
@@ -200,6 +201,11 @@ def train_for_budget(bench: Bench, exp: ExperimentConfig, stage_name: str, run_d
     train_cfg = train_cfg.model_copy(update={"max_steps": cap, "time_budget_s": budget_s,
                                              "epochs": max(1, math.ceil(cap / per_epoch)),
                                              "val_every": max(1, math.ceil(steps / per_epoch / 10))})
+    if train_cfg.compile:  # compiled in this process from an empty cache: the budget pays for the compilation
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = 1
+        train_cfg = train_cfg.model_copy(update={"compile_cache": str(run_dir / "inductor_cache")})
     torch.manual_seed(exp.training.seed)
     stage = build_stage(bench, exp, stage_name, run_dir)  # fresh weights after the calibration
     t0, c0 = time.perf_counter(), compute_clock()

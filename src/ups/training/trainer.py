@@ -49,6 +49,7 @@ from ups.data.datasets import set_loader_epoch
 from ups.errors import ConfigError, UPSError
 from ups.io_utils import check_free_disk
 from ups.training import distributed
+from ups.training.compile import compiled
 from ups.training.ema import EMA
 from ups.training.health import HealthMonitor
 from ups.training.optim import Precision, build_optimizer, build_scheduler, clip_gradients
@@ -156,7 +157,8 @@ class Trainer:
                                  config=self.train_cfg.model_dump(mode="json"), reporter=self.reporter)
         self._t0 = self.clock() - self.elapsed_s
         self._train_loader = train_loader
-        with self._signals:
+        with self._signals, compiled(self.modules, enabled=self.train_cfg.compile, device=self.device,
+                                     cache=self.train_cfg.compile_cache, warn=self.reporter.warn):
             while self.epoch < self.train_cfg.epochs and self.stop_reason is None:
                 self.stage.on_epoch_start(self.epoch)
                 self._set_train_mode(True)
