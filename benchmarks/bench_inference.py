@@ -25,6 +25,7 @@ from peers_common import Bench, compute_clock, load_bench_config, n_params, one_
 from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
 from ups.models import MODELS  # noqa: E402
+from ups.models.compile import compile_for_inference  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner  # noqa: E402
 from ups.rollout import ROLLOUTS, flatten_points, rollout, rollout_grid  # noqa: E402
@@ -87,6 +88,24 @@ def _rollout_fn(model: torch.nn.Module, mode: str | None):
     return lambda u0, x, p, dt, steps: rollout(model, u0, x, p, dt, steps, mode=mode)
 
 
+def _time_compiled(model: torch.nn.Module, mode: str, data: dict, batch: int, repeats: int, *, work: Path,
+                   solver_s: float) -> dict | None:
+    """UPS's default rollout after ``Simulator(compile=True)``'s ``compile_for_inference`` (the model keeps the
+    wrappers: call last); ``compile_s`` is the first pass's extra CPU time (compiling every batch shape)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1  # compiled in this process, so its CPU clock sees the compilation
+    if not compile_for_inference(model, device=torch.device("cpu"), cache=str(work / "inductor_cache"),
+                                 warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
+        return None
+    fn = _rollout_fn(model, mode)
+    first = _time_rollout(fn, data, batch, 1)
+    seconds = _time_rollout(fn, data, batch, repeats)
+    return {"model": "upt", "rollout_mode": f"{mode}, compiled", "params": n_params(model), "seconds": seconds,
+            "ms_per_sample": 1e3 * seconds / data["u"].shape[0], "speedup_vs_solver": solver_s / seconds,
+            "compile_s": round(first - seconds, 2)}
+
+
 def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[float, float]:
     """Best wall time (s) of the solver over the test set, and its nRMSE against the test frames."""
     gen = bench.exp.data.generate
@@ -129,6 +148,9 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
         models[name] = {"model": configs.get(name, configs["ups"]).model.name, "rollout_mode": mode or "one-step",
                         "params": n_params(model), "seconds": seconds,
                         "ms_per_sample": 1e3 * seconds / data["u"].shape[0], "speedup_vs_solver": solver_s / seconds}
+    if not quick:  # the compilation alone outlasts a quick run
+        models["ups_compiled"] = _time_compiled(built["ups"], ups_mode, data, batch, repeats, work=work,
+                                                solver_s=solver_s)
     s, t = data["u"].shape[:2]
     return {"samples": s, "steps": t - 1, "points": bench.meta.n_points, "batch_size": batch,
             "solver": {"pde": bench.meta.pde, "seconds": solver_s, "ms_per_sample": 1e3 * solver_s / s,

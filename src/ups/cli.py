@@ -178,7 +178,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from ups.eval.infer import infer
 
     out = infer(args.run_dir, input=args.input, steps=args.steps, out=args.out, points=args.points, start=args.start,
-                params=dict(args.param or []) or None)
+                params=dict(args.param or []) or None, compile=args.compile)
     print(f"wrote {out}")
     return 0
 
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", type=_parse_param, action="append",
                    help="a PDE parameter as name=value, for input files that carry none")
     p.add_argument("--out", required=True, help="output .hdf5 (written atomically)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the surrogate first (faster rollouts of many samples; seconds to compile)")
     p.set_defaults(func=_cmd_infer)
 
     for name, helptext in (("pipeline", "check, train all stages, gate, evaluate, leaderboard"),

@@ -218,7 +218,7 @@ class TrainingConfig(Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     clip_per_group: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False  # torch.compile of the models' compile_methods while training (ups.training.compile)
+    compile: bool = False  # torch.compile of the models' compile_methods while training (ups.models.compile)
     compile_cache: str | None = None  # inductor's cache directory (default ~/.cache/ups/torchinductor)
     ema_decay: float | None = Field(0.999, gt=0, lt=1)
     early_stopping_patience: int | None = Field(None, ge=1)

@@ -9,6 +9,7 @@ u = sim.rollout(u0, 40, params=..., query_points=xq)    # decoded at any points 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -16,19 +17,27 @@ import torch
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.errors import UPSError
+from ups.models.compile import compile_for_inference
 from ups.models.layers import lattice
 from ups.models.steady_prior import steady_state
 from ups.rollout import rollout
 from ups.rundir import RunFiles, load_prior, load_run_model, model_stem, with_corrector
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 class Simulator:
     """A trained latent surrogate with its normaliser and data metadata, ready to roll out."""
 
     def __init__(self, *, model: torch.nn.Module, normalizer: Normalizer, meta: DatasetMetadata,
-                 rollout_mode: str = "reencode", batch_size: int = 64, device: str | torch.device = "cpu"):
+                 rollout_mode: str = "reencode", batch_size: int = 64, device: str | torch.device = "cpu",
+                 compile: bool = False):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if compile:  # torch.compile of encode/step/decode; one warning and eager rollouts where it cannot
+            compile_for_inference(self.model, device=self.device, warn=_warn)
         self.normalizer, self.meta = normalizer, meta
         self.rollout_mode, self.batch_size = rollout_mode, batch_size
         self.run_dir: Path | None = None  # set by from_run (steady_state reads the prior from it)
@@ -36,16 +45,19 @@ class Simulator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, stage: str = "operator", checkpoint: str | None = None,
-                 corrector: str = "none", batch_size: int = 64, device: str | torch.device = "cpu") -> Simulator:
+                 corrector: str = "none", batch_size: int = 64, device: str | torch.device = "cpu",
+                 compile: bool = False) -> Simulator:
         """Rebuild from ``run_dir/checkpoints/{stage}_{checkpoint}`` (default: best, else ema, else last).
 
         corrector: "none", "multi" (diff_residual), "distilled" (consistency_distill) or "auto" (the
         distilled one when trained, else multi, else none): every step is then refined by it.
+        compile: ``torch.compile`` the operator's encode / step / decode for rollouts (``ups.models.compile``).
         """
         model, normalizer, meta, info = load_run_model(model_stem(RunFiles(Path(run_dir)), stage, checkpoint))
         model = with_corrector(model, run_dir, corrector)
         sim = cls(model=model, normalizer=normalizer, meta=meta,
-                   rollout_mode=info.get("rollout_mode", "reencode"), batch_size=batch_size, device=device)
+                   rollout_mode=info.get("rollout_mode", "reencode"), batch_size=batch_size, device=device,
+                  compile=compile)
         sim.run_dir = Path(run_dir)
         sim.max_principle = bool(info.get("max_principle", False))
         return sim

@@ -3,14 +3,16 @@ compilation can fail leaves an eager run with one warning line."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 from test_operator_stage import build
 
-from ups.training import compile as compile_mod
-from ups.training.compile import CompiledMethod, compiler_missing
+from ups.models import compile as compile_mod
+from ups.models.compile import CompiledMethod, compiler_missing
+from ups.simulator import Simulator
 from ups.training.trainer import Trainer
 
 # the tests that really compile need inductor's C++ compiler; the fallback without one is tested below
@@ -80,7 +82,7 @@ def test_compiled_methods_give_the_eager_loss_and_gradients(tmp_path, monkeypatc
 
 
 def test_a_failing_compilation_trains_eagerly_with_one_warning_per_method(tmp_path, capsys, monkeypatch):
-    def broken(fn):
+    def broken(fn, **options):
         def call(*args, **kwargs):
             raise RuntimeError("backend exploded\nsecond line")
         return call
@@ -102,7 +104,10 @@ def test_a_failing_compilation_trains_eagerly_with_one_warning_per_method(tmp_pa
 
 def test_without_a_cpp_compiler_nothing_is_compiled(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(compile_mod, "compiler_missing", lambda device: "no C++ compiler (test)")
-    monkeypatch.setattr(compile_mod.torch, "compile", lambda fn: (_ for _ in ()).throw(AssertionError("compiled")))
+    def refuse(fn, **options):
+        raise AssertionError("compiled")
+
+    monkeypatch.setattr(compile_mod.torch, "compile", refuse)
     _, summary = _train(tmp_path, "plain", compile=True)
     assert summary["status"] == "completed"
     warnings = [line for line in capsys.readouterr().err.splitlines() if "training.compile" in line]
@@ -117,3 +122,33 @@ def test_cache_directory_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert compile_mod.set_cache_dir(None) == tmp_path / "home" / ".cache" / "ups" / "torchinductor"
+
+
+@needs_compiler
+def test_simulator_compile_rolls_out_as_the_eager_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default cache, kept out of the user's home
+    _, st, _, val = build(tmp_path, rollout_steps=1)
+    batch = next(iter(val))
+    u0 = st.normalizer.denormalize(batch["u"][:, 0]).flatten(1, -2)  # [B, N, C] physical
+    coords = batch["coords"].flatten(1, -2)  # [B, N, d]
+    eager = Simulator(model=st.model, normalizer=st.normalizer, meta=st.meta).rollout(
+        u0, 4, params=batch["params"], coords=coords)
+    holder = torch.nn.ModuleDict({"op": copy.deepcopy(st.model)})  # the operator is found inside what wraps it
+    assert compile_mod.compile_for_inference(holder, device=torch.device("cpu"), warn=pytest.fail)
+    assert all(isinstance(vars(holder["op"])[m], CompiledMethod) for m in ("encode", "step", "decode"))
+    sim = Simulator(model=st.model, normalizer=st.normalizer, meta=st.meta, compile=True)
+    assert all(isinstance(vars(st.model)[m], CompiledMethod) for m in ("encode", "step", "decode"))
+    torch._dynamo.utils.counters.clear()
+    fast = sim.rollout(u0, 4, params=batch["params"], coords=coords)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3  # compiled under inference_mode
+    assert (tmp_path / "home" / ".cache" / "ups" / "torchinductor").is_dir()
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_simulator_compile_without_a_compiler_warns_and_rolls_out_eagerly(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(compile_mod, "compiler_missing", lambda device: "no C++ compiler (test)")
+    _, st, _, _ = build(tmp_path, rollout_steps=1)
+    sim = Simulator(model=st.model, normalizer=st.normalizer, meta=st.meta, compile=True)
+    assert not any(isinstance(v, CompiledMethod) for v in vars(sim.model).values())
+    assert capsys.readouterr().err.strip() == "warning: compile: no C++ compiler (test); rolling out eagerly"

@@ -41,10 +41,11 @@ def _query_points(points: str | None, dims: int) -> np.ndarray | None:
 
 
 def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path, points: str | None = None,
-          start: int = 0, batch_size: int = 32, params: dict[str, float] | None = None) -> Path:
+          start: int = 0, batch_size: int = 32, params: dict[str, float] | None = None, compile: bool = False) -> Path:
     """Roll out every sample of ``input`` from frame ``start``; write the PDEBench layout to ``out``.
 
-    ``params``: PDE parameters for an input that carries none (its attributes and name win otherwise)."""
+    ``params``: PDE parameters for an input that carries none (its attributes and name win otherwise);
+    ``compile``: ``torch.compile`` the surrogate (``Simulator(compile=True)``)."""
     from ups.simulator import Simulator
 
     if steps < 1:
@@ -56,7 +57,7 @@ def infer(run_dir: str | Path, *, input: str | Path, steps: int, out: str | Path
                        "PDE with `ups eval RUN_DIR --data FILE`")
     from ups.eval.run_eval import _model_stage, check_data_fits
 
-    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, exp), batch_size=batch_size)
+    sim = Simulator.from_run(run_dir, stage=_model_stage(run_dir, exp), batch_size=batch_size, compile=compile)
     src = TrajectoryFile(input, params={**exp.data.params, **(params or {})} or None)
     if start >= src.n_frames:
         raise DataError(f"--start {start} is past the {src.n_frames} frames of {input}")

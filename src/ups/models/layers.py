@@ -260,6 +260,7 @@ class GeometryCache:
         self.size = size
         self.entries: list[tuple[tuple, torch.Tensor, object]] = []
 
+    @torch.compiler.disable  # eager under torch.compile: neighbour searches are data-dependent integer work
     def get(self, coords: torch.Tensor, key: tuple, compute):
         """``compute()`` for coords [..., d] (and ``key``), or the remembered result."""
         full_key = (key, tuple(coords.shape), coords.dtype, coords.device, torch.is_inference_mode_enabled())

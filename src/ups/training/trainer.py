@@ -48,8 +48,8 @@ from ups.config import TrainingConfig
 from ups.data.datasets import set_loader_epoch
 from ups.errors import ConfigError, UPSError
 from ups.io_utils import check_free_disk
+from ups.models.compile import compiled
 from ups.training import distributed
-from ups.training.compile import compiled
 from ups.training.ema import EMA
 from ups.training.health import HealthMonitor
 from ups.training.optim import Precision, build_optimizer, build_scheduler, clip_gradients

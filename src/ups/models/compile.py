@@ -1,4 +1,5 @@
-"""``training.compile``: ``torch.compile`` of the methods a model names in ``compile_methods``, for training.
+"""``torch.compile`` of the methods a model names in ``compile_methods``: for training (``training.compile``) and
+for inference (``Simulator(compile=True)``, ``ups infer --compile``).
 
 A model lists the methods its stages call (``UPT``: ``encode``, ``step``, ``decode``; the grid peers:
 ``grid_forward``). While a trainer runs, each of them is replaced on the instance by a :class:`CompiledMethod`
@@ -10,12 +11,16 @@ Falling back cleanly: on CPU without a C++ compiler nothing is compiled (one war
 fails warns once and that method runs eagerly from then on. Inductor's cache goes to ``training.compile_cache``
 (default ``~/.cache/ups/torchinductor``, kept across runs; ``TORCHINDUCTOR_CACHE_DIR`` set by the user wins
 over the default), so a second run of the same model compiles from the cache. Measured in README "Cheaper
-steps": it helps UPS's training step and slows the FNO's, so the shipped FNO configs leave it off.
+steps".
+
+For inference the wrappers stay on the model and compile every call (no gradients needed); a rollout is a fixed
+sequence of the same shapes, so after the first batch the compiled kernels are reused.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,16 +33,18 @@ DEFAULT_CACHE = Path("~/.cache/ups/torchinductor")
 
 
 class CompiledMethod:
-    """``method`` compiled for calls with gradients enabled; eager otherwise and after a failed compilation."""
+    """``method`` compiled for calls with gradients enabled (``inference``: for every call); eager otherwise and
+    after a failed compilation."""
 
-    def __init__(self, method: Callable[..., Any], *, label: str, warn: Callable[[str], None]):
+    def __init__(self, method: Callable[..., Any], *, label: str, warn: Callable[[str], None],
+                 inference: bool = False):
         self.eager = method
-        self.compiled = torch.compile(method)
-        self.label, self.warn = label, warn
+        self.compiled = torch.compile(method, dynamic=False)  # static kernels; a new shape (the last batch) recompiles
+        self.label, self.warn, self.inference = label, warn, inference
         self.failed = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.failed or not torch.is_grad_enabled():
+        if self.failed or not (self.inference or torch.is_grad_enabled()):
             return self.eager(*args, **kwargs)
         try:
             return self.compiled(*args, **kwargs)
@@ -71,10 +78,26 @@ def set_cache_dir(cache: str | None) -> Path:
     return path
 
 
+def _wrap(modules: dict[str, nn.Module], *, inference: bool, warn: Callable[[str], None]) -> list[tuple]:
+    """Replace every listed ``compile_methods`` entry by a :class:`CompiledMethod` (not twice) -> what was wrapped."""
+    # the spectral layers' complex multiplies stay eager kernels inside the compiled graph; measured as a whole the
+    # compiled UPS step is still faster (README "Cheaper steps"), so inductor's per-process notice is not shown
+    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+    wrapped: list[tuple[nn.Module, str]] = []
+    for name, module in modules.items():
+        for method in getattr(module, "compile_methods", ()):
+            if not isinstance(module.__dict__.get(method), CompiledMethod):
+                setattr(module, method, CompiledMethod(getattr(module, method), label=f"{name}.{method}", warn=warn,
+                                                       inference=inference))
+                wrapped.append((module, method))
+    return wrapped
+
+
 @contextmanager
 def compiled(modules: dict[str, nn.Module], *, enabled: bool, device: torch.device, cache: str | None,
              warn: Callable[[str], None]) -> Iterator[None]:
-    """While inside, the ``compile_methods`` of every module in ``modules`` are compiled (when ``enabled``)."""
+    """While inside, the ``compile_methods`` of every module in ``modules`` are compiled for the calls with
+    gradients (training steps), when ``enabled``."""
     why = compiler_missing(device) if enabled else None
     if why is not None:
         warn(f"training.compile: {why}; training eagerly")
@@ -82,14 +105,25 @@ def compiled(modules: dict[str, nn.Module], *, enabled: bool, device: torch.devi
         yield
         return
     set_cache_dir(cache)
-    wrapped: list[tuple[nn.Module, str]] = []
-    for name, module in modules.items():
-        for method in getattr(module, "compile_methods", ()):
-            setattr(module, method, CompiledMethod(getattr(module, method), label=f"{name}.{method}", warn=warn))
-            wrapped.append((module, method))
+    wrapped = _wrap(modules, inference=False, warn=warn)
     try:
         yield
     finally:  # checkpoints and whatever runs after training see the plain modules
         for module, method in wrapped:
             if isinstance(module.__dict__.get(method), CompiledMethod):
                 del module.__dict__[method]
+
+
+def compile_for_inference(model: nn.Module, *, device: torch.device, cache: str | None = None,
+                          warn: Callable[[str], None]) -> bool:
+    """Compile ``model``'s ``compile_methods`` for every call from now on (rollouts under ``inference_mode``; the
+    first rollout of each batch shape pays the compilation). False, with one warning, where nothing can compile."""
+    why = compiler_missing(device)
+    if why is not None:
+        warn(f"compile: {why}; rolling out eagerly")
+        return False
+    set_cache_dir(cache)
+    # the model itself, or the operator inside a corrected surrogate (``WrappedSurrogate.model``)
+    _wrap({name or "model": m for name, m in model.named_modules() if getattr(type(m), "compile_methods", ())},
+          inference=True, warn=warn)
+    return True
