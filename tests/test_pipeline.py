@@ -122,6 +122,27 @@ def test_infer_writes_the_input_layout(first_run, tmp_path):
     assert main(["infer", str(run), "--input", str(tmp_path / "none.h5"), "--steps", "2", "--out", str(out)]) == 2
 
 
+def test_infer_compile_writes_what_the_eager_rollout_writes(first_run, tmp_path, monkeypatch):
+    import h5py
+    import numpy as np
+    import torch
+
+    from ups.models.compile import compiler_missing
+
+    if compiler_missing(torch.device("cpu")) is not None:
+        pytest.skip("no C++ compiler for torch.compile on CPU")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    root, _, _ = first_run
+    run = root / "runs" / sorted(p.name for p in (root / "runs").iterdir())[0]
+    src = root / "data" / "test.h5"
+    args = ["infer", str(run), "--input", str(src), "--steps", "3"]
+    assert main([*args, "--out", str(tmp_path / "eager.h5")]) == 0
+    assert main([*args, "--compile", "--out", str(tmp_path / "compiled.h5")]) == 0
+    assert any((tmp_path / "cache").iterdir())  # inductor compiled, into the cache it was given
+    with h5py.File(tmp_path / "eager.h5") as f, h5py.File(tmp_path / "compiled.h5") as g:
+        np.testing.assert_allclose(g["tensor"][...], f["tensor"][...], rtol=1e-4, atol=1e-5)
+
+
 def test_simulator_uses_the_corrector_when_asked(first_run):
     import torch
 
