@@ -20,7 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers_common import Bench, compute_clock, load_bench_config, n_params, one_step_model, ups_config  # noqa: E402
+from peers_common import (  # noqa: E402
+    Bench,
+    compile_in_process,
+    compute_clock,
+    load_bench_config,
+    n_params,
+    one_step_model,
+    ups_config,
+)
 
 from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
@@ -92,11 +100,8 @@ def _time_compiled(model: torch.nn.Module, mode: str, data: dict, batch: int, re
                    solver_s: float) -> dict | None:
     """UPS's default rollout after ``Simulator(compile=True)``'s ``compile_for_inference`` (the model keeps the
     wrappers: call last); ``compile_s`` is the first pass's extra CPU time (compiling every batch shape)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.compile_threads = 1  # compiled in this process, so its CPU clock sees the compilation
-    if not compile_for_inference(model, device=torch.device("cpu"), cache=str(work / "inductor_cache"),
-                                 warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
+    compile_in_process()
+    if not compile_for_inference(model, device=torch.device("cpu"), cache=str(work / "inductor_cache")):
         return None
     fn = _rollout_fn(model, mode)
     first = _time_rollout(fn, data, batch, 1)

@@ -183,6 +183,14 @@ def compute_clock() -> float:
     return time.process_time() + done.children_user + done.children_system
 
 
+def compile_in_process() -> None:
+    """``torch.compile`` compiles in this process and the compilers it waits for, not in a worker pool, so that
+    :func:`compute_clock` sees the compilation."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+
+
 def train_for_budget(bench: Bench, exp: ExperimentConfig, stage_name: str, run_dir: Path,
                      budget_s: float) -> tuple[Stage, dict[str, Any]]:
     """Train ``stage_name`` for ``budget_s`` seconds of compute (:func:`compute_clock`), with its schedule
@@ -207,9 +215,7 @@ def train_for_budget(bench: Bench, exp: ExperimentConfig, stage_name: str, run_d
                                              "epochs": max(1, math.ceil(cap / per_epoch)),
                                              "val_every": max(1, math.ceil(steps / per_epoch / 10))})
     if train_cfg.compile:  # compiled in this process from an empty cache: the budget pays for the compilation
-        import torch._inductor.config as inductor_config
-
-        inductor_config.compile_threads = 1
+        compile_in_process()
         train_cfg = train_cfg.model_copy(update={"compile_cache": str(run_dir / "inductor_cache")})
     torch.manual_seed(exp.training.seed)
     stage = build_stage(bench, exp, stage_name, run_dir)  # fresh weights after the calibration

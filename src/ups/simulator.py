@@ -9,7 +9,6 @@ u = sim.rollout(u0, 40, params=..., query_points=xq)    # decoded at any points 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -24,10 +23,6 @@ from ups.rollout import rollout
 from ups.rundir import RunFiles, load_prior, load_run_model, model_stem, with_corrector
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 class Simulator:
     """A trained latent surrogate with its normaliser and data metadata, ready to roll out."""
 
@@ -37,7 +32,7 @@ class Simulator:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if compile:  # torch.compile of encode/step/decode; one warning and eager rollouts where it cannot
-            compile_for_inference(self.model, device=self.device, warn=_warn)
+            compile_for_inference(self.model, device=self.device)
         self.normalizer, self.meta = normalizer, meta
         self.rollout_mode, self.batch_size = rollout_mode, batch_size
         self.run_dir: Path | None = None  # set by from_run (steady_state reads the prior from it)
@@ -57,7 +52,7 @@ class Simulator:
         model = with_corrector(model, run_dir, corrector)
         sim = cls(model=model, normalizer=normalizer, meta=meta,
                    rollout_mode=info.get("rollout_mode", "reencode"), batch_size=batch_size, device=device,
-                  compile=compile)
+                   compile=compile)
         sim.run_dir = Path(run_dir)
         sim.max_principle = bool(info.get("max_principle", False))
         return sim

@@ -46,7 +46,7 @@ class GridInputConfig(Strict):
 class GridModel(nn.Module):
     """Shared plumbing: points <-> grid, parameter channels, residual update."""
 
-    compile_methods = ("grid_forward",)  # what ``training.compile`` compiles
+    compile_methods = ("grid_forward",)  # what ``ups.models.compile`` compiles (training and rollouts)
 
     def __init__(self, *, spatial_shape: tuple[int, ...], n_channels: int, n_params: int,
                  residual: bool, param_transform: ParamTransform, dt_channel: bool):

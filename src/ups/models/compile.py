@@ -20,6 +20,7 @@ sequence of the same shapes, so after the first batch the compiled kernels are r
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,21 @@ def set_cache_dir(cache: str | None) -> Path:
     return path
 
 
+def print_warning(message: str) -> None:
+    """The default ``warn``: one ``warning: ...`` line on stderr (the trainer passes its reporter's instead)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _ready(device: torch.device, cache: str | None, *, warn: Callable[[str], None], what: str, fallback: str) -> bool:
+    """Whether inductor can compile here: if so its cache directory is set, else one ``what: why; fallback`` warning."""
+    why = compiler_missing(device)
+    if why is not None:
+        warn(f"{what}: {why}; {fallback}")
+        return False
+    set_cache_dir(cache)
+    return True
+
+
 def _wrap(modules: dict[str, nn.Module], *, inference: bool, warn: Callable[[str], None]) -> list[tuple]:
     """Replace every listed ``compile_methods`` entry by a :class:`CompiledMethod` (not twice) -> what was wrapped."""
     # the spectral layers' complex multiplies stay eager kernels inside the compiled graph; measured as a whole the
@@ -98,13 +114,9 @@ def compiled(modules: dict[str, nn.Module], *, enabled: bool, device: torch.devi
              warn: Callable[[str], None]) -> Iterator[None]:
     """While inside, the ``compile_methods`` of every module in ``modules`` are compiled for the calls with
     gradients (training steps), when ``enabled``."""
-    why = compiler_missing(device) if enabled else None
-    if why is not None:
-        warn(f"training.compile: {why}; training eagerly")
-    if not enabled or why is not None:
+    if not (enabled and _ready(device, cache, warn=warn, what="training.compile", fallback="training eagerly")):
         yield
         return
-    set_cache_dir(cache)
     wrapped = _wrap(modules, inference=False, warn=warn)
     try:
         yield
@@ -115,14 +127,11 @@ def compiled(modules: dict[str, nn.Module], *, enabled: bool, device: torch.devi
 
 
 def compile_for_inference(model: nn.Module, *, device: torch.device, cache: str | None = None,
-                          warn: Callable[[str], None]) -> bool:
+                          warn: Callable[[str], None] = print_warning) -> bool:
     """Compile ``model``'s ``compile_methods`` for every call from now on (rollouts under ``inference_mode``; the
     first rollout of each batch shape pays the compilation). False, with one warning, where nothing can compile."""
-    why = compiler_missing(device)
-    if why is not None:
-        warn(f"compile: {why}; rolling out eagerly")
+    if not _ready(device, cache, warn=warn, what="compile", fallback="rolling out eagerly"):
         return False
-    set_cache_dir(cache)
     # the model itself, or the operator inside a corrected surrogate (``WrappedSurrogate.model``)
     _wrap({name or "model": m for name, m in model.named_modules() if getattr(type(m), "compile_methods", ())},
           inference=True, warn=warn)

@@ -96,7 +96,7 @@ class UPT(nn.Module):
 
     config_class = UPTConfig
     point_clouds = True  # encodes padded point clouds given a mask (``encode(u, coords, mask)``)
-    compile_methods = ("encode", "step", "decode")  # what ``training.compile`` compiles
+    compile_methods = ("encode", "step", "decode")  # what ``ups.models.compile`` compiles (training and rollouts)
 
     def __init__(self, *, config: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
                  domain: tuple[tuple[float, float], ...], periodic: bool):
