@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peers_common import Bench, evaluate, load_bench_config, n_params, same_data, stage_model, train_for_budget
+from peers_common import Bench, evaluate, load_bench_config, n_params, same_data, scored_model, train_for_budget
 
 from ups.config import ExperimentConfig
 from ups.data.prepare import prepare_data
@@ -137,17 +137,16 @@ def train_and_score(problem: Problem, model_key: str, *, quick: bool, work: Path
     exp = problem.load(stem, quick=quick, work=work, extra=problem.variants.get(model_key, ()))
     same_data(bench.exp, exp)
     stage_name = "operator" if exp.model.name == "upt" else "baseline"
-    trained, summary = train_for_budget(bench, exp, stage_name, work / "runs" / f"{model_key}_{budget:g}", budget)
-    model = stage_model(trained)
-    info = trained.checkpoint_meta()  # the rollout rules ups eval reads from the checkpoint
-    rules = {"mode": info.get("rollout_mode", "reencode"), "max_principle": bool(info.get("max_principle", False))}
+    run_dir = work / "runs" / f"{model_key}_{budget:g}"
+    _, summary = train_for_budget(bench, exp, stage_name, run_dir, budget)
+    model, rules, checkpoint = scored_model(run_dir, stage_name)  # what ups eval scores, by its rules
     fine = problem.superres_bench(bench, quick=quick, work=work, generate=False)
     return {"model": exp.model.name, "config": stem, "overrides": list(problem.variants.get(model_key, ())),
             "params": n_params(model), "steps": summary["step"],
             "epochs": summary["epochs"], "train_wall_s": round(summary["wall_s"], 2),
             "train_cpu_s": round(summary["cpu_s"], 2),
             "ms_per_step": round(1e3 * summary["cpu_s"] / max(1, summary["step"]), 1),
-            "status": summary["status"], "best_val_rollout_nrmse": summary["best_metric"],
+            "status": summary["status"], "best_val_rollout_nrmse": summary["best_metric"], "checkpoint": checkpoint,
             **_scores(model, bench, rules), **_superres(model, fine, rules)}
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from accuracy_common import side_by_side  # noqa: E402
 from bench_accuracy import default_parallel  # noqa: E402
-from peers_common import ROOT, Bench, evaluate, load_bench_config, n_params, stage_model, train_for_budget  # noqa: E402
+from peers_common import ROOT, Bench, evaluate, load_bench_config, n_params, scored_model, train_for_budget  # noqa: E402
 
 from ups.config import SPLITS, ExperimentConfig  # noqa: E402
 from ups.errors import UPSError  # noqa: E402
@@ -102,10 +102,9 @@ def train_and_score(key: str, *, quick: bool, work: Path, budget: float, t0: flo
     mix = mixture_config(quick=quick, work=work)
     exp = mix if key == MIXTURE else single_config(mix, key)
     bench = Bench.open(exp)
-    trained, summary = train_for_budget(bench, exp, "operator", work / "runs" / f"{exp.name}_{budget:g}", budget)
-    model = stage_model(trained)
-    info = trained.checkpoint_meta()  # the rollout rules ups eval reads from the checkpoint
-    rules = {"mode": info.get("rollout_mode", "reencode"), "max_principle": bool(info.get("max_principle", False))}
+    run_dir = work / "runs" / f"{exp.name}_{budget:g}"
+    _, summary = train_for_budget(bench, exp, "operator", run_dir, budget)
+    model, rules, checkpoint = scored_model(run_dir, "operator")  # what ups eval scores, by its rules
     pdes = members(mix) if key == MIXTURE else [key]
     scores = {pde: _pde_scores(evaluate(model, bench, member=pde if key == MIXTURE else None, **rules))
               for pde in pdes}
@@ -113,7 +112,8 @@ def train_and_score(key: str, *, quick: bool, work: Path, budget: float, t0: flo
             "epochs": summary["epochs"], "train_cpu_s": round(summary["cpu_s"], 2),
             "train_wall_s": round(summary["wall_s"], 2), "status": summary["status"],
             "ms_per_step": round(1e3 * summary["cpu_s"] / max(1, summary["step"]), 1), "rollout_rules": rules,
-            "per_pde": scores, "started_s": round(started, 1), "finished_s": round(time.time() - t0, 1)}
+            "checkpoint": checkpoint, "per_pde": scores,
+            "started_s": round(started, 1), "finished_s": round(time.time() - t0, 1)}
 
 
 def data_summary(bench: Bench) -> dict:

@@ -58,3 +58,22 @@ def test_benchmark_and_ups_eval_give_identical_metrics(tmp_path, which):
     assert len(by_bench["nrmse_per_step"]) == len(by_eval["nrmse_per_step"])
     for a, b in zip(by_bench["nrmse_per_step"], by_eval["nrmse_per_step"], strict=True):
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)  # the benchmark rounds to 6 decimals
+
+
+def test_accuracy_benchmark_scores_the_checkpoint_ups_eval_scores(tmp_path):
+    """The accuracy benchmark scores what ``ups eval`` loads (the best checkpoint, EMA weights), not the live
+    weights the stage ends with."""
+    import accuracy_common as ac
+    import peers_common as pc
+    from bench_accuracy import BURGERS
+
+    from ups.simulator import Simulator
+
+    out = ac.train_and_score(BURGERS, "ups", quick=True, work=tmp_path, budget=1.0)
+    run = tmp_path / "runs" / "ups_1"
+    assert out["checkpoint"] == "operator_best"
+    best = Simulator.from_run(run, stage="operator").model
+    bench = pc.Bench.open(BURGERS.load(BURGERS.reference, quick=True, work=tmp_path))
+    assert math.isclose(out["rollout_nrmse"], pc.evaluate(best, bench)["nrmse"], rel_tol=1e-9)
+    live = Simulator.from_run(run, stage="operator", checkpoint="last").model.state_dict()
+    assert any(not torch.equal(v, live[k]) for k, v in best.state_dict().items())  # EMA != live weights
