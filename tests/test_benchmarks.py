@@ -263,6 +263,14 @@ def test_accuracy_models_train_side_by_side_in_worker_processes():
     assert torch.get_num_threads() == threads
 
 
+def test_accuracy_verdict_against_fno_at_batch_8_alone():
+    """A run of UPS and FNO's batch-8 variant only (``--models ups,fno_b8``) still gives the UPS / FNO verdict."""
+    out = _run("bench_accuracy", budget=0.5, models=["ups", "fno_b8"])
+    assert out["ratio_ups_over_fno_rollout_nrmse"] == pytest.approx(
+        out["models"]["ups"]["rollout_nrmse"] / out["models"]["fno_b8"]["rollout_nrmse"])
+    assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
+
+
 def test_accuracy_rejects_an_unknown_model():
     import bench_accuracy
 
