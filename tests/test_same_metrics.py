@@ -48,8 +48,8 @@ def test_benchmark_and_ups_eval_give_identical_metrics(tmp_path, which):
     assert main(["eval", str(run)]) == 0
     by_eval = json.loads((run / "eval_test.json").read_text())["metrics"]
 
-    model = Simulator.from_run(run, stage=stage).model
-    by_bench = pc.evaluate(model, pc.Bench.open(exp))  # the benchmark's data handle and default rules
+    sim = Simulator.from_run(run, stage=stage)  # the run's rollout mode (UPS on Burgers: reencode_x2)
+    by_bench = pc.evaluate(sim.model, pc.Bench.open(exp), mode=sim.rollout_mode)  # the benchmark's data handle
 
     assert by_bench["samples"] == by_eval["samples"] and by_bench["steps"] == by_eval["steps"]
     for key in SCALARS:

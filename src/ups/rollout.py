@@ -5,7 +5,12 @@ Two modes, both differentiable (the operator stage trains through them) and both
 
 - ``reencode``: every step decodes the field at the input points and encodes it again, so the model
   is a Markov map on fields (as an FNO is);
-- ``latent``: encode once, step the tokens ``steps`` times, decode where asked at every step.
+- ``latent``: encode once, step the tokens ``steps`` times, decode where asked at every step;
+- ``reencode_xR`` (R = 2, 3, ...): ``reencode`` with the state carried on a regular grid R times finer per
+  axis than the model's training grid (``ups.fine_grid``): the input grid is refined by the factor that takes
+  (2 for the training grid itself, none for an input already that fine), the first frame is interpolated onto
+  it, every step decodes and re-encodes there, and the input points (a subset of it) are read off. On input
+  points that are not a regular grid it is plain ``reencode``.
 
 Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
 reconstruction of the encoded input; later frames chain the decoder's increments at those points.
@@ -18,6 +23,7 @@ these functions. Everything here works on normalised fields; :func:`rollout_scor
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,8 +31,9 @@ from functools import partial
 
 import torch
 
-from ups.errors import DataError
+from ups.errors import ConfigError, DataError
 from ups.eval.metrics import nrmse_per_sample
+from ups.fine_grid import FineGrid
 from ups.registry import Registry
 
 ROLLOUTS: Registry = Registry("rollout mode")
@@ -42,23 +49,50 @@ def _initial_queries(model, z0: torch.Tensor, u0: torch.Tensor, query_coords: to
 
 @ROLLOUTS.register("reencode")
 def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
-                     steps: int, *, query_coords: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
+                     steps: int, *, query_coords: torch.Tensor | None = None, bounds=None,
+                     fine: int = 1) -> torch.Tensor:
     """u0: [B, N, C] at coords [B, N, d]; params [B, P]; dt [B]; query_coords [B, Q, d] or None (Q = N)
-    -> [B, steps + 1, Q, C], frame 0 included."""
-    z = model.encode(u0, coords)
-    u, uq = u0, _initial_queries(model, z, u0, query_coords)
+    -> [B, steps + 1, Q, C], frame 0 included. fine: when coords are a regular grid, carry the state on a grid
+    ``fine`` times finer per axis (``reencode_x{fine}``) than the model's training grid (``model.grid_spacing``;
+    without one, than the input grid): the input refined by the factor that takes, an input that fine as it is."""
+    grid = None if fine < 2 else FineGrid.around(coords, fine, periodic=bool(getattr(model, "periodic", False)),
+                                                 reference=getattr(model, "grid_spacing", None))
+    xs, u = (coords, u0) if grid is None else (grid.coords, clamp_to_bounds(grid.refine(u0), bounds))
+    z = model.encode(u, xs)
+    uq = _initial_queries(model, z, u0, query_coords)
     frames = [uq]
     for _ in range(steps):
         z_next = model.step(z, params, dt)
-        u_next = model.decode(z_next, coords, u)
+        u_next = model.decode(z_next, xs, u)
         if hasattr(model, "refine_field"):  # a physical-space corrector refines the field at the data points
             u_next = model.refine_field(u, u_next, params, dt)
         u_next = clamp_to_bounds(u_next, bounds)
-        uq = u_next if query_coords is None else clamp_to_bounds(model.decode(z_next, query_coords, uq), bounds)
+        if query_coords is None:
+            uq = u_next if grid is None else grid.coarse(u_next)
+        else:
+            uq = clamp_to_bounds(model.decode(z_next, query_coords, uq), bounds)
         frames.append(uq)
         u = u_next
-        z = model.encode(u, coords)
+        z = model.encode(u, xs)
     return torch.stack(frames, dim=1)
+
+
+_FINE_MODE = re.compile(r"(?P<base>[a-z]+)_x(?P<factor>[0-9]+)")
+
+
+def parse_mode(mode: str) -> tuple[str, int]:
+    """A rollout mode -> (registered mode, state-grid refinement): ``"reencode"`` -> ("reencode", 1),
+    ``"reencode_x2"`` -> ("reencode", 2). An unknown mode, or a refinement of another mode or below 2, is a
+    ``ConfigError`` naming the allowed modes."""
+    match = _FINE_MODE.fullmatch(mode)
+    if match is None:
+        ROLLOUTS.get(mode)  # the registry's one-line error for an unknown mode
+        return mode, 1
+    base, factor = match["base"], int(match["factor"])
+    if base != "reencode" or factor < 2:
+        raise ConfigError(f"rollout mode '{mode}': only reencode carries its state on a finer grid, by a factor "
+                          f">= 2 (e.g. reencode_x2); allowed: {', '.join(ROLLOUTS.names())}, reencode_xR")
+    return base, factor
 
 
 @ROLLOUTS.register("latent")
@@ -96,11 +130,13 @@ def rollout(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
     Burgers, advection), every decoded frame is kept inside that range, so an error can never grow
     into a blow-up; the same rule applies in validation, evaluation and the Simulator.
     """
-    if hasattr(model, "refine_field"):  # its refined field must be re-encoded: a latent rollout cannot carry it
-        mode = "reencode"
-    fn: Callable = ROLLOUTS.get(mode)
+    if hasattr(model, "refine_field"):  # its refined field must be re-encoded at the data points: a latent rollout
+        mode = "reencode"             # cannot carry it, and the refiner works on the data's grid
+    base, factor = parse_mode(mode)
+    fn: Callable = ROLLOUTS.get(base)
+    extra = {"fine": factor} if factor > 1 else {}
     bounds = initial_bounds(u0) if max_principle else None
-    return fn(model, u0, coords, params, dt, steps, query_coords=query_coords, bounds=bounds)
+    return fn(model, u0, coords, params, dt, steps, query_coords=query_coords, bounds=bounds, **extra)
 
 
 def flatten_points(u: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

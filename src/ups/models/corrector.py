@@ -315,6 +315,14 @@ class WrappedSurrogate(nn.Module):
     def num_latents(self) -> int:
         return self.model.num_latents
 
+    @property
+    def periodic(self) -> bool:
+        return bool(getattr(self.model, "periodic", False))
+
+    @property
+    def grid_spacing(self) -> tuple[float, ...] | None:
+        return getattr(self.model, "grid_spacing", None)
+
     def encode(self, u: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """u: [B, N, C]; coords: [B, N, d] -> z [B, L, D]."""
         return self.model.encode(u, coords)

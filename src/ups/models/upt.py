@@ -99,9 +99,13 @@ class UPT(nn.Module):
     compile_methods = ("encode", "step", "decode")  # what ``ups.models.compile`` compiles (training and rollouts)
 
     def __init__(self, *, config: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
-                 domain: tuple[tuple[float, float], ...], periodic: bool):
+                 domain: tuple[tuple[float, float], ...], periodic: bool,
+                 grid_spacing: tuple[float, ...] | None = None):
         super().__init__()
         self.config = config
+        # point spacing per axis of the grid the model trains on (None: unknown); the reference of the rollout
+        # mode reencode_xR (``ups.fine_grid``), which carries the state R times finer than it
+        self.grid_spacing = grid_spacing
         self.dims, self.channels, self.n_params, self.dt_ref = dims, channels, n_params, dt_ref
         width = config.latent_dim
         lo = torch.tensor([a for a, _ in domain], dtype=torch.float32)
@@ -143,8 +147,9 @@ class UPT(nn.Module):
     @classmethod
     def from_config(cls, meta: DatasetMetadata, params: dict) -> UPT:
         config = UPTConfig(**params)
+        spacing = tuple((hi - lo) / n for (lo, hi), n in zip(meta.domain, meta.spatial_shape, strict=True))
         return cls(config=config, dims=meta.spatial_dims, channels=meta.n_channels, n_params=meta.n_params,
-                   dt_ref=meta.dt, domain=meta.domain, periodic=meta.boundary == "periodic")
+                   dt_ref=meta.dt, domain=meta.domain, periodic=meta.boundary == "periodic", grid_spacing=spacing)
 
     @property
     def latent_dim(self) -> int:

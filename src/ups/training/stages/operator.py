@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from torch.autograd.profiler import record_function
 
@@ -40,7 +40,7 @@ from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
 from ups.errors import ConfigError
 from ups.models import MODELS
-from ups.rollout import flatten_points, rollout_scores
+from ups.rollout import flatten_points, parse_mode, rollout_scores
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -56,7 +56,9 @@ class OperatorStageConfig(StageConfig):
     inverse_loss_max_weight: float = Field(0.1, ge=0)
     rollout_steps: int = Field(4, ge=1)  # K, the longest unroll (the training window is K + 1 frames)
     rollout_ramp_steps: int = Field(2000, ge=0)  # optimiser steps over which K grows from 1
-    rollout_mode: Literal["reencode", "latent"] = "reencode"
+    # rollouts in training unrolls, validation and every later use of the run: "reencode", "latent", or
+    # "reencode_xR" (the state on a grid R times finer than the data's; training unrolls re-encode at the data points)
+    rollout_mode: str = "reencode"
     max_principle: bool = True  # keep rollouts in the initial range when the PDE has a maximum principle
     detach_between_steps: bool = False  # pushforward trick: gradients through the last step only
     input_noise: float = Field(0.0, ge=0)  # std of the noise on the first input frame (normalised)
@@ -66,6 +68,12 @@ class OperatorStageConfig(StageConfig):
     # cap on the weighted inverse losses, as a fraction of the forward loss (None: no cap): the weights are
     # scaled down on batches where w * L_inv would exceed it, so the inverse terms never dominate
     inverse_loss_balance: float | None = Field(0.1, gt=0)
+
+    @field_validator("rollout_mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        parse_mode(mode)  # a ConfigError naming the allowed modes
+        return mode
 
 
 def unroll_length(stage_cfg: OperatorStageConfig, step: int) -> int:
@@ -111,6 +119,7 @@ def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.T
     [B, L, D], ``z_first`` (first predicted latent), ``preds`` [B, K, N, C] and ``reencoded`` (E of each
     prediction, when computed)."""
     z = z0 = encode_points(model, u0, x, mask)
+    reencode = parse_mode(stage_cfg.rollout_mode)[0] == "reencode"
     cur, preds, reencoded = u0, [], []
     z_first = None
     for k in range(unroll):
@@ -118,9 +127,9 @@ def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.T
         z_first = z_next if k == 0 else z_first
         nxt = model.decode(z_next, x, cur)
         preds.append(nxt)
-        if stage_cfg.rollout_mode == "reencode" and (k + 1 < unroll or keep_reencoded):
+        if reencode and (k + 1 < unroll or keep_reencoded):
             reencoded.append(encode_points(model, nxt, x, mask))
-        z = reencoded[-1] if stage_cfg.rollout_mode == "reencode" and k + 1 < unroll else z_next
+        z = reencoded[-1] if reencode and k + 1 < unroll else z_next
         cur = nxt
         if stage_cfg.detach_between_steps and k + 1 < unroll:
             z, cur = z.detach(), cur.detach()
