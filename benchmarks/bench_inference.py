@@ -30,6 +30,7 @@ from peers_common import (  # noqa: E402
     ups_config,
 )
 
+from ups.data.metadata import DatasetMetadata  # noqa: E402
 from ups.data.pdes import PDES  # noqa: E402
 from ups.eval.metrics import nrmse  # noqa: E402
 from ups.models import MODELS  # noqa: E402
@@ -128,8 +129,11 @@ def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[fl
     return best, nrmse(out[:, 1:, :, None], phys[:, 1:])
 
 
-def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, *, correctors: bool) -> dict:
-    """Solver and every model at one spatial stride of the data (None: the configs' own)."""
+def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, *, correctors: bool,
+                     trained: DatasetMetadata | None = None) -> tuple[dict, DatasetMetadata]:
+    """Solver and every model at one spatial stride of the data (None: the configs' own) -> the results and the
+    data's metadata. trained: the metadata UPS is built from (the grid it trains on; default this stride's), so
+    that its rollout mode refines relative to the training grid, as for a trained model."""
     extra = [] if stride is None else [f"data.spatial_stride={stride}"]
     bench = Bench.open(load_bench_config("fno_burgers1d", quick=quick, work=work, extra=extra))
     data = _test_set(bench)
@@ -139,8 +143,8 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
                "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}
     solver_s, solver_err = _time_solver(bench, data, batch, repeats)
     torch.manual_seed(0)
-    built = {name: MODELS.get(exp.model.name).from_config(bench.meta, exp.model.params)
-             for name, exp in configs.items()}
+    built = {name: MODELS.get(exp.model.name).from_config(trained if name == "ups" and trained else bench.meta,
+                                                          exp.model.params) for name, exp in configs.items()}
     ups_mode = OperatorStage.stage_config(configs["ups"]).rollout_mode
     runs = {"ups": (built["ups"], ups_mode), "fno": (built["fno"], None), "unet": (built["unet"], None)}
     runs |= {f"ups_{mode}": (built["ups"], mode) for mode in ROLLOUTS.names() if mode != ups_mode}
@@ -160,7 +164,7 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     return {"samples": s, "steps": t - 1, "points": bench.meta.n_points, "batch_size": batch,
             "solver": {"pde": bench.meta.pde, "seconds": solver_s, "ms_per_sample": 1e3 * solver_s / s,
                        "nrmse_vs_test_data": solver_err},
-            "models": models}
+            "models": models}, bench.meta
 
 
 def run(budget: float | None = None, quick: bool = False) -> dict:
@@ -170,8 +174,8 @@ def run(budget: float | None = None, quick: bool = False) -> dict:
     repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="ups-bench-inf-") as tmp:
         work = Path(tmp)
-        base = _time_resolution(work, quick, None, repeats, correctors=True)
-        full = _time_resolution(work, quick, 1, max(1, repeats - 1), correctors=False)
+        base, meta = _time_resolution(work, quick, None, repeats, correctors=True)
+        full, _ = _time_resolution(work, quick, 1, max(1, repeats - 1), correctors=False, trained=meta)
     return {"benchmark": "inference", "quick": quick, **base, "repeats": repeats, "threads": torch.get_num_threads(),
             "full_resolution": full}
 
