@@ -133,7 +133,8 @@ def test_inference_quick(tmp_path):
             assert m["seconds"] > 0
             assert m["speedup_vs_solver"] == pytest.approx(part["solver"]["seconds"] / m["seconds"])
     assert out["full_resolution"]["points"] == 4 * out["points"]  # every cell: the quick data's stride is 4
-    assert out["models"]["ups"]["rollout_mode"] == "reencode"
+    assert out["models"]["ups"]["rollout_mode"] == "reencode_x2"  # configs/burgers1d.yaml's; every other mode too
+    assert out["models"]["ups_reencode"]["rollout_mode"] == "reencode"
     assert out["models"]["ups_latent"]["rollout_mode"] == "latent"
     corrected = out["models"]["ups_multi_corrector"]
     assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted

@@ -72,8 +72,9 @@ def test_accuracy_benchmark_scores_the_checkpoint_ups_eval_scores(tmp_path):
     out = ac.train_and_score(BURGERS, "ups", quick=True, work=tmp_path, budget=1.0)
     run = tmp_path / "runs" / "ups_1"
     assert out["checkpoint"] == "operator_best"
-    best = Simulator.from_run(run, stage="operator").model
+    sim = Simulator.from_run(run, stage="operator")
+    best = sim.model
     bench = pc.Bench.open(BURGERS.load(BURGERS.reference, quick=True, work=tmp_path))
-    assert math.isclose(out["rollout_nrmse"], pc.evaluate(best, bench)["nrmse"], rel_tol=1e-9)
+    assert math.isclose(out["rollout_nrmse"], pc.evaluate(best, bench, mode=sim.rollout_mode)["nrmse"], rel_tol=1e-9)
     live = Simulator.from_run(run, stage="operator", checkpoint="last").model.state_dict()
     assert any(not torch.equal(v, live[k]) for k, v in best.state_dict().items())  # EMA != live weights
