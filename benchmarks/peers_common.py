@@ -6,6 +6,7 @@ rollout of ``ups.rollout``): whole test trajectories from frame 0, scored in phy
 
 ``quick=True`` swaps the data section for a tiny generated data set in a temporary directory so each
 benchmark finishes in seconds (used by ``tests/test_benchmarks.py``); the numbers are then meaningless.
+Importing this module applies ``ups.allocator.retain_freed_memory`` to the process (as ``ups`` commands do).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ups.allocator import retain_freed_memory
 from ups.config import SPLITS, ExperimentConfig, load_config
 from ups.data.datasets import WindowDataset
 from ups.data.normalization import Normalizer
@@ -34,6 +36,9 @@ from ups.training.stage import STAGES, Stage
 from ups.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+# every benchmark process (and every training it spawns imports this module) keeps freed memory, as the ``ups``
+# commands and the Simulator do: the same allocator for every model and the solver
+retain_freed_memory()
 CONFIGS = ROOT / "configs"
 DEFAULT_BUDGET_S = 900.0
 STEP_CAP_FACTOR = 10

@@ -11,7 +11,8 @@ measures, with ``torch.profiler``:
   blocks, operator blocks, decoder) and by loss term (the time spent inside each term's code);
   backward operators are attributed to the component whose forward operator created them (autograd
   sequence numbers);
-- one rollout step (inference) in every rollout mode (``reencode``, ``latent``) and the FNO's step;
+- one rollout step (inference) in every rollout mode (``reencode``, ``latent``, and the config's own, e.g.
+  ``reencode_x2``) and the FNO's step;
 - the plain CPU time (profiler off) of each, the best of ``--repeats``: process CPU time with one thread, so
   that waiting for a core on a shared machine does not count (the profiler's own times are wall-clock).
 
@@ -31,10 +32,11 @@ from pathlib import Path
 import torch
 from torch.autograd.profiler import record_function
 
+from ups.allocator import retain_freed_memory
 from ups.config import load_config
 from ups.data.metadata import DatasetMetadata
 from ups.io_utils import atomic_write_json, atomic_write_text
-from ups.rollout import ROLLOUTS
+from ups.rollout import ROLLOUTS, rollout
 from ups.training.stage import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,12 +164,11 @@ def _train_fn(stage, batch: dict, step: int):
 
 
 def _rollout_call(model: torch.nn.Module, batch: dict, mode: str, steps: int):
-    """A closure rolling ``batch``'s first frame out ``steps`` steps in ``mode`` (inference mode)."""
-    fn = ROLLOUTS.get(mode)
-
+    """A closure rolling ``batch``'s first frame out ``steps`` steps in ``mode`` (inference mode; any mode
+    ``ups.rollout.rollout`` takes, ``reencode_x2`` included)."""
     def call():
         with torch.inference_mode():
-            fn(model, batch["u"][:, 0], batch["coords"], batch["params"], batch["dt"], steps)
+            rollout(model, batch["u"][:, 0], batch["coords"], batch["params"], batch["dt"], steps, mode=mode)
     return call
 
 
@@ -182,7 +183,7 @@ def profile_ups(batch_size: int, points: int, repeats: int, overrides: list[str]
     out = {"config": "configs/burgers1d.yaml", "params": sum(p.numel() for p in model.parameters()),
            "unroll": window - 1, "train_step_ms": _best_ms(_train_fn(stage, batch, full_k), repeats)}
     rollouts = {}
-    for mode in ROLLOUTS.names():
+    for mode in dict.fromkeys([*ROLLOUTS.names(), stage.stage_cfg.rollout_mode]):  # the config's mode too
         # the marginal cost of a step: (5 steps - 1 step) / 4, the initial encoding cancels
         rollouts[mode] = {"cpu_ms": (_best_ms(_rollout_call(model, batch, mode, 5), repeats)
                                       - _best_ms(_rollout_call(model, batch, mode, 1), repeats)) / 4}
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc-only", action="store_true", help="only regenerate docs/PERFORMANCE.md")
     args = parser.parse_args(argv)
     if not args.doc_only:
+        retain_freed_memory()  # as the ups commands do (UPS_RETAIN_FREED_MEMORY=0 measures without it)
         torch.set_num_threads(1)
         torch.manual_seed(0)
         res = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(), "note": args.note,

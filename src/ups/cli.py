@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ups import __version__
+from ups.allocator import retain_freed_memory
 from ups.errors import ConfigError, UPSError
 
 
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if extra:
         args.overrides = [*args.overrides, *extra]
+    retain_freed_memory()  # training steps and rollouts reuse big buffers: no page faults (ups.allocator)
     try:
         return int(args.func(args) or 0)
     except UPSError as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ups.allocator import retain_freed_memory
 from ups.data.metadata import DatasetMetadata
 from ups.data.normalization import Normalizer
 from ups.errors import UPSError
@@ -30,6 +31,7 @@ class Simulator:
                  rollout_mode: str = "reencode", batch_size: int = 64, device: str | torch.device = "cpu",
                  compile: bool = False):
         self.device = torch.device(device)
+        retain_freed_memory()  # rollouts reuse big buffers every step: no page faults (ups.allocator)
         self.model = model.to(self.device).eval()
         if compile:  # torch.compile of encode/step/decode; one warning and eager rollouts where it cannot
             compile_for_inference(self.model, device=self.device)
