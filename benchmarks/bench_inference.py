@@ -148,8 +148,8 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     ups_mode = OperatorStage.stage_config(configs["ups"]).rollout_mode
     runs = {"ups": (built["ups"], ups_mode), "fno": (built["fno"], None), "unet": (built["unet"], None)}
     runs |= {f"ups_{mode}": (built["ups"], mode) for mode in ROLLOUTS.names() if mode != ups_mode}
-    if correctors:  # a physical-space refiner works on the data's grid: ``rollout`` re-encodes there, whatever the mode
-        runs |= {name: (m, "reencode") for name, m in _with_correctors(built["ups"], configs["ups"],
+    if correctors:  # re-encoding in the model's mode (a physical-space refiner corrects at the data points)
+        runs |= {name: (m, ups_mode) for name, m in _with_correctors(built["ups"], configs["ups"],
                                                                        bench.meta).items()}
     models = {}
     for name, (model, mode) in runs.items():

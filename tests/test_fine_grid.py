@@ -10,7 +10,7 @@ import torch
 from ups.errors import ConfigError, UPSError
 from ups.fine_grid import FineGrid, grid_axes
 from ups.models.upt import UPT, UPTConfig
-from ups.rollout import parse_mode, rollout
+from ups.rollout import parse_mode, refine_state, rollout
 from ups.training.stages.operator import OperatorStageConfig
 
 
@@ -137,3 +137,65 @@ def test_rollout_modes_are_checked_with_one_line():
             OperatorStageConfig(rollout_mode=bad)
     with pytest.raises(UPSError, match="unknown rollout mode 'sideways'"):
         OperatorStageConfig(rollout_mode="sideways")
+
+
+def test_a_refiner_on_a_finer_state_corrects_at_the_data_points():
+    """``refine_state``: the refiner sees the data points' values; the state there becomes exactly its output, and
+    its correction is interpolated onto the points between (a constant correction shifts every fine point)."""
+    grid = FineGrid.around(periodic_line(8), 2, periodic=True)
+    g = torch.Generator().manual_seed(3)
+    prev, nxt = torch.randn(1, 16, 1, generator=g), torch.randn(1, 16, 1, generator=g)
+    halfway = lambda a, b: b + 0.5 * (a - b)  # noqa: E731  a 'refiner' of fields at the 8 data points
+    out = refine_state(halfway, grid, prev, nxt)
+    torch.testing.assert_close(grid.coarse(out), halfway(grid.coarse(prev), grid.coarse(nxt)))
+    torch.testing.assert_close(refine_state(lambda a, b: b + 0.25, grid, prev, nxt), nxt + 0.25)
+    torch.testing.assert_close(refine_state(halfway, None, prev, nxt), halfway(prev, nxt))  # state at the data points
+
+
+class ShiftAndRefine(ShiftByInterpolation):
+    """The exact half-cell advection with a physical 'refiner' that adds ``bump`` to every predicted field."""
+
+    def __init__(self, shift: float, bump: float):
+        super().__init__(shift)
+        self.bump = bump
+
+    def refine_field(self, u_prev, u_pred, params, dt):
+        return u_pred + self.bump
+
+
+def test_refined_rollouts_keep_the_finer_state():
+    """A refiner that corrects nothing leaves the exact fine-state rollout exact (a refined rollout used to fall
+    back to the data's grid and smear); one that adds a constant adds it once per step."""
+    n = 16
+    coords, u0 = periodic_line(n), torch.zeros(1, n, 1)
+    u0[0, 5:9] = 1.0
+    params, dt = torch.zeros(1, 1), torch.ones(1)
+    exact = rollout(ShiftAndRefine(0.5 / n, 0.0), u0, coords, params, dt, 8, mode="reencode_x2")
+    for k in range(5):
+        torch.testing.assert_close(exact[:, 2 * k], torch.roll(u0, k, dims=1), atol=1e-6, rtol=0)
+    bumped = rollout(ShiftAndRefine(0.5 / n, 0.1), u0, coords, params, dt, 8, mode="reencode_x2")
+    for k in range(5):
+        torch.testing.assert_close(bumped[:, 2 * k], torch.roll(u0, k, dims=1) + 0.2 * k, atol=1e-5, rtol=0)
+
+
+def test_corrector_training_pairs_follow_the_rollout_mode():
+    """``rollout_pairs`` (what the refiner and its distilled sampler train on) meets the states the rollout of the
+    operator's mode meets, refined ones included, read at the data points."""
+    from ups.training.stages.diff_residual import rollout_pairs
+
+    n = 16
+    model = ShiftAndRefine(0.5 / n, 0.1)
+    coords, u0 = periodic_line(n, b=2), torch.zeros(2, n, 1)
+    u0[0, 5:9], u0[1, 2:4] = 1.0, -1.0
+    params, dt = torch.zeros(2, 1), torch.ones(2)
+    window = {"u": torch.stack([u0] * 4, dim=1), "coords": coords, "params": params, "dt": dt}  # truth unused here
+
+    class Bump:  # the refiner interface rollout_pairs calls
+        def refine(self, u_prev, u_pred, cond):
+            return u_pred + 0.1
+
+    for mode in ("reencode", "reencode_x2"):
+        rolled = rollout(model, u0, coords, params, dt, 3, mode=mode)  # [2, 4, 16, 1]
+        pairs = rollout_pairs(model, window, Bump(), mode=mode)
+        torch.testing.assert_close(pairs["u_prev"], rolled[:, :3].transpose(0, 1).flatten(0, 1))
+        torch.testing.assert_close(pairs["u_pred"], rolled[:, 1:].transpose(0, 1).flatten(0, 1) - 0.1)

@@ -15,8 +15,10 @@ Two modes, both differentiable (the operator stage trains through them) and both
 Query points (``query_coords``) may differ from the input points: frame 0 there is the decoder's
 reconstruction of the encoded input; later frames chain the decoder's increments at those points.
 A model with ``refine_field`` (a physical-space corrector, ``ups.models.refiner``) has the decoded field at
-the input points refined after every step; it always rolls out by re-encoding, and query points see the
-refinement through the re-encoded state (their own frame at that step is the unrefined decode).
+the input points refined after every step (:func:`refine_state`; on a finer state grid the correction at the
+input points is interpolated onto it); it always rolls out by re-encoding (``latent`` runs as ``reencode``),
+and query points see the refinement through the re-encoded state (their own frame at that step is the
+unrefined decode).
 The one place for rollouts: stage validation, ``ups eval``, TTC, the Simulator and every benchmark call
 these functions. Everything here works on normalised fields; :func:`rollout_scores` de-normalises before scoring.
 """
@@ -55,8 +57,7 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
     -> [B, steps + 1, Q, C], frame 0 included. fine: when coords are a regular grid, carry the state on a grid
     ``fine`` times finer per axis (``reencode_x{fine}``) than the model's training grid (``model.grid_spacing``;
     without one, than the input grid): the input refined by the factor that takes, an input that fine as it is."""
-    grid = None if fine < 2 else FineGrid.around(coords, fine, periodic=bool(getattr(model, "periodic", False)),
-                                                 reference=getattr(model, "grid_spacing", None))
+    grid = state_grid(model, coords, fine)
     xs, u = (coords, u0) if grid is None else (grid.coords, clamp_to_bounds(grid.refine(u0), bounds))
     z = model.encode(u, xs)
     uq = _initial_queries(model, z, u0, query_coords)
@@ -65,7 +66,7 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
         z_next = model.step(z, params, dt)
         u_next = model.decode(z_next, xs, u)
         if hasattr(model, "refine_field"):  # a physical-space corrector refines the field at the data points
-            u_next = model.refine_field(u, u_next, params, dt)
+            u_next = refine_state(lambda a, b: model.refine_field(a, b, params, dt), grid, u, u_next)
         u_next = clamp_to_bounds(u_next, bounds)
         if query_coords is None:
             uq = u_next if grid is None else grid.coarse(u_next)
@@ -75,6 +76,29 @@ def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torc
         u = u_next
         z = model.encode(u, xs)
     return torch.stack(frames, dim=1)
+
+
+def state_grid(model, coords: torch.Tensor, fine: int) -> FineGrid | None:
+    """The grid a ``reencode_x{fine}`` rollout of ``model`` carries its state on, for input points coords [B, N, d]
+    (``fine`` times finer than the model's training grid ``model.grid_spacing``); None: the input points."""
+    if fine < 2:
+        return None
+    return FineGrid.around(coords, fine, periodic=bool(getattr(model, "periodic", False)),
+                           reference=getattr(model, "grid_spacing", None))
+
+
+def refine_state(refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], grid: FineGrid | None,
+                 u_prev: torch.Tensor, u_next: torch.Tensor) -> torch.Tensor:
+    """A physical-space refiner applied to one step of a rollout whose state lives on ``grid``.
+
+    refine(u_prev, u_pred) -> refined, all [B, N, C] at the data points (the grid the refiner trained on);
+    u_prev, u_next: [B, M, C] the state before and after the step on ``grid`` (None: M = N, the data points)
+    -> [B, M, C]. On a finer state grid the refiner sees the data points' values, and its correction there is
+    interpolated onto the state grid and added, so the state keeps what lies between the data points."""
+    if grid is None:
+        return refine(u_prev, u_next)
+    pred = grid.coarse(u_next)
+    return u_next + grid.refine(refine(grid.coarse(u_prev), pred) - pred)
 
 
 _FINE_MODE = re.compile(r"(?P<base>[a-z]+)_x(?P<factor>[0-9]+)")
@@ -130,9 +154,9 @@ def rollout(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor,
     Burgers, advection), every decoded frame is kept inside that range, so an error can never grow
     into a blow-up; the same rule applies in validation, evaluation and the Simulator.
     """
-    if hasattr(model, "refine_field"):  # its refined field must be re-encoded at the data points: a latent rollout
-        mode = "reencode"             # cannot carry it, and the refiner works on the data's grid
     base, factor = parse_mode(mode)
+    if hasattr(model, "refine_field"):  # its refined field must be re-encoded: a latent rollout cannot carry it
+        base = "reencode"
     fn: Callable = ROLLOUTS.get(base)
     extra = {"fine": factor} if factor > 1 else {}
     bounds = initial_bounds(u0) if max_principle else None

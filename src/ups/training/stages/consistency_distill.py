@@ -119,6 +119,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
         self.normalizer, self.meta_info = normalizer, meta_info or {}
         self.physical = isinstance(teacher, FieldRefiner)
         self.max_principle = bool(self.meta_info.get("max_principle", False))
+        self.rollout_mode = str(self.meta_info.get("rollout_mode", "reencode"))
         if self.physical:
             self.teacher_steps = teacher_steps if stage_cfg.teacher_steps is None else stage_cfg.teacher_steps
             return
@@ -178,7 +179,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
 
     def field_pairs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rollout pairs of ``batch`` with the teacher's refined field ``u_T`` (no gradients)."""
-        pairs = rollout_pairs(self.model, batch, max_principle=self.max_principle)
+        pairs = rollout_pairs(self.model, batch, max_principle=self.max_principle, mode=self.rollout_mode)
         with torch.no_grad():
             pairs["u_T"] = self.teacher.refine(pairs["u_prev"], pairs["u_pred"], pairs["cond"],
                                                steps=self.teacher_steps)
@@ -247,7 +248,7 @@ class ConsistencyDistillStage(OneStepPairs, Stage):
                                           steps=self.stage_cfg.student_steps - 1)
         teacher_sq = max(sq["teacher"], 1e-30)
         rolled = field_rollout_scores(self.model, {"student": student}, batches, self.normalizer,
-                                      max_principle=self.max_principle)
+                                      mode=self.rollout_mode, max_principle=self.max_principle)
         return {"val_distill_rel_err": sq["diff"] / teacher_sq, "val_norm_ratio": (sq["student"] / teacher_sq) ** 0.5,
                 "val_rollout_nrmse_operator": rolled["val_rollout_nrmse_operator"],
                 **{k.removesuffix("_student"): v for k, v in rolled.items()}}

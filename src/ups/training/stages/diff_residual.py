@@ -61,7 +61,7 @@ from ups.eval.metrics import corr_time, nrmse_per_sample
 from ups.models import MODELS
 from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
-from ups.rollout import clamp_to_bounds, flatten_points, initial_bounds, rollout
+from ups.rollout import clamp_to_bounds, flatten_points, initial_bounds, parse_mode, refine_state, rollout, state_grid
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
 from ups.training.stage import STAGES, Stage, StageConfig
 from ups.training.stages.operator import OperatorStage
@@ -168,21 +168,27 @@ def latent_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, t
 
 @torch.no_grad()
 def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor], refiner: FieldRefiner | None = None, *,
-                  max_principle: bool = False) -> dict[str, torch.Tensor]:
+                  max_principle: bool = False, mode: str = "reencode") -> dict[str, torch.Tensor]:
     """The (state, prediction, truth) pairs a rollout meets: ``batch["u"]`` [B, W, *spatial, C] rolled out
-    W - 1 re-encoding steps by the frozen ``model`` from its first frame (each state refined by
-    ``refiner`` when given, and kept in the initial range with ``max_principle``, as ``ups.rollout`` does).
-    Returns u_prev, u_pred, u_true [(W - 1) B, N, C] (step-major) and cond."""
+    W - 1 re-encoding steps by the frozen ``model`` from its first frame, as ``ups.rollout`` rolls it out in
+    ``mode`` (``reencode_xR``: the state on the finer grid; each state refined by ``refiner`` when given,
+    by ``ups.rollout.refine_state``, and kept in the initial range with ``max_principle``).
+    Returns u_prev, u_pred, u_true [(W - 1) B, N, C] at the data points (step-major) and cond."""
     u, x = flatten_points(batch["u"], batch["coords"])
     params, dt = batch["params"], batch["dt"]
     cond = condition_vector(params, dt)
     bounds = initial_bounds(u[:, 0]) if max_principle else None
-    state, prev, preds = u[:, 0], [], []
+    grid = state_grid(model, x, parse_mode(mode)[1])
+    at_data = (lambda v: v) if grid is None else grid.coarse  # [B, M, C] state grid -> [B, N, C] data points
+    xs, state = (x, u[:, 0]) if grid is None else (grid.coords, clamp_to_bounds(grid.refine(u[:, 0]), bounds))
+    prev, preds = [], []
     for _ in range(u.shape[1] - 1):
-        pred = model.decode(model.step(model.encode(state, x), params, dt), x, state)
-        prev.append(state)
-        preds.append(pred)
-        state = clamp_to_bounds(pred if refiner is None else refiner.refine(state, pred, cond), bounds)
+        pred = model.decode(model.step(model.encode(state, xs), params, dt), xs, state)
+        prev.append(at_data(state))
+        preds.append(at_data(pred))
+        if refiner is not None:
+            pred = refine_state(lambda a, b: refiner.refine(a, b, cond), grid, state, pred)
+        state = clamp_to_bounds(pred, bounds)
     return {"u_prev": torch.cat(prev), "u_pred": torch.cat(preds), "u_true": u[:, 1:].transpose(0, 1).flatten(0, 1),
             "cond": cond.repeat(len(preds), 1)}
 
@@ -255,7 +261,8 @@ class DiffResidualStage(OneStepPairs, Stage):
         self.normalizer = normalizer
         self.meta_info = meta_info or {}
         self.physical = isinstance(corrector, FieldRefiner)
-        self.max_principle = bool(self.meta_info.get("max_principle", False))  # the operator's rollout rule
+        self.max_principle = bool(self.meta_info.get("max_principle", False))  # the operator's rollout rules
+        self.rollout_mode = str(self.meta_info.get("rollout_mode", "reencode"))
 
     @classmethod
     def train_window(cls, stage_cfg: DiffResidualConfig) -> int:
@@ -298,7 +305,7 @@ class DiffResidualStage(OneStepPairs, Stage):
     def _field_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         refiner = self.corrector
         pairs = rollout_pairs(self.model, batch, refiner if self.stage_cfg.rollout_with_refiner else None,
-                              max_principle=self.max_principle)
+                              max_principle=self.max_principle, mode=self.rollout_mode)
         if int(refiner.stats_updates) < self.stage_cfg.stats_batches:
             refiner.update_scale(pairs["u_true"] - pairs["u_pred"])
         parts = refiner.losses(pairs["u_prev"], pairs["u_pred"], pairs["u_true"], pairs["cond"])
@@ -341,7 +348,7 @@ class DiffResidualStage(OneStepPairs, Stage):
         k_max = self.corrector.config.steps
         ks = range(k_max + 1) if self.stage_cfg.select_levels else (k_max,)
         variants = {f"k{k}": FieldCorrectedSurrogate(model=self.model, corrector=self.corrector, steps=k) for k in ks}
-        out = field_rollout_scores(self.model, variants, list(loader), self.normalizer,
+        out = field_rollout_scores(self.model, variants, list(loader), self.normalizer, mode=self.rollout_mode,
                                    max_principle=self.max_principle, corr_threshold=self.stage_cfg.corr_threshold)
         by_corr = self.stage_cfg.select_by == "corr_time"
         rank = (lambda k: (out[f"val_corr_ratio_k{k}"], out[f"val_rollout_ratio_k{k}"])) if by_corr else (
@@ -372,10 +379,11 @@ def refiner_meta(refiner: FieldRefiner) -> dict[str, Any]:
 
 @torch.no_grad()
 def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loader: Iterable[dict[str, torch.Tensor]],
-                         normalizer=None, *, max_principle: bool = False, corr_threshold: float = 0.8
-                         ) -> dict[str, float]:
+                         normalizer=None, *, mode: str = "reencode", max_principle: bool = False,
+                         corr_threshold: float = 0.8) -> dict[str, float]:
     """Rollout nRMSE (physical units) and high-correlation time of ``model`` and of each corrected variant over
-    every trajectory of ``loader`` (``u`` [B, T, *spatial, C]) from its first frame. Returns
+    every trajectory of ``loader`` (``u`` [B, T, *spatial, C]) from its first frame, all in rollout ``mode``
+    (the operator's). Returns
     ``val_rollout_nrmse_operator``, ``val_corr_steps_operator`` and, per variant name v, ``val_rollout_nrmse_v``,
     ``val_rollout_ratio_v`` (corrected / operator), ``val_first_step_ratio_v``, ``val_corr_steps_v`` (steps
     before the mean correlation with the truth falls below ``corr_threshold``, ``ups.eval.metrics.corr_time``)
@@ -391,7 +399,7 @@ def field_rollout_scores(model: nn.Module, variants: dict[str, nn.Module], loade
         true = den(u[:, 1:])
         fields.setdefault("truth", []).append(true)
         for key, m in (("operator", model), *variants.items()):
-            pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1,
+            pred = den(rollout(m, u[:, 0], x, batch["params"], batch["dt"], u.shape[1] - 1, mode=mode,
                                max_principle=max_principle)[:, 1:])
             err = nrmse_per_sample(pred, true)  # [B, T - 1, C]
             errs.setdefault(key, []).append(err.mean(dim=(1, 2)))
