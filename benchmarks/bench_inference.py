@@ -75,16 +75,24 @@ def _test_set(bench: Bench) -> dict[str, torch.Tensor]:
 
 @torch.inference_mode()
 def _time_rollout(step_fn, data: dict, batch: int, repeats: int) -> float:
-    """Best wall time (s) of rolling out every test trajectory over all its frames, in batches of ``batch``;
+    """Best CPU time (s) of rolling out every test trajectory over all its frames, in batches of ``batch``;
     ``step_fn(u0, coords, params, dt, steps)`` rolls one batch out."""
+    return _time_rollouts({"one": step_fn}, data, batch, repeats)["one"]
+
+
+@torch.inference_mode()
+def _time_rollouts(step_fns: dict, data: dict, batch: int, repeats: int) -> dict[str, float]:
+    """:func:`_time_rollout` of every named function, the repeats interleaved (round r times every function once),
+    so that a machine that speeds up or slows down during the run favours none of them."""
     steps = data["u"].shape[1] - 1
-    best = float("inf")
+    best = dict.fromkeys(step_fns, float("inf"))
     for _ in range(repeats):
-        t0 = compute_clock()
-        for i in range(0, data["u"].shape[0], batch):
-            sl = slice(i, i + batch)
-            step_fn(data["u"][sl, 0], data["coords"][sl], data["params"][sl], data["dt"][sl], steps)
-        best = min(best, compute_clock() - t0)
+        for name, step_fn in step_fns.items():
+            t0 = compute_clock()
+            for i in range(0, data["u"].shape[0], batch):
+                sl = slice(i, i + batch)
+                step_fn(data["u"][sl, 0], data["coords"][sl], data["params"][sl], data["dt"][sl], steps)
+            best[name] = min(best[name], compute_clock() - t0)
     return best
 
 
@@ -112,21 +120,25 @@ def _time_compiled(model: torch.nn.Module, mode: str, data: dict, batch: int, re
             "compile_s": round(first - seconds, 2)}
 
 
-def _time_solver(bench: Bench, data: dict, batch: int, repeats: int) -> tuple[float, float]:
-    """Best wall time (s) of the solver over the test set, and its nRMSE against the test frames."""
-    gen = bench.exp.data.generate
-    meta = bench.meta
+def _solver_fn(bench: Bench, outputs: list):
+    """The solver as a batch rollout (``_time_rollouts``' signature): from the normalised first frames [b, N, 1] it
+    solves the physical field at the same points and frames, and appends the frames [b, T, N] to ``outputs``."""
+    gen, meta = bench.exp.data.generate, bench.meta
     pde = PDES.get(meta.pde)()
     params = pde.make_params(**dict(gen.params), resolution=meta.n_points, frames=meta.n_frames,
                              t_end=meta.dt * (meta.n_frames - 1))
+
+    def solve(u0, coords, p, dt, steps):
+        outputs.append(pde.solve(bench.normalizer.denormalize(u0).double()[..., 0], params=params))
+    return solve
+
+
+def _solver_error(bench: Bench, data: dict, outputs: list) -> float:
+    """nRMSE of the solver's last pass over the test set (the last ceil(S / batch) batches of ``outputs``)
+    against the test frames."""
     phys = bench.normalizer.denormalize(data["u"]).double()  # [S, T, N, 1]
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = compute_clock()
-        parts = [pde.solve(phys[i:i + batch, 0, :, 0], params=params) for i in range(0, phys.shape[0], batch)]
-        best = min(best, compute_clock() - t0)
-        out = torch.cat(parts)
-    return best, nrmse(out[:, 1:, :, None], phys[:, 1:])
+    out = torch.cat(outputs)[-phys.shape[0]:]
+    return nrmse(out[:, 1:, :, None], phys[:, 1:])
 
 
 def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, *, correctors: bool,
@@ -141,7 +153,6 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     configs = {"ups": ups_config(quick=quick, work=work)[0],
                "fno": load_bench_config("fno_burgers1d", quick=quick, work=work),
                "unet": load_bench_config("unet_burgers1d", quick=quick, work=work)}
-    solver_s, solver_err = _time_solver(bench, data, batch, repeats)
     torch.manual_seed(0)
     built = {name: MODELS.get(exp.model.name).from_config(trained if name == "ups" and trained else bench.meta,
                                                           exp.model.params) for name, exp in configs.items()}
@@ -151,9 +162,12 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     if correctors:  # re-encoding in the model's mode (a physical-space refiner corrects at the data points)
         runs |= {name: (m, ups_mode) for name, m in _with_correctors(built["ups"], configs["ups"],
                                                                        bench.meta).items()}
-    models = {}
+    solved: list[torch.Tensor] = []
+    fns = {"solver": _solver_fn(bench, solved)} | {name: _rollout_fn(m, mode) for name, (m, mode) in runs.items()}
+    timed = _time_rollouts(fns, data, batch, repeats)  # the solver and every model, in interleaved rounds
+    solver_s, solver_err, models = timed["solver"], _solver_error(bench, data, solved), {}
     for name, (model, mode) in runs.items():
-        seconds = _time_rollout(_rollout_fn(model, mode), data, batch, repeats)
+        seconds = timed[name]
         models[name] = {"model": configs.get(name, configs["ups"]).model.name, "rollout_mode": mode or "one-step",
                         "params": n_params(model), "seconds": seconds,
                         "ms_per_sample": 1e3 * seconds / data["u"].shape[0], "speedup_vs_solver": solver_s / seconds}

@@ -138,8 +138,9 @@ def test_inference_quick(tmp_path):
     assert out["models"]["ups_latent"]["rollout_mode"] == "latent"
     corrected = out["models"]["ups_multi_corrector"]
     assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted
+    assert corrected["rollout_mode"] == "reencode_x2"  # the refiner corrects the model's own rollout
     table = _summary(tmp_path, "inference", out)
-    assert f"| ups_multi_corrector | reencode | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
+    assert f"| ups_multi_corrector | reencode_x2 | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
     assert f"at {out['full_resolution']['points']} points" in table
 
 
@@ -472,3 +473,16 @@ def test_corrector_rejects_a_budget_the_corrector_would_fill():
         default.distill_s / 2)
     with pytest.raises(UPSError, match="unknown problem 'ns9d'"):
         bench_corrector.make_setup("ns9d", quick=False)
+
+
+def test_inference_timings_interleave_the_models():
+    """Every repeat times every model once, in turn (a machine that drifts during the run favours none), and each
+    model's time is its best pass over all the batches."""
+    bench_inference = importlib.import_module("bench_inference")
+    calls: list[tuple[str, int]] = []
+    record = lambda name: lambda u0, *rest: calls.append((name, u0.shape[0]))  # noqa: E731
+    data = {"u": torch.zeros(5, 3, 4, 1), "coords": torch.zeros(5, 4, 1), "params": torch.zeros(5, 1),
+            "dt": torch.ones(5)}
+    best = bench_inference._time_rollouts({"a": record("a"), "b": record("b")}, data, 2, 2)
+    assert calls == [("a", 2), ("a", 2), ("a", 1), ("b", 2), ("b", 2), ("b", 1)] * 2  # batches of 2: 2 + 2 + 1
+    assert set(best) == {"a", "b"} and all(v >= 0 for v in best.values())
