@@ -199,3 +199,25 @@ def test_corrector_training_pairs_follow_the_rollout_mode():
         pairs = rollout_pairs(model, window, Bump(), mode=mode)
         torch.testing.assert_close(pairs["u_prev"], rolled[:, :3].transpose(0, 1).flatten(0, 1))
         torch.testing.assert_close(pairs["u_pred"], rolled[:, 1:].transpose(0, 1).flatten(0, 1) - 0.1)
+
+
+def test_corrector_training_pairs_on_grids_at_different_offsets():
+    """Training batches read each sample at its own sub-cell offset (``data.random_offset``): the pairs of each
+    sample are those of its own finer-state rollout, as if it had been rolled out alone."""
+    from ups.training.stages.diff_residual import rollout_pairs
+
+    n = 16
+    model = ShiftAndRefine(0.5 / n, 0.0)
+    line = periodic_line(n, b=1)
+    coords = torch.cat([line, line + 0.25 / n, line])  # samples 0 and 2 share a grid, 1 is offset by a quarter cell
+    u0 = torch.zeros(3, n, 1)
+    u0[0, 5:9], u0[1, 2:4], u0[2, 10:12] = 1.0, -1.0, 0.5
+    params, dt = torch.zeros(3, 1), torch.ones(3)
+    window = {"u": torch.stack([u0] * 4, dim=1), "coords": coords, "params": params, "dt": dt}
+    pairs = rollout_pairs(model, window, mode="reencode_x2")
+    alone = torch.cat([rollout(model, u0[i:i + 1], coords[i:i + 1], params[:1], dt[:1], 3, mode="reencode_x2")
+                       for i in range(3)])  # [3, 4, 16, 1]
+    torch.testing.assert_close(pairs["u_pred"], alone[:, 1:].transpose(0, 1).flatten(0, 1))
+    for k in range(2):  # the exact solution on every sample's own grid: frame 2 is u0 shifted by one cell
+        torch.testing.assert_close(pairs["u_pred"].unflatten(0, (3, 3))[1, k], torch.roll(u0[k], 1, dims=0),
+                                   atol=1e-6, rtol=0)

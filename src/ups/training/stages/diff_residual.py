@@ -173,13 +173,34 @@ def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor], refiner: Fie
     W - 1 re-encoding steps by the frozen ``model`` from its first frame, as ``ups.rollout`` rolls it out in
     ``mode`` (``reencode_xR``: the state on the finer grid; each state refined by ``refiner`` when given,
     by ``ups.rollout.refine_state``, and kept in the initial range with ``max_principle``).
-    Returns u_prev, u_pred, u_true [(W - 1) B, N, C] at the data points (step-major) and cond."""
+    Returns u_prev, u_pred, u_true [(W - 1) B, N, C] at the data points (step-major) and cond.
+    Training batches whose samples sit on grids at different sub-cell offsets (``data.random_offset``) are rolled
+    out group by group of samples that share one grid, so each gets the finer state its rollout would have."""
     u, x = flatten_points(batch["u"], batch["coords"])
-    params, dt = batch["params"], batch["dt"]
-    cond = condition_vector(params, dt)
+    fine = parse_mode(mode)[1]
+    cond = condition_vector(batch["params"], batch["dt"])
+    group = torch.zeros(u.shape[0], dtype=torch.long)
+    if fine > 1 and state_grid(model, x, fine) is None and state_grid(model, x[:1], fine) is not None:
+        group = torch.unique(x.flatten(1), dim=0, return_inverse=True)[1].cpu()  # [B] which grid each sample has
+    steps, (b, n, c) = u.shape[1] - 1, u[:, 0].shape
+    prev, pred = u.new_empty(steps, b, n, c), u.new_empty(steps, b, n, c)
+    for g in range(int(group.max()) + 1):
+        rows = (group == g).to(u.device)
+        prev[:, rows], pred[:, rows] = _rollout_states(model, u[rows], x[rows], batch["params"][rows],
+                                                       batch["dt"][rows], cond[rows], refiner, fine=fine,
+                                                       max_principle=max_principle)
+    true = u[:, 1:].transpose(0, 1).flatten(0, 1)
+    return {"u_prev": prev.flatten(0, 1), "u_pred": pred.flatten(0, 1), "u_true": true, "cond": cond.repeat(steps, 1)}
+
+
+def _rollout_states(model: nn.Module, u: torch.Tensor, x: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
+                    cond: torch.Tensor, refiner: FieldRefiner | None, *, fine: int, max_principle: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rollout_pairs` of samples on one point set: u [b, W, N, C], x [b, N, d] -> the states and the
+    predictions at the data points, each [W - 1, b, N, C]."""
     bounds = initial_bounds(u[:, 0]) if max_principle else None
-    grid = state_grid(model, x, parse_mode(mode)[1])
-    at_data = (lambda v: v) if grid is None else grid.coarse  # [B, M, C] state grid -> [B, N, C] data points
+    grid = state_grid(model, x, fine)
+    at_data = (lambda v: v) if grid is None else grid.coarse  # [b, M, C] state grid -> [b, N, C] data points
     xs, state = (x, u[:, 0]) if grid is None else (grid.coords, clamp_to_bounds(grid.refine(u[:, 0]), bounds))
     prev, preds = [], []
     for _ in range(u.shape[1] - 1):
@@ -189,8 +210,7 @@ def rollout_pairs(model: nn.Module, batch: dict[str, torch.Tensor], refiner: Fie
         if refiner is not None:
             pred = refine_state(lambda a, b: refiner.refine(a, b, cond), grid, state, pred)
         state = clamp_to_bounds(pred, bounds)
-    return {"u_prev": torch.cat(prev), "u_pred": torch.cat(preds), "u_true": u[:, 1:].transpose(0, 1).flatten(0, 1),
-            "cond": cond.repeat(len(preds), 1)}
+    return torch.stack(prev), torch.stack(preds)
 
 
 def surrogate_meta(exp: ExperimentConfig, meta: DatasetMetadata, normalizer) -> dict[str, Any]:
