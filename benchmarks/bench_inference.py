@@ -120,9 +120,10 @@ def _time_compiled(model: torch.nn.Module, mode: str, data: dict, batch: int, re
             "compile_s": round(first - seconds, 2)}
 
 
-def _solver_fn(bench: Bench, outputs: list):
+def _solver_fn(bench: Bench, outputs: list, samples: int):
     """The solver as a batch rollout (``_time_rollouts``' signature): from the normalised first frames [b, N, 1] it
-    solves the physical field at the same points and frames, and appends the frames [b, T, N] to ``outputs``."""
+    solves the physical field at the same points and frames, and appends the frames [b, T, N] to ``outputs``, which
+    keeps the last ``samples`` rows only (after a pass over the test set: that pass)."""
     gen, meta = bench.exp.data.generate, bench.meta
     pde = PDES.get(meta.pde)()
     params = pde.make_params(**dict(gen.params), resolution=meta.n_points, frames=meta.n_frames,
@@ -130,14 +131,16 @@ def _solver_fn(bench: Bench, outputs: list):
 
     def solve(u0, coords, p, dt, steps):
         outputs.append(pde.solve(bench.normalizer.denormalize(u0).double()[..., 0], params=params))
+        while sum(o.shape[0] for o in outputs) > samples:
+            outputs.pop(0)
     return solve
 
 
 def _solver_error(bench: Bench, data: dict, outputs: list) -> float:
-    """nRMSE of the solver's last pass over the test set (the last ceil(S / batch) batches of ``outputs``)
-    against the test frames."""
+    """nRMSE of the solver's last pass over the test set (``outputs`` of :func:`_solver_fn`) against the test
+    frames."""
     phys = bench.normalizer.denormalize(data["u"]).double()  # [S, T, N, 1]
-    out = torch.cat(outputs)[-phys.shape[0]:]
+    out = torch.cat(outputs)
     return nrmse(out[:, 1:, :, None], phys[:, 1:])
 
 
@@ -163,7 +166,8 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
         runs |= {name: (m, ups_mode) for name, m in _with_correctors(built["ups"], configs["ups"],
                                                                        bench.meta).items()}
     solved: list[torch.Tensor] = []
-    fns = {"solver": _solver_fn(bench, solved)} | {name: _rollout_fn(m, mode) for name, (m, mode) in runs.items()}
+    fns = {"solver": _solver_fn(bench, solved, data["u"].shape[0])}
+    fns |= {name: _rollout_fn(m, mode) for name, (m, mode) in runs.items()}
     timed = _time_rollouts(fns, data, batch, repeats)  # the solver and every model, in interleaved rounds
     solver_s, solver_err, models = timed["solver"], _solver_error(bench, data, solved), {}
     for name, (model, mode) in runs.items():
