@@ -486,3 +486,52 @@ def test_inference_timings_interleave_the_models():
     best = bench_inference._time_rollouts({"a": record("a"), "b": record("b")}, data, 2, 2)
     assert calls == [("a", 2), ("a", 2), ("a", 1), ("b", 2), ("b", 2), ("b", 1)] * 2  # batches of 2: 2 + 2 + 1
     assert set(best) == {"a", "b"} and all(v >= 0 for v in best.values())
+
+
+@pytest.mark.slow
+def test_corrector_bound_quick(tmp_path):
+    """The oracle bound: the solver's step reproduces the data, and scaling the operator's own step error by f scales
+    every one-step error by exactly f (a one-step prediction from a true frame carries only its own error)."""
+    import bench_corrector_bound
+
+    out = _run("bench_corrector_bound")
+    assert out["solver_check"] < 1e-6
+    v = out["variants"]
+    assert set(v) == set(bench_corrector_bound.ORACLES)
+    plain = v["operator, no correction"]["one_step_nrmse"]
+    for name, factor in (("error x 0.5", 0.5), ("error x 0.25", 0.25)):
+        assert v[name]["one_step_nrmse"] == pytest.approx(factor * plain, rel=1e-3)
+    assert v["exact above mode 16"]["one_step_nrmse"] < plain  # the untrained operator errs at every mode
+    for name, verdict in out["verdict"].items():
+        assert verdict["reaches_target"] == (v[name]["corr_steps_0.8"] >= out["target_corr_steps_0.8"])
+    assert out["target_corr_steps_0.8"] == pytest.approx(1.2 * out["operator_alone"]["corr_steps_0.8"])
+    table = _summary(tmp_path, "corrector_bound", out)
+    assert f"| error x 0.5 | {v['error x 0.5']['rollout_nrmse']:.3g} |" in table
+
+
+def test_oracle_rollout_without_scaling_is_the_reencoding_rollout():
+    import bench_corrector_bound
+
+    from test_fine_grid import tiny_upt
+    from ups.rollout import rollout_fn
+
+    model = tiny_upt()
+    g = torch.Generator().manual_seed(3)
+    x = ((torch.arange(32) + 0.5) / 32).view(1, 32, 1).expand(2, -1, -1)
+    u0, params, dt = torch.randn(2, 32, 1, generator=g), torch.full((2, 1), 0.01), torch.full((2,), 0.1)
+    oracle = bench_corrector_bound.oracle_rollout_fn(model, None, first=0, end=None, factor=1.0)
+    ref = rollout_fn(model, mode="reencode")(u0, x, params, dt, 5)
+    got = oracle(u0, x, params, dt, 5)
+    assert got.shape == ref.shape == (2, 5, 32, 1)
+    assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_oracle_bound_refuses_data_off_the_solver_grid():
+    from types import SimpleNamespace
+
+    import bench_corrector_bound
+
+    meta = SimpleNamespace(spatial_dims=1, n_channels=1, pde="burgers1d", spatial_shape=(256,), dt=0.05)
+    data = SimpleNamespace(generate=SimpleNamespace(params={"nu": 0.01}), spatial_stride=4)
+    with pytest.raises(UPSError, match="on the solver's own grid"):
+        bench_corrector_bound.ExactStep(SimpleNamespace(meta=meta, exp=SimpleNamespace(data=data), normalizer=None))
