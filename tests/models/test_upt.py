@@ -157,3 +157,25 @@ def test_cached_geometry_and_inference_kernels_match_a_fresh_computation():
         opt.zero_grad()
         loss.backward()  # grad mode after inference-mode entries: nothing cached under inference is reused
         opt.step()  # the weights change in place: the cached kernels must not survive it
+
+
+def test_pooling_is_the_masked_mean_of_the_kernel_times_the_features():
+    """ContinuousConv against its definition evaluated pair by pair: out_s = W mean_j [K_h(delta_j), 1] (x) f(u_j) + b
+    over the real neighbours j (none: zeros through W), f(u) = [u, u^2 / 2]; the cached kernel gives the same."""
+    from ups.models.layers import ContinuousConv
+
+    torch.manual_seed(0)
+    conv = ContinuousConv(dims=1, channels=1, width=8, hidden=5, square=True)
+    u, delta = torch.randn(2, 3, 4, 1), torch.randn(2, 3, 4, 1)
+    mask = torch.tensor([[[1, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]], [[1, 1, 1, 1], [0, 1, 1, 0], [1, 0, 1, 0]]]).bool()
+    expected = torch.empty(2, 3, 8)
+    for b in range(2):
+        for s in range(3):
+            terms = [torch.outer(torch.cat([torch.nn.functional.gelu(conv.hidden(delta[b, s, j])), torch.ones(1)]),
+                                 torch.cat([u[b, s, j], 0.5 * u[b, s, j] ** 2])).flatten()
+                     for j in range(4) if mask[b, s, j]]
+            mean = torch.stack(terms).mean(0) if terms else torch.zeros(6 * 2)
+            expected[b, s] = conv.out(mean)
+    with torch.no_grad():
+        assert torch.allclose(conv(u, delta, mask), expected, atol=1e-6)
+        assert torch.allclose(conv(u, delta, mask, conv.kernel(delta, mask)), expected, atol=1e-6)

@@ -234,20 +234,24 @@ class ContinuousConv(nn.Module):
         # far fewer multiply-adds than evaluating the full kernel on every pair).
         self.out = nn.Linear((hidden + 1) * self.n_feat, width)
 
-    def kernel(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The per-pair hidden kernel, divided by the neighbourhood size (it depends on the geometry only, so a
-        rollout on fixed points may reuse it). delta: [B, S, k, d] offsets / r; mask: [B, S, k] -> [B, S, k, H+1]."""
-        h = F.gelu(self.hidden(delta))
-        h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1) * mask.to(h.dtype).unsqueeze(-1)
-        return h / mask.sum(-1).clamp_min(1)[..., None, None].to(h.dtype)
+    def kernel(self, delta: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-pair hidden kernel and the neighbourhood weights (both depend on the geometry only, so a rollout
+        on fixed points may reuse them). delta: [B, S, k, d] offsets / r; mask: [B, S, k] ->
+        gelu(A delta + a) [B, S, k, H] and mask / neighbourhood size [B, S, k]."""
+        weight = mask.to(delta.dtype) / mask.sum(-1, keepdim=True).clamp_min(1).to(delta.dtype)
+        return F.gelu(self.hidden(delta)), weight
 
     def forward(self, u: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
-                kernel: torch.Tensor | None = None) -> torch.Tensor:
+                kernel: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """u: [B, S, k, C] neighbour values; delta: [B, S, k, d] offsets / r; mask: [B, S, k]; kernel: the result
-        of :meth:`kernel` for this geometry, or None to compute it -> [B, S, D]."""
+        of :meth:`kernel` for this geometry, or None to compute it -> [B, S, D].
+
+        The mask and the 1 / size of the mean weigh the few features, not the H-wide kernel (the same sum)."""
         feats = torch.cat([u, 0.5 * u * u], dim=-1) if self.square else u  # [B, S, k, F]
-        h = self.kernel(delta, mask) if kernel is None else kernel  # [B, S, k, H+1]
-        moments = torch.einsum("bskh,bskf->bshf", h, feats)
+        h, weight = self.kernel(delta, mask) if kernel is None else kernel  # [B, S, k, H], [B, S, k]
+        feats = feats * weight.unsqueeze(-1)
+        moments = torch.einsum("bskh,bskf->bshf", h, feats)  # [B, S, H, F]
+        moments = torch.cat([moments, feats.sum(2, keepdim=True)], dim=2)  # + the constant part w of K
         return self.out(moments.flatten(-2))  # [B, S, D]
 
 
