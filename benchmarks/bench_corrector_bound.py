@@ -135,17 +135,16 @@ def arm(name: str, setup: Setup, quick: bool, work: Path) -> dict:
     torch.set_num_threads(1)
     exp = setup.config(quick=quick, work=work)
     bench = Bench.open(exp)
-    run = work / "runs" / name
-    budget = setup.budget_s if name == "full" else setup.budget_s - setup.corrector_s
-    training = _train(bench, exp, "operator", run, budget)
-    sim = Simulator.from_run(run, checkpoint=OPERATOR_WEIGHTS)
-    exact = ExactStep(bench)
-    out: dict = {"training": training}
+    exact, out = ExactStep(bench), {}  # the data and the solver are checked before the budget is spent
     if name == "part":
         out["solver_check"] = check = solver_check(bench, exact)
         if check > 1e-3:
             raise UPSError(f"one solver step from a true frame misses the next frame by {check:.1e} (relative): "
                            "the oracle needs the data's own solver settings and grid")
+    run = work / "runs" / name
+    budget = setup.budget_s if name == "full" else setup.budget_s - setup.corrector_s
+    out["training"] = _train(bench, exp, "operator", run, budget)
+    sim = Simulator.from_run(run, checkpoint=OPERATOR_WEIGHTS)
     oracles = {"operator, no correction": ORACLES["operator, no correction"]} if name == "full" else ORACLES
     out["variants"] = {k: _score(oracle_rollout_fn(sim.model.eval(), exact, first=a, end=b, factor=f), bench)
                        for k, (a, b, f) in oracles.items()}
