@@ -78,6 +78,6 @@ def test_small_lattices_and_bounded_decoding_fall_back_to_the_dense_search():
     x2, x1 = points(2, 50, seed=1), points(1, 50, seed=2)
     assert tokens_within(x2, radius=1.5, **small._lattice()) is None
     assert nearest_tokens(x1, k=4, **bounded._lattice()) is None
-    assert_same_neighbourhoods(small._neighbourhoods(x2, 1.5), small._dense_neighbourhoods(x2, 1.5))
+    assert_same_neighbourhoods(small._neighbourhoods(x2, radius=1.5), small._dense_neighbourhoods(x2, 1.5))
     torch.testing.assert_close(bounded._nearest_tokens(x1)[0].sort(-1).values,
                                bounded._dense_nearest(x1, 4)[0].sort(-1).values)

@@ -179,3 +179,65 @@ def test_pooling_is_the_masked_mean_of_the_kernel_times_the_features():
     with torch.no_grad():
         assert torch.allclose(conv(u, delta, mask), expected, atol=1e-6)
         assert torch.allclose(conv(u, delta, mask, conv.kernel(delta, mask)), expected, atol=1e-6)
+
+
+def test_shared_rows_cuts_a_batch_with_equal_points_to_one_row():
+    from ups.models.layers import shared_rows
+
+    x = grid(3, 10)
+    rows, mask = shared_rows(x)
+    assert rows.shape == (1, 10, 1) and mask is None and torch.equal(rows[0], x[0])
+    moved = x.clone()
+    moved[2, 4, 0] += 1e-3  # one point of one sample differs: the batch keeps its rows
+    assert shared_rows(moved)[0].shape == (3, 10, 1)
+    points = torch.ones(3, 10, dtype=torch.bool)
+    assert shared_rows(x, points)[1].shape == (1, 10)
+    points[1, 0] = False  # same coordinates, another mask: not shared
+    assert shared_rows(x, points)[0].shape == (3, 10, 1)
+
+
+@pytest.mark.parametrize("decoder", ["attention", "kernel"])
+def test_geometry_shared_by_the_batch_gives_what_per_sample_geometry_gives(decoder, monkeypatch):
+    """A batch whose samples share their points computes its geometry once (``shared_rows``); values and gradients
+    (training) and the cached kernels (inference) equal those of the per-sample tables every batch used before."""
+    import ups.models.upt as upt
+
+    model = small_model(decoder=decoder, decoder_width=8)
+    gen = torch.Generator().manual_seed(5)
+    u, x = torch.randn(3, 64, 1, generator=gen), grid(3, 64)
+    xq = torch.rand(1, 50, 1, generator=gen).expand(3, -1, -1)
+    params, dt = torch.rand(3, 1, generator=gen) * 0.1, torch.full((3,), 0.05)
+
+    def outputs():
+        model._geometry.entries.clear()
+        z = model.step(model.encode(u, x), params, dt)
+        out = (model.decode(z, x, u), model.decode(z, xq))
+        if not torch.is_grad_enabled():
+            return out
+        grads = torch.autograd.grad(sum(t.square().sum() for t in out), list(model.parameters()), allow_unused=True)
+        return out + tuple(g for g in grads if g is not None)
+
+    def inference():
+        with torch.inference_mode():
+            outputs()
+            return model.step(model.encode(u, x), params, dt), model.decode(model.encode(u, x), xq)  # cached kernels
+
+    shared, shared_inf = outputs(), inference()
+    monkeypatch.setattr(upt, "shared_rows", lambda coords, mask=None: (coords, mask))  # per-sample tables
+    per_sample, per_sample_inf = outputs(), inference()
+    for got, want in zip((*shared, *shared_inf), (*per_sample, *per_sample_inf), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_kernel_sum_is_the_weighted_sum_over_the_neighbours():
+    from ups.models.layers import kernel_sum
+
+    gen = torch.Generator().manual_seed(0)
+    values, kernel1 = torch.randn(2, 6, 3, generator=gen), torch.randn(1, 4, 2, 3, generator=gen)
+    idx1 = torch.tensor([[[0, 5], [1, 2], [2, 2], [4, 3]]])
+    expected = torch.empty(2, 4, 3)
+    for b in range(2):
+        for q in range(4):
+            expected[b, q] = sum(kernel1[0, q, j] * values[b, idx1[0, q, j]] for j in range(2))
+    torch.testing.assert_close(kernel_sum(values, idx1, kernel1), expected)  # one row shared by the batch
+    torch.testing.assert_close(kernel_sum(values, idx1.expand(2, -1, -1), kernel1.expand(2, -1, -1, -1)), expected)

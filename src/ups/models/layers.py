@@ -37,15 +37,41 @@ def lattice(n_per_dim: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grids], dim=-1)
 
 
+def shared_rows(coords: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """coords [B, N, d] and mask [B, N] (or None) cut to their first row [1, N, d], [1, N] when every sample has
+    the same points (a grid, as in evaluation and rollouts), else unchanged: the geometry computed from one row
+    serves the whole batch (``gather_neighbours`` and ``kernel_sum`` broadcast it)."""
+    same = bool((coords == coords[:1]).all()) and (mask is None or bool((mask == mask[:1]).all()))
+    if coords.shape[0] == 1 or not same:
+        return coords, mask
+    return coords[:1], None if mask is None else mask[:1]
+
+
 def gather_neighbours(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Pick rows of ``values`` per target. values: [B, N, F]; idx: [B, M, k] -> [B, M, k, F].
+    """Pick rows of ``values`` per target. values: [B, N, F]; idx: [B or 1, M, k] -> [B, M, k, F] (an index of
+    one row, ``shared_rows``, is the same for every sample).
 
     Rows are copied whole from the flattened [B * N, F] table (``index_select``): on the CPU about 10x faster
     forward and 4x with backward than ``torch.gather`` along dim 1 with an index expanded over F."""
+    if idx.shape[0] == 1 and values.shape[0] > 1:
+        b, (_, m, k) = values.shape[0], idx.shape
+        return values.index_select(1, idx.reshape(-1)).reshape(b, m, k, values.shape[-1])
     b, m, k = idx.shape
     n, f = values.shape[1], values.shape[-1]
     rows = idx + torch.arange(b, device=idx.device).view(b, 1, 1) * n  # [B, M, k] rows of the flat table
     return values.reshape(b * n, f).index_select(0, rows.reshape(-1)).reshape(b, m, k, f)
+
+
+def kernel_sum(values: torch.Tensor, idx: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``sum_j kernel[:, q, j] * values[:, idx[:, q, j]]``: a continuous-convolution read-out. values: [B, N, F];
+    idx: [B or 1, M, k]; kernel: [B or 1, M, k, F] -> [B, M, F]. With geometry shared by the batch (one row) the
+    k neighbours are added one at a time: no [B, M, k, F] table (3x faster at 512 queries, CPU)."""
+    if idx.shape[0] > 1 or values.shape[0] == 1:
+        return (gather_neighbours(values, idx) * kernel).sum(2)
+    out = values.index_select(1, idx[0, :, 0]) * kernel[:, :, 0]
+    for j in range(1, idx.shape[-1]):
+        out = out + values.index_select(1, idx[0, :, j]) * kernel[:, :, j]
+    return out
 
 
 class MLP(nn.Module):
@@ -150,11 +176,15 @@ class SpectralMix(nn.Module):
         if self.size != self.n:  # bounded domain: zero-pad every lattice axis to twice its size
             x = F.pad(x, [0, 0] + [0, self.n] * self.dims)
         spec = torch.fft.rfftn(x, dim=axes, norm="ortho")  # [B, *modes_full, D]
-        sel = (slice(None), *self.mode_index)
-        mixed = torch.einsum("b...i,...io->b...o", spec[sel], torch.view_as_complex(self.weight))
-        out = torch.zeros_like(spec)
-        out[sel] = mixed
-        x = torch.fft.irfftn(out, s=[self.size] * self.dims, dim=axes, norm="ortho")
+        weight = torch.view_as_complex(self.weight)
+        if self.dims == 1:  # the kept modes are the first ones: a slice in, and irfft pads the rest with zeros
+            mixed = torch.einsum("bmi,mio->bmo", spec[:, :weight.shape[0]], weight)  # [B, modes, D]
+            x = torch.fft.irfft(mixed, n=self.size, dim=1, norm="ortho")
+        else:
+            sel = (slice(None), *self.mode_index)
+            out = torch.zeros_like(spec)
+            out[sel] = torch.einsum("b...i,...io->b...o", spec[sel], weight)
+            x = torch.fft.irfftn(out, s=[self.size] * self.dims, dim=axes, norm="ortho")
         if self.size != self.n:
             x = x[(slice(None), *[slice(0, self.n)] * self.dims)]
         return x.reshape(b, length, width)
@@ -236,21 +266,25 @@ class ContinuousConv(nn.Module):
 
     def kernel(self, delta: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-pair hidden kernel and the neighbourhood weights (both depend on the geometry only, so a rollout
-        on fixed points may reuse them). delta: [B, S, k, d] offsets / r; mask: [B, S, k] ->
-        gelu(A delta + a) [B, S, k, H] and mask / neighbourhood size [B, S, k]."""
+        on fixed points may reuse them). delta: [B or 1, S, k, d] offsets / r; mask: [B or 1, S, k] ->
+        gelu(A delta + a) [B or 1, S, k, H] and mask / neighbourhood size [B or 1, S, k]."""
         weight = mask.to(delta.dtype) / mask.sum(-1, keepdim=True).clamp_min(1).to(delta.dtype)
         return F.gelu(self.hidden(delta)), weight
 
     def forward(self, u: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
                 kernel: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """u: [B, S, k, C] neighbour values; delta: [B, S, k, d] offsets / r; mask: [B, S, k]; kernel: the result
+        """u: [B, S, k, C] neighbour values; delta: [B or 1, S, k, d] offsets / r (1: shared by the batch);
+        mask: [B or 1, S, k]; kernel: the result
         of :meth:`kernel` for this geometry, or None to compute it -> [B, S, D].
 
         The mask and the 1 / size of the mean weigh the few features, not the H-wide kernel (the same sum)."""
         feats = torch.cat([u, 0.5 * u * u], dim=-1) if self.square else u  # [B, S, k, F]
         h, weight = self.kernel(delta, mask) if kernel is None else kernel  # [B, S, k, H], [B, S, k]
         feats = feats * weight.unsqueeze(-1)
-        moments = torch.einsum("bskh,bskf->bshf", h, feats)  # [B, S, H, F]
+        if h.shape[0] == 1:  # geometry shared by the batch (``shared_rows``): one matrix product per target
+            moments = torch.einsum("skh,bskf->bshf", h[0], feats)  # [B, S, H, F]
+        else:
+            moments = torch.einsum("bskh,bskf->bshf", h, feats)
         moments = torch.cat([moments, feats.sum(2, keepdim=True)], dim=2)  # + the constant part w of K
         return self.out(moments.flatten(-2))  # [B, S, D]
 

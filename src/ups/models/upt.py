@@ -42,9 +42,11 @@ from ups.models.layers import (
     GeometryCache,
     OffsetFeatures,
     gather_neighbours,
+    kernel_sum,
     lattice,
     param_versions,
     relative_offset,
+    shared_rows,
 )
 from ups.models.neighbours import nearest_tokens, tokens_within
 
@@ -165,7 +167,7 @@ class UPT(nn.Module):
     def _lattice(self) -> dict:
         return dict(n=self.n_per_dim, lo=self.lo, spacing=self.spacing, period=self._period())
 
-    def _neighbourhoods(self, coords: torch.Tensor, radius: float, points: torch.Tensor | None = None):
+    def _neighbourhoods(self, coords: torch.Tensor, points: torch.Tensor | None = None, *, radius: float):
         """The real points within ``radius`` spacings of each token. coords: [B, N, d]; points: [B, N] bool
         (True = real point; None: all) -> idx [B, L, m] of points, delta [B, L, m, d] offsets in spacings,
         mask [B, L, m] (m = largest count). Padded points are never in a neighbourhood. Searched cell by cell
@@ -190,7 +192,7 @@ class UPT(nn.Module):
         radius = self.config.encoder_radius
         key = coords if mask is None else torch.cat([coords, mask.unsqueeze(-1).to(coords.dtype)], dim=-1)
         idx, delta, nb = self._geometry.get(key, ("encoder", radius),
-                                            lambda: self._neighbourhoods(coords, radius, mask))
+                                            lambda: self._neighbourhoods(*shared_rows(coords, mask), radius=radius))
         kernel = None
         if not torch.is_grad_enabled():  # inference: the pooling kernel of these points is computed once
             kernel = self._geometry.get(key, ("pool", radius, param_versions(self.pool)),
@@ -239,8 +241,9 @@ class UPT(nn.Module):
         With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the
         decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
         """
-        idx, delta, feats = self._geometry.get(coords_q, ("decoder",), lambda: self._query_geometry(coords_q))
-        b, q, _ = idx.shape
+        idx, delta, feats = self._geometry.get(coords_q, ("decoder",),
+                                               lambda: self._query_geometry(shared_rows(coords_q)[0]))
+        b, q = coords_q.shape[:2]
         phi = self.missing_query.expand(b, q, -1) if u_q is None else self.query_embed(u_q)  # [B, Q, D']
         if self.config.decoder == "kernel":
             if torch.is_grad_enabled():
@@ -248,11 +251,10 @@ class UPT(nn.Module):
             else:  # inference: the kernel at these queries is computed once per rollout
                 kernel = self._geometry.get(coords_q, ("kernel", param_versions(self.dec_filter)),
                                             lambda: self.dec_filter(feats))
-            values = gather_neighbours(self.dec_value(z), idx)  # [B, Q, k, D']
-            out = (values * kernel).sum(2)  # [B, Q, D']: sum_s K(x_q - y_s) V z_s
+            out = phi + kernel_sum(self.dec_value(z), idx, kernel)  # [B, Q, D']: sum_s K(x_q - y_s) V z_s + phi
         else:
-            out = self._attend(z, idx, delta, feats, phi)
-        pred = self.head(out + phi)  # [B, Q, C]
+            out = phi + self._attend(z, idx, delta, feats, phi)
+        pred = self.head(out)  # [B, Q, C]
         if u_q is not None and self.config.predict_increment:
             pred = u_q + pred
         return pred
