@@ -154,3 +154,24 @@ def test_balanced_weights_cap_the_inverse_forward_ratio():
     assert math.isclose(unc["enc"], 0.5) and math.isclose(unc["dec"], 0.5)
     small = {"enc": (0.001, torch.tensor(0.1))}  # 1e-4 = 0.01 x forward: under the cap, unchanged
     assert math.isclose(balanced_weights(fwd, small, 0.1)["enc"], 0.001)
+
+
+def test_shared_shift_lands_translated_grids_on_one_point_set():
+    """``shared_shift``: each sample is still translated (mod the period) by its own uniform shift, but samples whose
+    points are translates of each other (strided grids at different sub-cell offsets) land on the same points, so
+    the model computes its geometry once for the batch; point sets that are not translates keep independent shifts."""
+    from ups.models.layers import shared_rows
+    from ups.training.stages.operator import random_translation
+
+    domain = torch.tensor([[0.0, 1.0]])
+    grids = ((torch.arange(64) * 4 + torch.tensor([0, 1, 2, 3]).view(4, 1)) / 256.0).unsqueeze(-1)  # [4, 64, 1]
+    out = random_translation(grids, domain, torch.Generator().manual_seed(1), shared=True)
+    assert shared_rows(out)[0].shape == (1, 64, 1)
+    moved = torch.remainder(out - grids, 1.0)  # each sample's translation, the same at every point
+    assert torch.allclose(moved, moved[:, :1].expand_as(moved), atol=1e-6)
+    assert len({round(float(m), 5) for m in moved[:, 0, 0]}) == 4  # four different shifts
+    clouds = torch.rand(3, 64, 1, generator=torch.Generator().manual_seed(2))
+    out = random_translation(clouds, domain, torch.Generator().manual_seed(1), shared=True)
+    assert shared_rows(out)[0].shape == (3, 64, 1)
+    moved = torch.remainder(out - clouds, 1.0)
+    assert torch.allclose(moved, moved[:, :1].expand_as(moved), atol=1e-6)
