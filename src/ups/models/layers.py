@@ -41,8 +41,9 @@ def shared_rows(coords: torch.Tensor, mask: torch.Tensor | None = None) -> tuple
     """coords [B, N, d] and mask [B, N] (or None) cut to their first row [1, N, d], [1, N] when every sample has
     the same points (a grid, as in evaluation and rollouts), else unchanged: the geometry computed from one row
     serves the whole batch (``gather_neighbours`` and ``kernel_sum`` broadcast it)."""
-    same = bool((coords == coords[:1]).all()) and (mask is None or bool((mask == mask[:1]).all()))
-    if coords.shape[0] == 1 or not same:
+    if coords.shape[0] == 1 or not torch.equal(coords, coords[:1].expand_as(coords)):
+        return coords, mask
+    if mask is not None and not torch.equal(mask, mask[:1].expand_as(mask)):
         return coords, mask
     return coords[:1], None if mask is None else mask[:1]
 
@@ -53,11 +54,10 @@ def gather_neighbours(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
     Rows are copied whole from the flattened [B * N, F] table (``index_select``): on the CPU about 10x faster
     forward and 4x with backward than ``torch.gather`` along dim 1 with an index expanded over F."""
-    if idx.shape[0] == 1 and values.shape[0] > 1:
-        b, (_, m, k) = values.shape[0], idx.shape
-        return values.index_select(1, idx.reshape(-1)).reshape(b, m, k, values.shape[-1])
-    b, m, k = idx.shape
-    n, f = values.shape[1], values.shape[-1]
+    b, n, f = values.shape
+    m, k = idx.shape[1:]
+    if idx.shape[0] == 1 and b > 1:  # one index for every sample: pick along the point axis
+        return values.index_select(1, idx.reshape(-1)).reshape(b, m, k, f)
     rows = idx + torch.arange(b, device=idx.device).view(b, 1, 1) * n  # [B, M, k] rows of the flat table
     return values.reshape(b * n, f).index_select(0, rows.reshape(-1)).reshape(b, m, k, f)
 
