@@ -14,11 +14,14 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_common import Problem, run_problem  # noqa: E402
+
+from ups.errors import UPSError  # noqa: E402
 
 # FNO also at batch 8 (its config uses 32): at 300 s it scored 0.026 at batch 8 against 0.043 at 32, while UPS got
 # worse at 8 (docs/PERFORMANCE.md, r6), so the verdict is taken against the better FNO
@@ -40,15 +43,34 @@ def parse_budgets(text: str) -> list[float]:
     return values
 
 
+def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    """``"ups_k2=stages.operator.rollout_steps=2;training.lr=0.002"`` -> ("ups_k2", (the two overrides)): a UPS
+    variant trained beside the others (``--variant``); a bad entry is a one-line error."""
+    name, _, rest = text.partition("=")
+    overrides = tuple(o.strip() for o in rest.split(";") if o.strip())
+    if not name.strip().isidentifier() or not overrides or not all("=" in o for o in overrides):
+        raise argparse.ArgumentTypeError(f"--variant wants NAME=KEY=VALUE[;KEY=VALUE...], e.g. "
+                                         f"ups_k2=stages.operator.rollout_steps=2; got '{text}'")
+    return name.strip(), overrides
+
+
 def default_parallel(quick: bool) -> int:
     """Models trained at a time: one per core (at most 2: UPS and FNO side by side); 1 in quick mode."""
     return 1 if quick else max(1, min(2, os.cpu_count() or 1))
 
 
 def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
-                 parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
-    """``accuracy_common.run_problem`` in a temporary work folder, with the UPS/FNO verdict."""
+                 parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None,
+                 variants: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """``accuracy_common.run_problem`` in a temporary work folder, with the UPS/FNO verdict. variants: UPS variants
+    (name -> config overrides, ``--variant``) trained beside the models, which they join."""
     t0 = time.perf_counter()
+    if variants:
+        clash = sorted(set(variants) & {"ups", *problem.configs()})
+        if clash:
+            raise UPSError(f"--variant {clash[0]}: that name is taken by a model of this benchmark; choose another")
+        models = [*(models or problem.default_models()), *variants]
+        problem = replace(problem, variants={**problem.variants, **variants})
     if quick and budget is None:
         budget = QUICK_BUDGET_S
     with tempfile.TemporaryDirectory(prefix=f"ups-bench-{problem.name}-") as tmp:
@@ -65,10 +87,12 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
 
 
 def run(budget: float | None = None, quick: bool = False, budgets: list[float] | None = None,
-        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
+        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None,
+        variants: dict[str, tuple[str, ...]] | None = None) -> dict:
     """Train and score every model; ``budget`` seconds of training each (default 900, quick 2)."""
     return {"benchmark": "accuracy", **run_accuracy(BURGERS, budget=budget, quick=quick, budgets=budgets,
-                                                    parallel=parallel, models=models, reuse=reuse)}
+                                                    parallel=parallel, models=models, reuse=reuse,
+                                                    variants=variants)}
 
 
 def cli(run_fn, argv: list[str] | None = None) -> None:
@@ -83,10 +107,14 @@ def cli(run_fn, argv: list[str] | None = None) -> None:
                         help="an earlier result JSON of this benchmark on the same data: its budget and its curve's "
                              "budgets are not trained again (extends a budget curve, e.g. --budgets 1800 --reuse "
                              "results/accuracy.json)")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=OVERRIDES",
+                        help="a UPS variant trained beside the models, e.g. ups_k2=stages.operator.rollout_steps=2 "
+                             "(overrides separated by ';'; repeatable)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     reuse = json.loads(args.reuse.read_text()) if args.reuse else None
-    print(json.dumps(run_fn(args.budget, args.quick, args.budgets, args.parallel, models, reuse=reuse), indent=2))
+    print(json.dumps(run_fn(args.budget, args.quick, args.budgets, args.parallel, models, reuse=reuse,
+                            variants=dict(args.variant) or None), indent=2))
 
 
 if __name__ == "__main__":

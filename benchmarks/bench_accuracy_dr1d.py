@@ -29,10 +29,12 @@ DR1D = Problem(
 
 
 def run(budget: float | None = None, quick: bool = False, budgets: list[float] | None = None,
-        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
+        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None,
+        variants: dict[str, tuple[str, ...]] | None = None) -> dict:
     """UPS, FNO and U-Net on diffusion-reaction; ``budget`` seconds of training each (default 150, quick 2)."""
     return {"benchmark": "accuracy_dr1d", **run_accuracy(DR1D, budget=budget, quick=quick, budgets=budgets,
-                                                         parallel=parallel, models=models, reuse=reuse)}
+                                                         parallel=parallel, models=models, reuse=reuse,
+                                                         variants=variants)}
 
 
 if __name__ == "__main__":

@@ -30,10 +30,12 @@ KS = Problem(
 
 
 def run(budget: float | None = None, quick: bool = False, budgets: list[float] | None = None,
-        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
+        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None,
+        variants: dict[str, tuple[str, ...]] | None = None) -> dict:
     """UPS, FNO and U-Net on KS; ``budget`` seconds of training each (default 300, quick 2)."""
     return {"benchmark": "accuracy_ks", **run_accuracy(KS, budget=budget, quick=quick, budgets=budgets,
-                                                       parallel=parallel, models=models, reuse=reuse)}
+                                                       parallel=parallel, models=models, reuse=reuse,
+                                                       variants=variants)}
 
 
 if __name__ == "__main__":

@@ -46,10 +46,12 @@ NS2D = Problem(
 
 
 def run(budget: float | None = None, quick: bool = False, budgets: list[float] | None = None,
-        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None) -> dict:
+        parallel: int | None = None, models: list[str] | None = None, reuse: dict | None = None,
+        variants: dict[str, tuple[str, ...]] | None = None) -> dict:
     """UPS, FNO-2D and U-Net-2D on Navier-Stokes; ``budget`` seconds of training each (default 600, quick 2)."""
     return {"benchmark": "accuracy_ns2d", **run_accuracy(NS2D, budget=budget, quick=quick, budgets=budgets,
-                                                         parallel=parallel, models=models, reuse=reuse)}
+                                                         parallel=parallel, models=models, reuse=reuse,
+                                                         variants=variants)}
 
 
 if __name__ == "__main__":

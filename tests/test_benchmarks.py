@@ -273,6 +273,32 @@ def test_accuracy_verdict_against_fno_at_batch_8_alone():
     assert out["ups_beats_fno"] == (out["ratio_ups_over_fno_rollout_nrmse"] < 1)
 
 
+def test_accuracy_trains_a_ups_variant_given_on_the_command_line():
+    """``--variant NAME=OVERRIDES`` trains a UPS variant beside the chosen models, with its overrides recorded and
+    its ratio to UPS reported."""
+    out = _run("bench_accuracy", budget=0.5, models=["ups"],
+               variants={"ups_k2": ("stages.operator.rollout_steps=2",)})
+    assert set(out["models"]) == {"ups", "ups_k2", "persistence"}
+    assert out["models"]["ups_k2"]["overrides"] == ["stages.operator.rollout_steps=2"]
+    assert out["models"]["ups_k2"]["steps"] >= 1
+    assert out["ratios"]["ups_k2_over_ups"] == pytest.approx(
+        out["models"]["ups_k2"]["rollout_nrmse"] / out["models"]["ups"]["rollout_nrmse"])
+
+
+def test_accuracy_variant_flag_parses_and_rejects_bad_input():
+    import argparse
+
+    import bench_accuracy
+
+    assert bench_accuracy.parse_variant("ups_k2=stages.operator.rollout_steps=2; training.lr=0.002") == (
+        "ups_k2", ("stages.operator.rollout_steps=2", "training.lr=0.002"))
+    for bad in ("ups_k2", "ups_k2=", "ups_k2=training.lr", "=training.lr=0.1", "my variant=training.lr=0.1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--variant wants NAME=KEY=VALUE"):
+            bench_accuracy.parse_variant(bad)
+    with pytest.raises(UPSError, match="--variant fno: that name is taken"):
+        bench_accuracy.run(quick=True, variants={"fno": ("training.lr=0.1",)})
+
+
 def test_accuracy_rejects_an_unknown_model():
     import bench_accuracy
 
