@@ -69,7 +69,7 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
         clash = sorted(set(variants) & {"ups", *problem.configs()})
         if clash:
             raise UPSError(f"--variant {clash[0]}: that name is taken by a model of this benchmark; choose another")
-        models = [*(models or problem.default_models()), *variants]
+        models = list(dict.fromkeys([*(models or problem.default_models()), *variants]))  # named in both: once
         problem = replace(problem, variants={**problem.variants, **variants})
     if quick and budget is None:
         budget = QUICK_BUDGET_S
