@@ -66,7 +66,7 @@ def run_accuracy(problem: Problem, *, budget: float | None, quick: bool, budgets
     (name -> config overrides, ``--variant``) trained beside the models, which they join."""
     t0 = time.perf_counter()
     if variants:
-        clash = sorted(set(variants) & {"ups", *problem.configs()})
+        clash = sorted(set(variants) & set(problem.configs()))  # UPS, the peers and their variants
         if clash:
             raise UPSError(f"--variant {clash[0]}: that name is taken by a model of this benchmark; choose another")
         models = list(dict.fromkeys([*(models or problem.default_models()), *variants]))  # named in both: once
