@@ -37,16 +37,19 @@ from ups.models import MODELS  # noqa: E402
 from ups.models.compile import compile_for_inference  # noqa: E402
 from ups.models.corrector import CorrectedSurrogate, Corrector  # noqa: E402
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner  # noqa: E402
-from ups.rollout import ROLLOUTS, flatten_points, rollout, rollout_grid  # noqa: E402
+from ups.rollout import ROLLOUTS, flatten_points, frames_per_step, rollout, rollout_grid  # noqa: E402
 from ups.training.stages.consistency_distill import ConsistencyDistillStage  # noqa: E402
 from ups.training.stages.diff_residual import DiffResidualStage  # noqa: E402
 from ups.training.stages.operator import OperatorStage  # noqa: E402
 
+BUNDLE = 4  # frames per step of the bundled UPS timed beside the configured one (README "Temporal bundling")
+
 
 def _with_correctors(model: torch.nn.Module, exp, meta) -> dict[str, torch.nn.Module]:
-    """The UPS model refined every step by its corrector, as the config sizes it (``diff_residual.space``:
-    the physical-space refiner, the default, or the latent corrector): the multi-step sampler (all K
-    levels: K + 1 refiner calls per step) and the distilled one (``consistency_distill``'s student calls)."""
+    """The UPS model (one frame per step) refined every step by its corrector, as the config sizes it
+    (``diff_residual.space``: the physical-space refiner, the default, or the latent corrector): the multi-step
+    sampler (all K levels: K + 1 refiner calls per step) and the distilled one (``consistency_distill``'s student
+    calls)."""
     multi = DiffResidualStage.stage_config(exp)
     student = ConsistencyDistillStage.stage_config(exp)
     n_cond = meta.n_params + 1
@@ -162,9 +165,16 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     ups_mode = OperatorStage.stage_config(configs["ups"]).rollout_mode
     runs = {"ups": (built["ups"], ups_mode), "fno": (built["fno"], None), "unet": (built["unet"], None)}
     runs |= {f"ups_{mode}": (built["ups"], mode) for mode in ROLLOUTS.names() if mode != ups_mode}
+    # temporal bundling side by side: a one-frame-per-step UPS config is timed at BUNDLE frames per step too, a
+    # bundled one at one frame per step (what a corrector needs)
+    other = 1 if frames_per_step(built["ups"]) > 1 else BUNDLE
+    torch.manual_seed(0)
+    variant = MODELS.get("upt").from_config(trained or bench.meta,
+                                            {**configs["ups"].model.params, "frames_per_step": other})
+    runs[f"ups_frames_per_step_{other}"] = (variant, ups_mode)
+    single = variant if other == 1 else built["ups"]
     if correctors:  # re-encoding in the model's mode (a physical-space refiner corrects at the data points)
-        runs |= {name: (m, ups_mode) for name, m in _with_correctors(built["ups"], configs["ups"],
-                                                                       bench.meta).items()}
+        runs |= {name: (m, ups_mode) for name, m in _with_correctors(single, configs["ups"], bench.meta).items()}
     solved: list[torch.Tensor] = []
     fns = {"solver": _solver_fn(bench, solved, data["u"].shape[0])}
     fns |= {name: _rollout_fn(m, mode) for name, (m, mode) in runs.items()}
@@ -173,7 +183,7 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     for name, (model, mode) in runs.items():
         seconds = timed[name]
         models[name] = {"model": configs.get(name, configs["ups"]).model.name, "rollout_mode": mode or "one-step",
-                        "params": n_params(model), "seconds": seconds,
+                        "frames_per_step": frames_per_step(model), "params": n_params(model), "seconds": seconds,
                         "ms_per_sample": 1e3 * seconds / data["u"].shape[0], "speedup_vs_solver": solver_s / seconds}
     if not quick:  # the compilation alone outlasts a quick run
         models["ups_compiled"] = _time_compiled(built["ups"], ups_mode, data, batch, repeats, work=work,

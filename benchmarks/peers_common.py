@@ -176,7 +176,7 @@ def build_stage(bench: Bench, exp: ExperimentConfig, stage_name: str, run_dir: P
 def loaders(bench: Bench, exp: ExperimentConfig, stage: Stage) -> tuple[Any, Any]:
     """Training windows and whole validation trajectories for ``stage``: the loaders ``ups train`` builds."""
     return stage_loaders(bench.bundle, exp, normalizer=bench.normalizer,
-                         train_window=type(stage).train_window(stage.stage_cfg),
+                         train_window=stage.training_window(),
                          val_window=type(stage).val_window(stage.stage_cfg), seed=exp.training.seed)
 
 

@@ -177,7 +177,7 @@ def profile_ups(batch_size: int, points: int, repeats: int, overrides: list[str]
     stage = STAGES.get("operator").from_experiment(exp, meta=_meta(points), normalizer=None)
     stage.on_epoch_start(1000)
     model = stage.model
-    window = type(stage).train_window(stage.stage_cfg)
+    window = stage.training_window()
     batch = synthetic_batch(batch=batch_size, points=points, window=window)
     full_k = 10**9  # far past the unroll ramp: K = rollout_steps
     out = {"config": "configs/burgers1d.yaml", "params": sum(p.numel() for p in model.parameters()),
@@ -201,7 +201,7 @@ def profile_fno(batch_size: int, points: int, repeats: int) -> dict:
     exp = load_config(ROOT / "configs" / "fno_burgers1d.yaml")
     stage = STAGES.get("baseline").from_experiment(exp, meta=_meta(points), normalizer=None)
     model = stage.model
-    batch = synthetic_batch(batch=batch_size, points=points, window=type(stage).train_window(stage.stage_cfg))
+    batch = synthetic_batch(batch=batch_size, points=points, window=stage.training_window())
     u0, x = batch["u"][:, 0], batch["coords"]
 
     def one():

@@ -205,9 +205,10 @@ def inference(res: dict) -> list[str]:
         out += ["" if out else None, f"Inference: {part['samples']} test trajectories x {part['steps']} steps at "
                 f"{part['points']} points, {res['threads']} thread(s); solver {part['solver']['ms_per_sample']:.1f} ms "
                 "per trajectory.", ""]
-        rows = [[name, m.get("rollout_mode", "—"), m["params"], m["ms_per_sample"], m["speedup_vs_solver"]]
-                for name, m in part["models"].items() if m is not None]
-        out += _table(["model", "rollout", "parameters", "ms per trajectory", "speed-up vs solver"], rows)
+        rows = [[name, m.get("rollout_mode", "—"), m.get("frames_per_step", 1), m["params"], m["ms_per_sample"],
+                 m["speedup_vs_solver"]] for name, m in part["models"].items() if m is not None]
+        out += _table(["model", "rollout", "frames / step", "parameters", "ms per trajectory", "speed-up vs solver"],
+                      rows)
     return [line for line in out if line is not None]
 
 

@@ -136,11 +136,15 @@ def test_inference_quick(tmp_path):
     assert out["models"]["ups"]["rollout_mode"] == "reencode_x2"  # configs/burgers1d.yaml's; every other mode too
     assert out["models"]["ups_reencode"]["rollout_mode"] == "reencode"
     assert out["models"]["ups_latent"]["rollout_mode"] == "latent"
+    bundled = out["models"]["ups_frames_per_step_4"]  # the same UPS bundled, timed beside it
+    assert bundled["frames_per_step"] == 4 and out["models"]["ups"]["frames_per_step"] == 1
+    assert bundled["rollout_mode"] == "reencode_x2"
     corrected = out["models"]["ups_multi_corrector"]
     assert corrected["params"] > out["models"]["ups"]["params"]  # the corrector's weights are counted
     assert corrected["rollout_mode"] == "reencode_x2"  # the refiner corrects the model's own rollout
     table = _summary(tmp_path, "inference", out)
-    assert f"| ups_multi_corrector | reencode_x2 | {corrected['params']} | {corrected['ms_per_sample']:.3g} |" in table
+    row = f"| ups_multi_corrector | reencode_x2 | 1 | {corrected['params']} | {corrected['ms_per_sample']:.3g} |"
+    assert row in table  # one frame per step: the corrector refines every frame
     assert f"at {out['full_resolution']['points']} points" in table
 
 

@@ -49,33 +49,46 @@ def _initial_queries(model, z0: torch.Tensor, u0: torch.Tensor, query_coords: to
     return u0 if query_coords is None else model.decode(z0, query_coords)
 
 
+def frames_per_step(model) -> int:
+    """Frames one ``step`` of ``model`` advances (temporal bundling, ``UPTConfig.frames_per_step``; 1 without)."""
+    return int(getattr(model, "frames_per_step", 1))
+
+
+def decode_frames(model, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Every frame one step of ``model`` yields: z [B, L, D], coords_q [B, Q, d], u_q [B, Q, C] or None
+    -> [B, F, Q, C] (F = :func:`frames_per_step`; a model without ``decode_frames`` gives F = 1)."""
+    if hasattr(model, "decode_frames"):
+        return model.decode_frames(z, coords_q, u_q)
+    return model.decode(z, coords_q, u_q).unsqueeze(1)
+
+
 @ROLLOUTS.register("reencode")
 def rollout_reencode(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.Tensor, dt: torch.Tensor,
                      steps: int, *, query_coords: torch.Tensor | None = None, bounds=None,
                      fine: int = 1) -> torch.Tensor:
     """u0: [B, N, C] at coords [B, N, d]; params [B, P]; dt [B]; query_coords [B, Q, d] or None (Q = N)
-    -> [B, steps + 1, Q, C], frame 0 included. fine: when coords are a regular grid, carry the state on a grid
+    -> [B, steps + 1, Q, C], frame 0 included (``steps`` counts frames; a bundled model's step gives several, and
+    the last step's extra frames are dropped). fine: when coords are a regular grid, carry the state on a grid
     ``fine`` times finer per axis (``reencode_x{fine}``) than the model's training grid (``model.grid_spacing``;
     without one, than the input grid): the input refined by the factor that takes, an input that fine as it is."""
     grid = state_grid(model, coords, fine)
     xs, u = (coords, u0) if grid is None else (grid.coords, clamp_to_bounds(grid.refine(u0), bounds))
     z = model.encode(u, xs)
-    uq = _initial_queries(model, z, u0, query_coords)
-    frames = [uq]
-    for _ in range(steps):
+    frames = [_initial_queries(model, z, u0, query_coords)]
+    while len(frames) <= steps:
         z_next = model.step(z, params, dt)
-        u_next = model.decode(z_next, xs, u)
+        u_next = decode_frames(model, z_next, xs, u)  # [B, F, M, C]
         if hasattr(model, "refine_field"):  # a physical-space corrector refines the field at the data points
-            u_next = refine_state(lambda a, b: model.refine_field(a, b, params, dt), grid, u, u_next)
+            u_next = refine_state(lambda a, b: model.refine_field(a, b, params, dt), grid, u, u_next[:, -1])[:, None]
         u_next = clamp_to_bounds(u_next, bounds)
         if query_coords is None:
-            uq = u_next if grid is None else grid.coarse(u_next)
+            frames += [f if grid is None else grid.coarse(f) for f in u_next.unbind(1)]
         else:
-            uq = clamp_to_bounds(model.decode(z_next, query_coords, uq), bounds)
-        frames.append(uq)
-        u = u_next
-        z = model.encode(u, xs)
-    return torch.stack(frames, dim=1)
+            frames += clamp_to_bounds(decode_frames(model, z_next, query_coords, frames[-1]), bounds).unbind(1)
+        u = u_next[:, -1]
+        if len(frames) <= steps:
+            z = model.encode(u, xs)
+    return torch.stack(frames[:steps + 1], dim=1)
 
 
 def state_grid(model, coords: torch.Tensor, fine: int) -> FineGrid | None:
@@ -125,18 +138,19 @@ def rollout_latent(model, u0: torch.Tensor, coords: torch.Tensor, params: torch.
     """Encode once, step in latent space. Shapes as :func:`rollout_reencode`: -> [B, steps + 1, Q, C]."""
     z = model.encode(u0, coords)
     xq = coords if query_coords is None else query_coords
-    uq = _initial_queries(model, z, u0, query_coords)
-    frames = [uq]
-    for _ in range(steps):
+    frames = [_initial_queries(model, z, u0, query_coords)]
+    while len(frames) <= steps:
         z = model.step(z, params, dt)
-        uq = clamp_to_bounds(model.decode(z, xq, uq), bounds)
-        frames.append(uq)
-    return torch.stack(frames, dim=1)
+        frames += clamp_to_bounds(decode_frames(model, z, xq, frames[-1]), bounds).unbind(1)
+    return torch.stack(frames[:steps + 1], dim=1)
 
 
 def clamp_to_bounds(u: torch.Tensor, bounds) -> torch.Tensor:
-    """Keep u [B, Q, C] within per-sample, per-channel bounds (lo, hi) [B, 1, C]; None: unchanged."""
-    return u if bounds is None else torch.minimum(torch.maximum(u, bounds[0]), bounds[1])
+    """Keep u [B, Q, C] (or [B, F, Q, C]) within per-sample, per-channel bounds (lo, hi) [B, 1, C]; None: unchanged."""
+    if bounds is None:
+        return u
+    lo, hi = (b.reshape(b.shape[0], *([1] * (u.dim() - 2)), b.shape[-1]) for b in bounds)
+    return torch.minimum(torch.maximum(u, lo), hi)
 
 
 def initial_bounds(u0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

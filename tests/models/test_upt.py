@@ -51,6 +51,21 @@ def test_irregular_points_differing_per_sample_and_queries_elsewhere(decoder):
     assert torch.allclose(model.encode(u[:, perm], x[:, perm]), z, atol=1e-5)
 
 
+def test_bundled_decoder_gives_each_frame_of_a_step_as_its_own_increment():
+    model = small_model(frames_per_step=3)
+    u, x = torch.randn(2, 64, 1), grid(2, 64)
+    z = model.step(model.encode(u, x), torch.full((2, 1), 0.01), torch.full((2,), 0.05))
+    frames = model.decode_frames(z, x, u)
+    assert model.frames_per_step == 3 and frames.shape == (2, 3, 64, 1)
+    assert torch.equal(model.decode(z, x, u), frames[:, -1])
+    assert model.decode_frames(z, x).shape == (2, 3, 64, 1)
+    plain = small_model(frames_per_step=3, predict_increment=False)
+    plain.load_state_dict(model.state_dict())
+    increments = plain.decode_frames(z, x, u)  # the head's three outputs, one per frame
+    assert not torch.allclose(increments[:, 0], increments[:, 2])
+    assert torch.allclose(frames, u[:, None] + increments, atol=1e-6)
+
+
 def test_untrained_operator_is_identity_on_z():
     model = small_model()
     z = torch.randn(4, model.num_latents, model.latent_dim)

@@ -97,7 +97,7 @@ def test_a_failing_compilation_trains_eagerly_with_one_warning_per_method(tmp_pa
     sa, sb = eager.state_dict(), fallen.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # bit for bit: the fallback is the eager computation
     warnings = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
-    assert sorted(w.split(" of ")[1].split(" ")[0] for w in warnings) == ["model.decode", "model.encode",
+    assert sorted(w.split(" of ")[1].split(" ")[0] for w in warnings) == ["model.decode_frames", "model.encode",
                                                                           "model.step"]
     assert all("RuntimeError: backend exploded); it runs eagerly" in w for w in warnings)
 
@@ -136,9 +136,9 @@ def test_simulator_compile_rolls_out_as_the_eager_model(tmp_path, monkeypatch):
         u0, 4, params=batch["params"], coords=coords)
     holder = torch.nn.ModuleDict({"op": copy.deepcopy(st.model)})  # the operator is found inside what wraps it
     assert compile_mod.compile_for_inference(holder, device=torch.device("cpu"), warn=pytest.fail)
-    assert all(isinstance(vars(holder["op"])[m], CompiledMethod) for m in ("encode", "step", "decode"))
+    assert all(isinstance(vars(holder["op"])[m], CompiledMethod) for m in ("encode", "step", "decode_frames"))
     sim = Simulator(model=st.model, normalizer=st.normalizer, meta=st.meta, compile=True)
-    assert all(isinstance(vars(st.model)[m], CompiledMethod) for m in ("encode", "step", "decode"))
+    assert all(isinstance(vars(st.model)[m], CompiledMethod) for m in ("encode", "step", "decode_frames"))
     torch._dynamo.utils.counters.clear()
     fast = sim.rollout(u0, 4, params=batch["params"], coords=coords)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3  # compiled under inference_mode

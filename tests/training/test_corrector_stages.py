@@ -12,9 +12,9 @@ from ups.checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_m
 from ups.config import Strict, load_config
 from ups.data.metadata import DatasetMetadata
 from ups.data.pdes.forced_diffusion import ForcedDiffusion
-from ups.errors import CheckpointError
+from ups.errors import CheckpointError, ConfigError
 from ups.models import MODELS
-from ups.models.corrector import Corrector, CorrectorConfig
+from ups.models.corrector import CorrectedSurrogate, Corrector, CorrectorConfig
 from ups.training.stage import STAGES
 from ups.training.stages.consistency_distill import ConsistencyDistillConfig, ConsistencyDistillStage
 from ups.training.stages.diff_residual import DiffResidualStage
@@ -106,6 +106,17 @@ def test_missing_prerequisite_checkpoint_is_one_line(tmp_path, stage, needs):
         STAGES.get(stage).from_experiment(experiment(), meta=META, normalizer=None, run_dir=tmp_path)
     msg = str(err.value)
     assert "\n" not in msg and f"--stage {needs}" in msg and stage in msg
+
+
+def test_diff_residual_refuses_an_operator_that_advances_several_frames_per_step(tmp_path):
+    exp = load_config(None, ["model.name=upt", "model.params.frames_per_step=4"])
+    with pytest.raises(ConfigError) as err:  # refused before any checkpoint is looked for
+        DiffResidualStage.from_experiment(exp, meta=META, normalizer=None, run_dir=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and "frames_per_step" in msg and "advances 4" in msg
+    bundled = MODELS.get("upt").from_config(META, {"frames_per_step": 2})
+    with pytest.raises(ConfigError, match="advances 2"):  # nor can a corrector be put beside one at inference
+        CorrectedSurrogate(model=bundled, corrector=Corrector(latent_dim=bundled.latent_dim, n_cond=2))
 
 
 @pytest.fixture(scope="module")

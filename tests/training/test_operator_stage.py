@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ups.config import load_config
 from ups.data.prepare import fit_normalizer, prepare_data, stage_loaders
+from ups.rollout import flatten_points
 from ups.training.curriculum import inverse_loss_weight
 from ups.training.runs import JsonlLog
 from ups.training.stage import STAGES
@@ -41,12 +43,12 @@ def travelling_waves(n: int, seed: int) -> np.ndarray:
     return (mean + amp * np.sin(2 * np.pi * (x - 0.3 * t[:, None]) + 6 * phase)).astype(np.float32)
 
 
-def build(tmp_path, **stage):
+def build(tmp_path, model: dict | None = None, **stage):
     files = {s: write_ups_file(tmp_path / f"{s}.h5", travelling_waves(n, seed), t_end=0.8)
              for s, n, seed in (("train", 6, 1), ("val", 2, 2))}
     overrides = [f"data.train={files['train']}", f"data.val={files['val']}", "data.spatial_stride=2",
                  "data.batch_size=4", "training.epochs=3", "training.progress=none", "training.health_every=1",
-                 "training.ema_decay=null", f"model.params={MODEL}", "training.lr=3e-3"]
+                 "training.ema_decay=null", f"model.params={ {**MODEL, **(model or {})} }", "training.lr=3e-3"]
     exp = load_config(None, overrides + [f"stages.operator.{k}={v}" for k, v in stage.items()])
     bundle = prepare_data(exp.data, splits=("train", "val"), generate=False)
     norm = fit_normalizer(bundle)
@@ -54,7 +56,7 @@ def build(tmp_path, **stage):
     stage_cfg = stage_cls.stage_config(exp)
     st = stage_cls.build(stage_cfg=stage_cfg, exp=exp, meta=bundle.meta, normalizer=norm, run_dir=tmp_path / "run")
     train_loader, val_loader = stage_loaders(bundle, exp, normalizer=norm, seed=0,
-                                             train_window=stage_cls.train_window(stage_cfg),
+                                             train_window=st.training_window(),
                                              val_window=stage_cls.val_window(stage_cfg))
     return exp, st, train_loader, val_loader
 
@@ -100,6 +102,24 @@ def test_trainer_run_logs_curriculum_and_validates_rollouts(tmp_path):
     assert all(0 < r["val_rollout_nrmse"] < 10 and r["val_metric"] == r["val_rollout_nrmse"] for r in epochs)
     assert summary["best_metric"] == min(r["val_rollout_nrmse"] for r in epochs)
     assert (run / "checkpoints" / "operator_best.safetensors").is_file()
+
+
+def test_bundled_operator_trains_on_k_steps_of_f_frames(tmp_path):
+    _, st, loader, _ = build(tmp_path, model={"frames_per_step": 3}, rollout_steps=2, rollout_ramp_steps=0,
+                             random_shift=False, inverse_loss_warmup_epochs=0)
+    assert st.training_window() == 2 * 3 + 1
+    batch = next(iter(loader))
+    assert batch["u"].shape[1] == 7
+    out = st.loss(batch, epoch=0, step=0)
+    u, x = flatten_points(batch["u"], batch["coords"])  # [B, 7, N, C], [B, N, d]
+    model, p, dt = st.model, batch["params"], batch["dt"]
+    with torch.no_grad():  # one step gives frames 1-3 (the forward loss); the next, from frame 3 re-encoded, 4-6
+        first = model.decode_frames(model.step(model.encode(u[:, 0], x), p, dt), x, u[:, 0])
+        second = model.decode_frames(model.step(model.encode(first[:, -1], x), p, dt), x, first[:, -1])
+    assert math.isclose(float(out["loss_forward"].detach()), float(F.mse_loss(first, u[:, 1:4])), rel_tol=1e-5)
+    assert math.isclose(float(out["loss_rollout"].detach()), float(F.mse_loss(second, u[:, 4:7])), rel_tol=1e-5)
+    out["loss"].backward()
+    assert float(model.head.fc2.weight.grad.abs().amax(dim=1).min()) > 0  # every frame's output row is trained
 
 
 def test_unroll_curriculum_and_spectral_error():

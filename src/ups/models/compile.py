@@ -1,7 +1,7 @@
 """``torch.compile`` of the methods a model names in ``compile_methods``: for training (``training.compile``) and
 for inference (``Simulator(compile=True)``, ``ups infer --compile``).
 
-A model lists the methods its stages call (``UPT``: ``encode``, ``step``, ``decode``; the grid peers:
+A model lists the methods its stages call (``UPT``: ``encode``, ``step``, ``decode_frames``; the grid peers:
 ``grid_forward``). While a trainer runs, each of them is replaced on the instance by a :class:`CompiledMethod`
 that calls the compiled code when gradients are on (training steps) and the eager method otherwise
 (validation, whose shapes differ and would only add compilations). The trainer removes the wrappers when it

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ups.config import Strict
-from ups.errors import UPSError
+from ups.errors import ConfigError, UPSError
 
 
 class CorrectorConfig(Strict):
@@ -305,6 +305,10 @@ class WrappedSurrogate(nn.Module):
     def __init__(self, *, model: nn.Module, corrector: nn.Module, steps: int | None = None,
                  generator: torch.Generator | None = None):
         super().__init__()
+        bundled = int(getattr(model, "frames_per_step", 1))
+        if bundled > 1:  # a corrector refines one frame per step; the stage refuses such an operator too
+            raise ConfigError(f"a corrector refines one frame per operator step, but this operator advances {bundled} "
+                              f"(model.params.frames_per_step): use an operator with frames_per_step 1")
         self.model, self.corrector, self.steps, self.generator = model, corrector, steps, generator
 
     @property

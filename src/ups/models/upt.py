@@ -14,6 +14,8 @@ u [B, N, C] at coords [B, N, d]
           convolution kernel of the offset, sum_s K(x_q - y_s) V z_s (``decoder: kernel``, ~4x
           cheaper); its own current value u_q is added; MLP head -> C channels; with
           ``predict_increment`` the head predicts u_next - u_q                        u [B, Q, C]
+  bundling: with ``frames_per_step`` F > 1 one step advances F frames and the head gives all F
+          (``decode_frames``; ``decode`` is the last of them)                      u [B, F, Q, C]
 ```
 Neighbour tables are cached per point set (a rollout or a training step on fixed points searches them
 once); under ``torch.no_grad`` / ``inference_mode`` the pooling and decoder kernels are cached too.
@@ -75,6 +77,9 @@ class UPTConfig(Strict):
     decoder: Literal["attention", "kernel"] = "attention"
     decoder_width: int | None = Field(None, ge=4)  # width of the kernel decoder's values (None: latent_dim)
     predict_increment: bool = True  # decode(z, x, u_q) = u_q + head(...)
+    # temporal bundling: one operator step advances this many frames and the decoder reads all of them at once
+    # (one head output per frame); a rollout of T frames then takes T / frames_per_step encode-step-decode passes
+    frames_per_step: int = Field(1, ge=1)
     norm: Literal["none", "layer"] = "none"
     param_transform: Literal["log", "identity"] = "log"
 
@@ -98,7 +103,7 @@ class UPT(nn.Module):
 
     config_class = UPTConfig
     point_clouds = True  # encodes padded point clouds given a mask (``encode(u, coords, mask)``)
-    compile_methods = ("encode", "step", "decode")  # what ``ups.models.compile`` compiles (training and rollouts)
+    compile_methods = ("encode", "step", "decode_frames")  # what ``ups.models.compile`` compiles (training, rollouts)
 
     def __init__(self, *, config: UPTConfig, dims: int, channels: int, n_params: int, dt_ref: float,
                  domain: tuple[tuple[float, float], ...], periodic: bool,
@@ -143,7 +148,7 @@ class UPT(nn.Module):
             self.dec_key = nn.Linear(width, width)
             self.dec_bias = nn.Linear(self.dec_features.n_out, config.heads)  # offset-dependent attention bias
             self.dec_slope = nn.Parameter(torch.zeros(config.heads))  # distance decay per head (softplus)
-        self.head = MLP(n_in=dec_width, n_hidden=config.decoder_hidden, n_out=channels)
+        self.head = MLP(n_in=dec_width, n_hidden=config.decoder_hidden, n_out=channels * config.frames_per_step)
         self._geometry = GeometryCache()
 
     @classmethod
@@ -156,6 +161,11 @@ class UPT(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    @property
+    def frames_per_step(self) -> int:
+        """Frames one operator step advances (temporal bundling; 1: one frame per step)."""
+        return self.config.frames_per_step
 
     @property
     def num_latents(self) -> int:
@@ -231,14 +241,21 @@ class UPT(nn.Module):
         return idx, torch.gather(delta, 2, idx.unsqueeze(-1).expand(-1, -1, -1, self.dims))
 
     def decode(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
-        """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C].
+        """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None -> [B, Q, C], the
+        last frame of :meth:`decode_frames` (with one frame per step: the next field; without ``u_q``: the field
+        the tokens hold)."""
+        return self.decode_frames(z, coords_q, u_q)[:, -1]
+
+    def decode_frames(self, z: torch.Tensor, coords_q: torch.Tensor, u_q: torch.Tensor | None = None) -> torch.Tensor:
+        """z: [B, L, D]; coords_q: [B, Q, d]; u_q: [B, Q, C] current field at the queries or None
+        -> [B, F, Q, C], the ``frames_per_step`` frames of one step.
 
         ``decoder: kernel``: ``u_q + head(sum_s K(x_q - y_s) V z_s + phi(u_q))`` over the ``decoder_neighbours``
         nearest tokens, K a linear map of Fourier features of the offset. ``decoder: attention``:
         each query attends to its ``decoder_neighbours`` nearest tokens; values are modulated by a filter
         of the offset, ``v_s * (1 + W f(x_q - y_s))`` (continuous-convolution style, linear in z), and
         the attention has a per-head offset bias; the query's current value ``u_q`` enters the query.
-        With ``u_q`` and ``predict_increment`` the result is ``u_q + increment``; without ``u_q`` the
+        With ``u_q`` and ``predict_increment`` frame f is ``u_q + increment_f``; without ``u_q`` the
         decoder reconstructs the field from z alone (the mode the inverse-encoding loss trains).
         """
         idx, delta, feats = self._geometry.get(coords_q, ("decoder",),
@@ -254,9 +271,9 @@ class UPT(nn.Module):
             out = phi + kernel_sum(self.dec_value(z), idx, kernel)  # [B, Q, D']: sum_s K(x_q - y_s) V z_s + phi
         else:
             out = phi + self._attend(z, idx, delta, feats, phi)
-        pred = self.head(out)  # [B, Q, C]
+        pred = self.head(out).unflatten(-1, (self.frames_per_step, -1)).movedim(-2, 1)  # [B, F, Q, C]
         if u_q is not None and self.config.predict_increment:
-            pred = u_q + pred
+            pred = u_q.unsqueeze(1) + pred
         return pred
 
     def _query_geometry(self, coords_q: torch.Tensor) -> tuple[torch.Tensor, ...]:

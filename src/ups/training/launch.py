@@ -63,7 +63,7 @@ def run_stage(exp: ExperimentConfig, run: RunDir, name: str, bundle: DataBundle,
     stage_cfg = cls.stage_config(exp)
     stage = cls.build(stage_cfg=stage_cfg, exp=exp, meta=bundle.meta, normalizer=norm, run_dir=run.path)
     distributed.local_batch_size(exp.data.batch_size, distributed.world_size())  # the global batch must divide
-    train_loader, val_loader = stage_loaders(bundle, exp, normalizer=norm, train_window=cls.train_window(stage_cfg),
+    train_loader, val_loader = stage_loaders(bundle, exp, normalizer=norm, train_window=stage.training_window(),
                                              val_window=cls.val_window(stage_cfg), seed=train_cfg.seed)
     resume = run.state_path(name).is_file()
     trainer = Trainer(stage=stage, config=train_cfg, run_dir=run.path, resume=resume, log_prefix=name)

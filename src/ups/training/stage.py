@@ -95,6 +95,11 @@ class Stage(ABC):
     def train_window(cls, stage_cfg: StageConfig) -> int | None:
         """Frames per training item (2: one step; K + 1: a K-step rollout loss; None: whole trajectories)."""
 
+    def training_window(self) -> int | None:
+        """Frames per training item of this built stage: :meth:`train_window` of its config unless the stage's
+        model needs more (an operator that advances several frames per step)."""
+        return type(self).train_window(self.stage_cfg)
+
     @classmethod
     @abstractmethod
     def val_window(cls, stage_cfg: StageConfig) -> int | None:

@@ -40,7 +40,7 @@ from ups.data.metadata import DatasetMetadata
 from ups.data.pdes import has_maximum_principle
 from ups.errors import ConfigError
 from ups.models import MODELS
-from ups.rollout import flatten_points, parse_mode, rollout_scores
+from ups.rollout import decode_frames, flatten_points, frames_per_step, parse_mode, rollout_scores
 from ups.training.stage import STAGES, Stage, StageConfig
 
 
@@ -129,8 +129,8 @@ def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.T
             stage_cfg: OperatorStageConfig, unroll: int, keep_reencoded: bool,
             mask: torch.Tensor | None = None) -> dict:
     """K = ``unroll`` steps from u0 [B, N, C] at x [B, N, d] (real points: mask [B, N] or None) -> ``z0``
-    [B, L, D], ``z_first`` (first predicted latent), ``preds`` [B, K, N, C] and ``reencoded`` (E of each
-    prediction, when computed)."""
+    [B, L, D], ``z_first`` (first predicted latent), ``preds`` [B, K * F, N, C] (F frames per step) and
+    ``reencoded`` (E of the last frame of each step, when computed)."""
     z = z0 = encode_points(model, u0, x, mask)
     reencode = parse_mode(stage_cfg.rollout_mode)[0] == "reencode"
     cur, preds, reencoded = u0, [], []
@@ -138,15 +138,16 @@ def _unroll(model: nn.Module, u0: torch.Tensor, x: torch.Tensor, params: torch.T
     for k in range(unroll):
         z_next = model.step(z, params, dt)
         z_first = z_next if k == 0 else z_first
-        nxt = model.decode(z_next, x, cur)
-        preds.append(nxt)
+        frames = decode_frames(model, z_next, x, cur)  # [B, F, N, C]
+        preds.append(frames)
+        nxt = frames[:, -1]
         if reencode and (k + 1 < unroll or keep_reencoded):
             reencoded.append(encode_points(model, nxt, x, mask))
         z = reencoded[-1] if reencode and k + 1 < unroll else z_next
         cur = nxt
         if stage_cfg.detach_between_steps and k + 1 < unroll:
             z, cur = z.detach(), cur.detach()
-    return {"z0": z0, "z_first": z_first, "preds": torch.stack(preds, dim=1), "reencoded": reencoded}
+    return {"z0": z0, "z_first": z_first, "preds": torch.cat(preds, dim=1), "reencoded": reencoded}
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -183,7 +184,8 @@ def balanced_weights(forward: torch.Tensor, terms: dict[str, tuple[float, torch.
 def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, stage_cfg: OperatorStageConfig, unroll: int,
                     w_enc: float, w_dec: float, spatial: tuple[int, ...], domain: torch.Tensor | None,
                     generator: torch.Generator | None = None, step: int = 0) -> dict[str, torch.Tensor]:
-    """The operator-stage loss on one batch (``u`` [B, W >= unroll + 1, *spatial, C], ``coords``,
+    """The operator-stage loss on one batch (``u`` [B, W >= unroll * F + 1, *spatial, C] with F the model's frames per
+    step, ``coords``,
     ``params`` [B, P], ``dt`` [B]; point clouds: ``u`` [B, W, N, C], ``coords`` [B, N, d] and ``mask`` [B, N],
     every term then a mean over the real points); returns the weighted total under ``loss``, each computed term and the
     effective inverse weights ``w_inv_enc`` / ``w_inv_dec``. Terms whose weight is 0 are not computed; the
@@ -202,10 +204,12 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, stage_c
     with record_function("loss: forward + rollout"):
         r = _unroll(model, u0, x, params, dt, stage_cfg=stage_cfg, unroll=unroll,
                     keep_reencoded=w_dec > 0 or stage_cfg.latent_forward_weight > 0, mask=mask)
-        pred, z_first = r["preds"], r["z_first"]  # [B, K, N, C], [B, L, D]
-        true = u[:, 1:unroll + 1]
-        out = {"loss_forward": masked_mse(pred[:, 0], true[:, 0], mask)}
-        out["loss_rollout"] = masked_mse(pred[:, 1:], true[:, 1:], mask) if unroll > 1 else pred.new_zeros(())
+        pred, z_first = r["preds"], r["z_first"]  # [B, K * F, N, C], [B, L, D]
+        per_step = frames_per_step(model)
+        true = u[:, 1:unroll * per_step + 1]
+        out = {"loss_forward": masked_mse(pred[:, :per_step], true[:, :per_step], mask)}
+        out["loss_rollout"] = (masked_mse(pred[:, per_step:], true[:, per_step:], mask) if unroll > 1
+                               else pred.new_zeros(()))
     if stage_cfg.latent_forward_weight > 0:
         with record_function("loss: latent"):
             out["loss_latent"] = F.mse_loss(z_first, encode_points(model, u[:, 1], x, mask).detach())
@@ -226,7 +230,7 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, stage_c
             inverse["enc"] = (w_enc, masked_mse(model.decode(r["z0"], x[:, idx]), u0[:, idx], sub))
     if w_dec > 0:
         with record_function("loss: inv_dec"):
-            z_re = r["reencoded"][0] if r["reencoded"] else encode_points(model, pred[:, 0], x, mask)
+            z_re = r["reencoded"][0] if r["reencoded"] else encode_points(model, pred[:, per_step - 1], x, mask)
             inverse["dec"] = (w_dec, relative_mse(z_re, z_first))
     weights = balanced_weights(out["loss_forward"], inverse, stage_cfg.inverse_loss_balance)
     for key, (_, value) in inverse.items():
@@ -272,6 +276,10 @@ class OperatorStage(Stage):
     @classmethod
     def train_window(cls, stage_cfg: OperatorStageConfig) -> int:
         return stage_cfg.rollout_steps + 1
+
+    def training_window(self) -> int:
+        """K steps of F frames each (the model's ``frames_per_step``), plus the input frame."""
+        return self.stage_cfg.rollout_steps * frames_per_step(self.model) + 1
 
     @classmethod
     def val_window(cls, stage_cfg: OperatorStageConfig) -> int | None:
