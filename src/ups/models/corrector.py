@@ -297,6 +297,14 @@ def condition_vector(params: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
     return torch.cat([params.float(), dt.float().view(-1, 1)], dim=-1)
 
 
+def require_one_frame_per_step(frames: int) -> None:
+    """A corrector refines one frame per operator step: one line refusing an operator that advances ``frames`` > 1
+    (``model.params.frames_per_step``), for the wrappers here and for the stage that trains a corrector."""
+    if frames > 1:
+        raise ConfigError(f"a corrector refines one frame per operator step, but this operator advances {frames} "
+                          f"(model.params.frames_per_step): train the operator with frames_per_step 1 to correct it")
+
+
 class WrappedSurrogate(nn.Module):
     """A latent surrogate ``model`` with a corrector beside it: encode / decode, ``latent_dim`` and
     ``num_latents`` are the model's; subclasses say how the corrector refines a step. ``generator=None``:
@@ -305,10 +313,7 @@ class WrappedSurrogate(nn.Module):
     def __init__(self, *, model: nn.Module, corrector: nn.Module, steps: int | None = None,
                  generator: torch.Generator | None = None):
         super().__init__()
-        bundled = int(getattr(model, "frames_per_step", 1))
-        if bundled > 1:  # a corrector refines one frame per step; the stage refuses such an operator too
-            raise ConfigError(f"a corrector refines one frame per operator step, but this operator advances {bundled} "
-                              f"(model.params.frames_per_step): use an operator with frames_per_step 1")
+        require_one_frame_per_step(int(getattr(model, "frames_per_step", 1)))
         self.model, self.corrector, self.steps, self.generator = model, corrector, steps, generator
 
     @property

@@ -56,10 +56,18 @@ from torch import nn
 from ups.checkpoint import read_checkpoint_meta
 from ups.config import ExperimentConfig, ModelConfig
 from ups.data.metadata import DatasetMetadata
-from ups.errors import CheckpointError, ConfigError
+from ups.errors import CheckpointError
 from ups.eval.metrics import corr_time, nrmse_per_sample
 from ups.models import MODELS
-from ups.models.corrector import Corrector, CorrectorConfig, condition_vector, noise, sample_tau, velocity_target
+from ups.models.corrector import (
+    Corrector,
+    CorrectorConfig,
+    condition_vector,
+    noise,
+    require_one_frame_per_step,
+    sample_tau,
+    velocity_target,
+)
 from ups.models.refiner import FieldCorrectedSurrogate, FieldRefiner, RefinerConfig
 from ups.rollout import clamp_to_bounds, flatten_points, initial_bounds, parse_mode, refine_state, rollout, state_grid
 from ups.rundir import RunFiles, load_frozen, require_checkpoint
@@ -295,11 +303,7 @@ class DiffResidualStage(OneStepPairs, Stage):
     @classmethod
     def build(cls, *, stage_cfg: DiffResidualConfig, exp: ExperimentConfig, meta: DatasetMetadata, normalizer,
               run_dir: Path | None = None) -> DiffResidualStage:
-        bundled = int(exp.model.params.get("frames_per_step", 1))
-        if bundled > 1:
-            raise ConfigError(f"stage '{cls.name}' corrects one frame per operator step, but the operator advances "
-                              f"{bundled} (model.params.frames_per_step): train the operator with "
-                              f"frames_per_step 1 to use the corrector")
+        require_one_frame_per_step(int(exp.model.params.get("frames_per_step", 1)))  # before any checkpoint is read
         model = load_frozen_surrogate(exp.model, meta, run_dir, stage_cfg.operator_checkpoint, stage=cls.name,
                                       needs="operator")
         if stage_cfg.space == "physical":

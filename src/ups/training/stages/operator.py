@@ -184,12 +184,11 @@ def balanced_weights(forward: torch.Tensor, terms: dict[str, tuple[float, torch.
 def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, stage_cfg: OperatorStageConfig, unroll: int,
                     w_enc: float, w_dec: float, spatial: tuple[int, ...], domain: torch.Tensor | None,
                     generator: torch.Generator | None = None, step: int = 0) -> dict[str, torch.Tensor]:
-    """The operator-stage loss on one batch (``u`` [B, W >= unroll * F + 1, *spatial, C] with F the model's frames per
-    step, ``coords``,
-    ``params`` [B, P], ``dt`` [B]; point clouds: ``u`` [B, W, N, C], ``coords`` [B, N, d] and ``mask`` [B, N],
-    every term then a mean over the real points); returns the weighted total under ``loss``, each computed term and the
-    effective inverse weights ``w_inv_enc`` / ``w_inv_dec``. Terms whose weight is 0 are not computed; the
-    inverse terms only on every ``inverse_loss_frequency``-th ``step``."""
+    """The operator-stage loss on one batch (``u`` [B, W >= unroll * F + 1, *spatial, C], F the model's frames per
+    step; ``coords``, ``params`` [B, P], ``dt`` [B]; point clouds: ``u`` [B, W, N, C], ``coords`` [B, N, d] and
+    ``mask`` [B, N], every term then a mean over the real points); returns the weighted total under ``loss``, each
+    computed term and the effective inverse weights ``w_inv_enc`` / ``w_inv_dec``. Terms whose weight is 0 are not
+    computed; the inverse terms only on every ``inverse_loss_frequency``-th ``step``."""
     u, x = flatten_points(batch["u"], batch["coords"])  # [B, W, N, C], [B, N, d]
     if domain is not None and stage_cfg.random_shift:
         x = random_translation(x, domain, generator, stage_cfg.shared_shift)
@@ -212,7 +211,8 @@ def operator_losses(model: nn.Module, batch: dict[str, torch.Tensor], *, stage_c
                                else pred.new_zeros(()))
     if stage_cfg.latent_forward_weight > 0:
         with record_function("loss: latent"):
-            out["loss_latent"] = F.mse_loss(z_first, encode_points(model, u[:, 1], x, mask).detach())
+            # z_first holds the first step's last frame
+            out["loss_latent"] = F.mse_loss(z_first, encode_points(model, u[:, per_step], x, mask).detach())
     total = stage_cfg.lambda_forward * (out["loss_forward"]
                                         + stage_cfg.latent_forward_weight * out.get("loss_latent", 0.0))
     total = total + stage_cfg.lambda_rollout * out["loss_rollout"]
