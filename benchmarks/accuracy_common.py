@@ -192,21 +192,22 @@ def reused_results(prior: dict | None, *, keys: list[str], data: dict, quick: bo
 
 def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets: list[float] | None = None,
                 parallel: int = 1, models: list[str] | None = None, work: Path, reuse: dict | None = None) -> dict:
-    """Train and score the problem's models at ``budget`` (and at each of ``budgets``: the budget curve).
-    ``reuse``: an earlier result JSON of this benchmark; the models it has at its budget and on its budget curve
-    are not trained again at those budgets (``reused``)."""
-    keys = list(models or problem.default_models())
+    """Train and score the problem's models (UPS always, the ratios' reference) at ``budget`` (and at each of
+    ``budgets``: the budget curve). ``reuse``: an earlier result JSON of this benchmark; the models it has at its
+    budget and on its budget curve are not trained again at those budgets (``reused``), and its other budgets join
+    the curve with the models they hold: a model is trained only at the budgets this run asks for."""
+    keys = list(dict.fromkeys(["ups", *(models or problem.default_models())]))
     unknown = sorted(set(keys) - set(problem.configs()))
-    if unknown or "ups" not in keys:
-        raise UPSError(f"models {keys}: choose among {', '.join(problem.configs())} (ups included)")
+    if unknown:
+        raise UPSError(f"models {', '.join(unknown)}: choose among {', '.join(problem.configs())}")
     budget = float(budget if budget is not None else problem.budget_s)
     bench = Bench.open(problem.load(problem.reference, quick=quick, work=work))  # generate once
     problem.superres_bench(bench, quick=quick, work=work, generate=True)
     reused = reused_results(reuse, keys=keys, data=data_summary(bench), quick=quick)
-    by_budget = {}
-    for b in sorted({budget, *[float(x) for x in budgets or []], *reused}):
+    by_budget, asked = {}, {budget, *[float(x) for x in budgets or []]}
+    for b in sorted(asked | set(reused)):
         have = reused.get(b, {})
-        todo = [k for k in keys if k not in have]
+        todo = [k for k in keys if k not in have] if b in asked else []
         by_budget[b] = have | (_train_all(problem, todo, quick=quick, work=work, budget=b, parallel=parallel)
                                if todo else {})
     persistence = evaluate(Persistence(), bench)
@@ -219,7 +220,7 @@ def run_problem(problem: Problem, *, budget: float | None, quick: bool, budgets:
     ratios |= {f"{k}_over_ups": results[k]["rollout_nrmse"] / results["ups"]["rollout_nrmse"]
                for k in keys if k in problem.variants and k not in peers}
     curve = {k: {f"{b:g}": {m: res[k][m] for m in ("rollout_nrmse", "rollout_nrmse_from_10", "steps")}
-                 for b, res in sorted(by_budget.items())} for k in keys}
+                 for b, res in sorted(by_budget.items()) if k in res} for k in keys}
     summary = data_summary(bench) | {"rollout_steps": len(results["ups"]["nrmse_per_step"])}
     trained = [k for k in keys if k not in reused.get(budget, {})]
     rounds = [r for r in (reuse or {}).get("trained_together", []) if set(r) <= set(reused.get(budget, {}))]

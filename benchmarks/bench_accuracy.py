@@ -102,11 +102,12 @@ def cli(run_fn, argv: list[str] | None = None) -> None:
     parser.add_argument("--budgets", type=parse_budgets, default=None,
                         help="comma-separated training budgets in seconds for the budget curve, e.g. 300,900,1800")
     parser.add_argument("--parallel", type=int, default=None, help="models trained at a time (default: cores, <= 2)")
-    parser.add_argument("--models", default=None, help="comma-separated subset, e.g. ups,fno (ups always)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated subset, e.g. fno,unet (ups is always trained or reused)")
     parser.add_argument("--reuse", type=Path, default=None,
-                        help="an earlier result JSON of this benchmark on the same data: its budget and its curve's "
-                             "budgets are not trained again (extends a budget curve, e.g. --budgets 1800 --reuse "
-                             "results/accuracy.json)")
+                        help="an earlier result JSON of this benchmark on the same data: what it holds is not trained "
+                             "again, and new models train at --budget (and --budgets) only (extends a budget curve, "
+                             "e.g. --budgets 1800 --reuse results/accuracy.json, or adds a variant at one budget)")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=OVERRIDES",
                         help="a UPS variant trained beside the models, e.g. ups_k2=stages.operator.rollout_steps=2 "
                              "(overrides separated by ';'; repeatable)")

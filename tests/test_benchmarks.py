@@ -303,12 +303,26 @@ def test_accuracy_variant_flag_parses_and_rejects_bad_input():
         bench_accuracy.run(quick=True, variants={"fno": ("training.lr=0.1",)})
 
 
+def test_a_model_added_to_a_reused_curve_trains_at_the_asked_budget_only(tmp_path):
+    first = _run("bench_accuracy", budget=0.5, budgets=[1.0], models=["ups"])
+    added = _run("bench_accuracy", budget=0.5, models=["fno"], reuse=first)  # UPS is not named: it comes along
+    assert added["reused"] == {"0.5": ["ups"], "1": ["ups"]} and added["trained_together"][-1] == ["fno"]
+    assert added["budgets"] == [0.5, 1.0]
+    assert set(added["budget_curve"]["fno"]) == {"0.5"}  # not trained at the reused curve's 1 s
+    assert added["budget_curve"]["ups"] == first["budget_curve"]["ups"]
+    assert added["ratios"]["ups_over_fno"] == pytest.approx(
+        first["models"]["ups"]["rollout_nrmse"] / added["models"]["fno"]["rollout_nrmse"])
+    table = _summary(tmp_path, "accuracy", added)
+    row = next(line for line in table.splitlines() if line.startswith("| fno |") and line.count("|") == 4)
+    assert row.endswith("| — |")  # the curve's 1-s cell of a model not trained there is empty
+
+
 def test_accuracy_rejects_an_unknown_model():
     import bench_accuracy
 
     from ups.errors import UPSError
 
-    with pytest.raises(UPSError, match="choose among ups, fno, unet"):
+    with pytest.raises(UPSError, match="models gno: choose among ups, fno, unet"):
         bench_accuracy.run(quick=True, models=["ups", "gno"])
 
 
