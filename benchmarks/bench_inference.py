@@ -123,10 +123,11 @@ def _time_compiled(model: torch.nn.Module, mode: str, data: dict, batch: int, re
             "compile_s": round(first - seconds, 2)}
 
 
-def _solver_fn(bench: Bench, outputs: list, samples: int):
+def _solver_fn(bench: Bench, outputs: list, samples: int, choices: list):
     """The solver as a batch rollout (``_time_rollouts``' signature): from the normalised first frames [b, N, 1] it
     solves the physical field at the same points and frames, and appends the frames [b, T, N] to ``outputs``, which
-    keeps the last ``samples`` rows only (after a pass over the test set: that pass)."""
+    keeps the last ``samples`` rows only (after a pass over the test set: that pass), and its own choices for the
+    batch (``PDE.last_run``: internal grid, steps per frame) to ``choices``."""
     gen, meta = bench.exp.data.generate, bench.meta
     pde = PDES.get(meta.pde)()
     params = pde.make_params(**dict(gen.params), resolution=meta.n_points, frames=meta.n_frames,
@@ -134,9 +135,17 @@ def _solver_fn(bench: Bench, outputs: list, samples: int):
 
     def solve(u0, coords, p, dt, steps):
         outputs.append(pde.solve(bench.normalizer.denormalize(u0).double()[..., 0], params=params))
+        choices.append(dict(getattr(pde, "last_run", {})))
         while sum(o.shape[0] for o in outputs) > samples:
             outputs.pop(0)
     return solve
+
+
+def _largest(choices: list[dict]) -> dict:
+    """The largest of each numeric choice the solver made over its batches (``PDE.last_run``), e.g. its internal
+    grid: what the solver's cost follows, whatever the output resolution."""
+    keys = {k for c in choices for k, v in c.items() if isinstance(v, int | float)}
+    return {k: max(c[k] for c in choices if k in c) for k in sorted(keys)}
 
 
 def _solver_error(bench: Bench, data: dict, outputs: list) -> float:
@@ -175,8 +184,8 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     single = variant if other == 1 else built["ups"]
     if correctors:  # re-encoding in the model's mode (a physical-space refiner corrects at the data points)
         runs |= {name: (m, ups_mode) for name, m in _with_correctors(single, configs["ups"], bench.meta).items()}
-    solved: list[torch.Tensor] = []
-    fns = {"solver": _solver_fn(bench, solved, data["u"].shape[0])}
+    solved, choices = [], []
+    fns = {"solver": _solver_fn(bench, solved, data["u"].shape[0], choices)}
     fns |= {name: _rollout_fn(m, mode) for name, (m, mode) in runs.items()}
     timed = _time_rollouts(fns, data, batch, repeats)  # the solver and every model, in interleaved rounds
     solver_s, solver_err, models = timed["solver"], _solver_error(bench, data, solved), {}
@@ -191,7 +200,7 @@ def _time_resolution(work: Path, quick: bool, stride: int | None, repeats: int, 
     s, t = data["u"].shape[:2]
     return {"samples": s, "steps": t - 1, "points": bench.meta.n_points, "batch_size": batch,
             "solver": {"pde": bench.meta.pde, "seconds": solver_s, "ms_per_sample": 1e3 * solver_s / s,
-                       "nrmse_vs_test_data": solver_err},
+                       "nrmse_vs_test_data": solver_err, **_largest(choices)},
             "models": models}, bench.meta
 
 

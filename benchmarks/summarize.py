@@ -198,13 +198,22 @@ def corrector_bound(res: dict) -> list[str]:
                          "x operator alone", "reaches 1.2x"], rows)
 
 
+def _solver_grid(solver: dict) -> str:
+    """", internal grid N points, S steps per frame" from the solver's own choices (the largest over its batches),
+    or "" for a result without them."""
+    if "internal_resolution" not in solver:
+        return ""
+    steps = f", {solver['steps_per_frame']} steps per frame" if "steps_per_frame" in solver else ""
+    return f" (internal grid {solver['internal_resolution']} points{steps})"
+
+
 def inference(res: dict) -> list[str]:
     """Rollout of the whole test set against the solver, in one process, at each resolution measured."""
     out = []
     for part in [res] + ([res["full_resolution"]] if res.get("full_resolution") else []):
         out += ["" if out else None, f"Inference: {part['samples']} test trajectories x {part['steps']} steps at "
                 f"{part['points']} points, {res['threads']} thread(s); solver {part['solver']['ms_per_sample']:.1f} ms "
-                "per trajectory.", ""]
+                f"per trajectory{_solver_grid(part['solver'])}.", ""]
         rows = [[name, m.get("rollout_mode", "—"), m.get("frames_per_step", 1), m["params"], m["ms_per_sample"],
                  m["speedup_vs_solver"]] for name, m in part["models"].items() if m is not None]
         out += _table(["model", "rollout", "frames / step", "parameters", "ms per trajectory", "speed-up vs solver"],

@@ -133,6 +133,9 @@ def test_inference_quick(tmp_path):
             assert m["seconds"] > 0
             assert m["speedup_vs_solver"] == pytest.approx(part["solver"]["seconds"] / m["seconds"])
     assert out["full_resolution"]["points"] == 4 * out["points"]  # every cell: the quick data's stride is 4
+    for part in (out, out["full_resolution"]):  # the solver's own grid: at least the output's, whatever it is
+        assert part["solver"]["internal_resolution"] >= part["points"] and part["solver"]["steps_per_frame"] >= 1
+    assert f"(internal grid {out['solver']['internal_resolution']} points" in _summary(tmp_path, "inference", out)
     assert out["models"]["ups"]["rollout_mode"] == "reencode_x2"  # configs/burgers1d.yaml's; every other mode too
     assert out["models"]["ups_reencode"]["rollout_mode"] == "reencode"
     assert out["models"]["ups_latent"]["rollout_mode"] == "latent"
