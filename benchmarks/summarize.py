@@ -199,8 +199,8 @@ def corrector_bound(res: dict) -> list[str]:
 
 
 def _solver_grid(solver: dict) -> str:
-    """", internal grid N points, S steps per frame" from the solver's own choices (the largest over its batches),
-    or "" for a result without them."""
+    """The solver's own choices (the largest over its batches) as a clause for the table's sentence, e.g.
+    " (internal grid 1024 points, 96 steps per frame)"; empty for a result without them."""
     if "internal_resolution" not in solver:
         return ""
     steps = f", {solver['steps_per_frame']} steps per frame" if "steps_per_frame" in solver else ""
