@@ -101,3 +101,22 @@ def test_upt_with_spectral_mixing_on_any_dimension(dims, tokens, periodic):
     (out.square().mean() + model.decode(z, x).square().mean()).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == [], missing
+
+
+@pytest.mark.parametrize(("n", "modes", "periodic"), [(16, 3, True), (16, 9, True), (15, 8, True), (16, 5, False),
+                                                      (16, 17, False)])
+def test_rollouts_mix_in_real_arithmetic_exactly_as_training_does(n, modes, periodic):
+    # without autograd a 1D lattice is mixed by real matrix products instead of FFTs: the same map, the Nyquist
+    # mode (n = 16, 9 modes; bounded, 17 of 32) and an odd lattice (15) included; a weight update is seen at once
+    torch.manual_seed(0)
+    mix = SpectralMix(width=4, dims=1, n_per_dim=n, modes=modes, periodic=periodic)
+    z = torch.randn(3, n, 4, dtype=torch.float64)
+    mix.double()
+    for _ in range(2):
+        with torch.enable_grad():
+            expected = mix(z)  # the FFT path (autograd on)
+        with torch.inference_mode():
+            got = mix(z)
+        assert torch.allclose(got, expected.detach(), atol=1e-6), (got - expected).abs().max()
+        with torch.no_grad():
+            mix.weight.mul_(-2.0)

@@ -167,9 +167,16 @@ class SpectralMix(nn.Module):
         self.register_buffer("mode_index", torch.stack(torch.meshgrid(*index, indexing="ij")), persistent=False)
         shape = [len(i) for i in index]
         self.weight = nn.Parameter(torch.randn(*shape, width, width, 2) / (2 * width) ** 0.5)
+        if dims == 1:  # the transforms as real matrices, for rollouts (``_forward_real``)
+            forward, inverse = _real_dft(n_per_dim, modes, self.size)
+            self.register_buffer("dft", forward, persistent=False)  # [2 modes, n]
+            self.register_buffer("idft", inverse, persistent=False)  # [n, 2 modes]
+        self._real_weight: tuple[tuple, torch.Tensor] | None = None  # (parameter versions, [modes, 2D, 2D])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: [B, L, D] (L = n ** d, last lattice axis fastest) -> [B, L, D]."""
+        if self.dims == 1 and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return self._forward_real(z)
         b, length, width = z.shape
         axes = tuple(range(1, self.dims + 1))
         x = z.reshape(b, *([self.n] * self.dims), width)
@@ -188,6 +195,42 @@ class SpectralMix(nn.Module):
         if self.size != self.n:
             x = x[(slice(None), *[slice(0, self.n)] * self.dims)]
         return x.reshape(b, length, width)
+
+    def _forward_real(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on a 1D lattice without autograd (rollouts, validation), in real arithmetic: the kept
+        modes' real and imaginary parts by one matrix product with the lattice, each mode's complex ``D x D`` weight
+        as one real ``2D x 2D`` block (built once per weight version), and the inverse transform by one more product.
+        On 64 tokens this is ~2x cheaper than the FFTs with their copies and the complex einsum (one CPU thread;
+        README "Cheaper steps"). z: [B, n, D] -> [B, n, D]."""
+        b, n, width = z.shape
+        modes = self.dft.shape[0] // 2
+        spec = torch.matmul(self.dft, z).reshape(b, modes, 2 * width).transpose(0, 1)  # [modes, B, 2D]: Re | Im
+        mixed = torch.bmm(spec, self._real_block()).transpose(0, 1).reshape(b, 2 * modes, width)
+        return torch.matmul(self.idft, mixed)  # [B, n, D]
+
+    @torch.compiler.disable
+    def _real_block(self) -> torch.Tensor:
+        """The weight as one real block per mode, [modes, 2D, 2D]: ``[Re | Im] @ [[Wr, Wi], [-Wi, Wr]]`` is the
+        complex product. Rebuilt whenever the weight changes (optimiser step, ``load_state_dict``)."""
+        key = (param_versions(self), self.weight.dtype, self.weight.device, torch.is_inference_mode_enabled())
+        if self._real_weight is None or self._real_weight[0] != key:
+            re, im = self.weight.detach().movedim(-1, 0)  # [modes, D, D] each
+            self._real_weight = (key, torch.cat([torch.cat([re, im], -1), torch.cat([-im, re], -1)], -2))
+        return self._real_weight[1]
+
+
+def _real_dft(n: int, modes: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rfft`` (orthonormal) of n lattice values zero-padded to ``size``, kept to its first ``modes``, as a real
+    matrix [2 modes, n] (rows: mode m's real part, then its imaginary part), and the matching ``irfft`` of those
+    modes cut back to the first n values, [n, 2 modes] (a mode above 0 counts twice, as its conjugate's twin, except
+    the Nyquist mode of an even size; the imaginary parts of mode 0 and the Nyquist mode drop out, as in irfft)."""
+    m = torch.arange(modes, dtype=torch.float64)
+    x = torch.arange(n, dtype=torch.float64)
+    angle = 2 * math.pi * m[:, None] * x[None] / size  # [modes, n]
+    forward = torch.stack([torch.cos(angle), -torch.sin(angle)], dim=1).reshape(2 * modes, n)
+    twice = torch.where((m == 0) | (2 * m == size), 1.0, 2.0)  # [modes]
+    inverse = torch.stack([twice * torch.cos(angle.T), -twice * torch.sin(angle.T)], dim=-1).reshape(n, 2 * modes)
+    return (forward / math.sqrt(size)).float(), (inverse / math.sqrt(size)).float()
 
 
 class Block(nn.Module):
