@@ -256,3 +256,11 @@ def test_kernel_sum_is_the_weighted_sum_over_the_neighbours():
             expected[b, q] = sum(kernel1[0, q, j] * values[b, idx1[0, q, j]] for j in range(2))
     torch.testing.assert_close(kernel_sum(values, idx1, kernel1), expected)  # one row shared by the batch
     torch.testing.assert_close(kernel_sum(values, idx1.expand(2, -1, -1), kernel1.expand(2, -1, -1, -1)), expected)
+    start = torch.randn(2, 4, 3, generator=gen)  # the decoder's query term, added as the sum starts
+    torch.testing.assert_close(kernel_sum(values, idx1, kernel1, start=start), start + expected)
+    torch.testing.assert_close(kernel_sum(values, idx1.expand(2, -1, -1), kernel1.expand(2, -1, -1, -1), start=start),
+                               start + expected)
+    values.requires_grad_(True)  # the in-place sum keeps the gradient: d(sum of outputs) / d values counts uses
+    kernel_sum(values, idx1, torch.ones(1, 4, 2, 3), start=start).sum().backward()
+    uses = torch.bincount(idx1.flatten(), minlength=6).float()
+    torch.testing.assert_close(values.grad, uses[None, :, None].expand(2, 6, 3))

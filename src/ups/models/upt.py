@@ -268,7 +268,7 @@ class UPT(nn.Module):
             else:  # inference: the kernel at these queries is computed once per rollout
                 kernel = self._geometry.get(coords_q, ("kernel", param_versions(self.dec_filter)),
                                             lambda: self.dec_filter(feats))
-            out = phi + kernel_sum(self.dec_value(z), idx, kernel)  # [B, Q, D']: sum_s K(x_q - y_s) V z_s + phi
+            out = kernel_sum(self.dec_value(z), idx, kernel, start=phi)  # [B, Q, D']: phi + sum_s K(x_q - y_s) V z_s
         else:
             out = phi + self._attend(z, idx, delta, feats, phi)
         pred = self.head(out).unflatten(-1, (self.frames_per_step, -1)).movedim(-2, 1)  # [B, F, Q, C]
