@@ -103,20 +103,32 @@ def test_upt_with_spectral_mixing_on_any_dimension(dims, tokens, periodic):
     assert missing == [], missing
 
 
+def reference_mix(mix: SpectralMix, z: torch.Tensor) -> torch.Tensor:
+    """The 1D layer's definition with torch.fft: irfft(W_k * rfft(z)_k) over the kept modes, zero-padded to twice
+    the lattice when bounded. z: [B, n, D] -> [B, n, D]."""
+    n = z.shape[1]
+    spec = torch.fft.rfft(z, n=mix.size, dim=1, norm="ortho")[:, :mix.weight.shape[0]]
+    mixed = torch.einsum("bmi,mio->bmo", spec, torch.view_as_complex(mix.weight))
+    return torch.fft.irfft(mixed, n=mix.size, dim=1, norm="ortho")[:, :n]
+
+
 @pytest.mark.parametrize(("n", "modes", "periodic"), [(16, 3, True), (16, 9, True), (15, 8, True), (16, 5, False),
                                                       (16, 17, False)])
-def test_rollouts_mix_in_real_arithmetic_exactly_as_training_does(n, modes, periodic):
-    # without autograd a 1D lattice is mixed by real matrix products instead of FFTs: the same map, the Nyquist
-    # mode (n = 16, 9 modes; bounded, 17 of 32) and an odd lattice (15) included; a weight update is seen at once
+def test_a_short_lattice_mixes_in_real_arithmetic_as_the_fft_definition(n, modes, periodic):
+    # a 1D lattice no longer than twice the width is mixed by real matrix products: the same map and the same
+    # gradients as the FFT definition, the Nyquist mode (n = 16, 9 modes; bounded, 17 of 32) and an odd lattice
     torch.manual_seed(0)
-    mix = SpectralMix(width=4, dims=1, n_per_dim=n, modes=modes, periodic=periodic)
-    z = torch.randn(3, n, 4, dtype=torch.float64)
-    mix.double()
-    for _ in range(2):
-        with torch.enable_grad():
-            expected = mix(z)  # the FFT path (autograd on)
-        with torch.inference_mode():
-            got = mix(z)
-        assert torch.allclose(got, expected.detach(), atol=1e-6), (got - expected).abs().max()
-        with torch.no_grad():
-            mix.weight.mul_(-2.0)
+    mix = SpectralMix(width=8, dims=1, n_per_dim=n, modes=modes, periodic=periodic).double()
+    assert mix.real_transform
+    z = torch.randn(3, n, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, n, 8, dtype=torch.float64)
+    grads = []
+    for fn in (mix, lambda v: reference_mix(mix, v)):
+        out = fn(z)
+        grads.append((out, *torch.autograd.grad((out * target).sum(), (z, mix.weight))))
+    for got, expected in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    long = SpectralMix(width=2, dims=1, n_per_dim=16, modes=3)  # 16 tokens > twice the width: the FFTs
+    assert not long.real_transform
+    z = torch.randn(2, 16, 2)
+    torch.testing.assert_close(long(z), reference_mix(long, z), atol=1e-5, rtol=1e-5)
